@@ -1,0 +1,138 @@
+// Package failure defines pgtrust's typed errors: every user-facing failure
+// carries a stable Class (part of the public interface: CLI JSON, metric
+// labels and proxy error messages use it), a message in libpq's wording where
+// libpq has one, the evidence that led to the verdict and the fix to apply.
+package failure
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+)
+
+// Class is a stable, machine-readable name for a kind of failure.
+type Class string
+
+// The stable vocabulary. Never rename a class: scripts and dashboards match on it.
+const (
+	OK                 Class = "ok"
+	ConfigInvalid      Class = "config_invalid"
+	DNSFailure         Class = "dns_failure"
+	ConnectionRefused  Class = "connection_refused"
+	Timeout            Class = "timeout"
+	NoSSLServer        Class = "no_ssl_server"
+	ProtocolError      Class = "protocol_error"
+	InjectionDetected  Class = "injection_detected"
+	TLSVersionMismatch Class = "tls_version_mismatch"
+	UnknownCA          Class = "unknown_ca"
+	HostnameMismatch   Class = "hostname_mismatch"
+	CertExpired        Class = "cert_expired"
+	CertNotYetValid    Class = "cert_not_yet_valid"
+	CertRevoked        Class = "cert_revoked"
+	RootCertMissing    Class = "root_cert_missing"
+	ClientCertRequired Class = "client_cert_required"
+	ClientCertRejected Class = "client_cert_rejected"
+	KeyMissing         Class = "key_missing"
+	KeyPermissions     Class = "key_permissions"
+	KeyMismatch        Class = "key_mismatch"
+	KeyDecryptFailed   Class = "key_decrypt_failed"
+	PgHbaReject        Class = "pg_hba_reject"
+	AuthFailed         Class = "auth_failed"
+)
+
+// Classes lists every class, in the documented order.
+var Classes = []Class{OK, ConfigInvalid, DNSFailure, ConnectionRefused, Timeout,
+	NoSSLServer, ProtocolError, InjectionDetected, TLSVersionMismatch, UnknownCA,
+	HostnameMismatch, CertExpired, CertNotYetValid, CertRevoked, RootCertMissing,
+	ClientCertRequired, ClientCertRejected, KeyMissing, KeyPermissions, KeyMismatch,
+	KeyDecryptFailed, PgHbaReject, AuthFailed}
+
+// Error is a classified failure.
+type Error struct {
+	Class    Class  // stable class
+	Message  string // what went wrong, in libpq's words where libpq has them
+	Evidence string // the specific facts: which file, which name, since when
+	Fix      string // the concrete change that makes it work
+	Err      error  // underlying cause, if any
+}
+
+// New returns an Error of class c with a formatted message.
+func New(c Class, format string, args ...any) *Error {
+	return &Error{Class: c, Message: fmt.Sprintf(format, args...)}
+}
+
+// Wrap returns an Error of class c whose cause is err.
+func Wrap(c Class, err error, format string, args ...any) *Error {
+	return &Error{Class: c, Message: fmt.Sprintf(format, args...), Err: err}
+}
+
+// WithEvidence sets the evidence and returns e.
+func (e *Error) WithEvidence(format string, args ...any) *Error {
+	e.Evidence = fmt.Sprintf(format, args...)
+	return e
+}
+
+// WithFix sets the fix and returns e.
+func (e *Error) WithFix(format string, args ...any) *Error {
+	e.Fix = fmt.Sprintf(format, args...)
+	return e
+}
+
+// Error renders "message: cause". Evidence and fix are kept apart so that
+// callers can lay them out; Detail renders all of it.
+func (e *Error) Error() string {
+	msg := e.Message
+	if e.Err != nil {
+		cause := e.Err.Error()
+		if msg == "" {
+			msg = cause
+		} else if !strings.Contains(msg, cause) {
+			msg += ": " + cause
+		}
+	}
+	return msg
+}
+
+// Detail renders the message, evidence and fix on separate lines.
+func (e *Error) Detail() string {
+	var b strings.Builder
+	b.WriteString(e.Error())
+	if e.Evidence != "" {
+		b.WriteString("\nevidence: ")
+		b.WriteString(e.Evidence)
+	}
+	if e.Fix != "" {
+		b.WriteString("\nfix: ")
+		b.WriteString(e.Fix)
+	}
+	return b.String()
+}
+
+func (e *Error) Unwrap() error { return e.Err }
+
+// Is reports a match for a *Error target with the same class, so that
+// errors.Is(err, failure.New(failure.UnknownCA, "")) works.
+func (e *Error) Is(target error) bool {
+	t, ok := target.(*Error)
+	return ok && t.Class == e.Class && t.Message == ""
+}
+
+// ClassOf returns the class of the first *Error in err's chain, or "" when
+// err is nil, or ProtocolError for an unclassified error.
+func ClassOf(err error) Class {
+	if err == nil {
+		return OK
+	}
+	var e *Error
+	if errors.As(err, &e) {
+		return e.Class
+	}
+	return ProtocolError
+}
+
+// As returns the first *Error in err's chain.
+func As(err error) (*Error, bool) {
+	var e *Error
+	ok := errors.As(err, &e)
+	return e, ok
+}
