@@ -1,0 +1,110 @@
+package keyfile
+
+import (
+	"crypto"
+	"crypto/x509"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"syscall"
+
+	"github.com/youmark/pkcs8"
+
+	"github.com/pgtrust/pgtrust/failure"
+)
+
+// EncodePrivateKeyPEM encodes key as an unencrypted PKCS#8 "PRIVATE KEY" PEM block.
+func EncodePrivateKeyPEM(key crypto.Signer) ([]byte, error) {
+	der, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		return nil, fmt.Errorf("encode private key: %w", err)
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: pemPKCS8, Bytes: der}), nil
+}
+
+// pbes2Opts is what `openssl pkcs8 -topk8 -v2 aes-256-cbc -v2prf hmacWithSHA256`
+// writes, with a longer salt and more iterations than OpenSSL's 2048: the
+// key is decrypted once per load, so the cost is paid rarely.
+var pbes2Opts = &pkcs8.Opts{
+	Cipher: pkcs8.AES256CBC,
+	KDFOpts: pkcs8.PBKDF2Opts{
+		SaltSize:       16,
+		IterationCount: 100_000,
+		HMACHash:       crypto.SHA256,
+	},
+}
+
+// EncryptPrivateKeyPEM encodes key as an "ENCRYPTED PRIVATE KEY" PEM block:
+// PKCS#8 with PBES2 (PBKDF2-HMAC-SHA256, AES-256-CBC), readable by OpenSSL 3
+// and therefore by libpq with sslpassword.
+func EncryptPrivateKeyPEM(key crypto.Signer, password string) ([]byte, error) {
+	if password == "" {
+		return nil, errors.New("encrypt private key: empty password")
+	}
+	der, err := pkcs8.MarshalPrivateKey(key, []byte(password), pbes2Opts)
+	if err != nil {
+		return nil, fmt.Errorf("encrypt private key: %w", err)
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: pemPKCS8Encrypted, Bytes: der}), nil
+}
+
+// WriteFileAtomic writes data to path so that readers see either the old
+// file or the complete new one, never a partial write, even if the process
+// is killed: temp file in the same directory (created 0600 so secrets are
+// never exposed), write, fsync, chmod mode, rename, fsync the directory.
+// Errors are failure.ConfigInvalid with a fix for the usual causes
+// (permission, full disk, read-only file system).
+func WriteFileAtomic(path string, data []byte, mode os.FileMode) (err error) {
+	dir := filepath.Dir(path)
+	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
+	if err != nil {
+		return writeError(path, dir, err)
+	}
+	tmpName := tmp.Name()
+	defer func() {
+		if err != nil {
+			tmp.Close()
+			os.Remove(tmpName)
+		}
+	}()
+	if _, err = tmp.Write(data); err != nil {
+		return writeError(path, dir, err)
+	}
+	if err = tmp.Sync(); err != nil {
+		return writeError(path, dir, err)
+	}
+	if err = tmp.Chmod(mode); err != nil {
+		return writeError(path, dir, err)
+	}
+	if err = tmp.Close(); err != nil {
+		return writeError(path, dir, err)
+	}
+	if err = os.Rename(tmpName, path); err != nil {
+		return writeError(path, dir, err)
+	}
+	// Make the rename itself durable. Some file systems cannot fsync a
+	// directory; the data is already safe then, so that is not an error.
+	if d, derr := os.Open(dir); derr == nil {
+		_ = d.Sync()
+		d.Close()
+	}
+	return nil
+}
+
+func writeError(path, dir string, err error) error {
+	e := failure.Wrap(failure.ConfigInvalid, err, "could not write file \"%s\"", path).
+		WithEvidence("%v", err)
+	switch {
+	case errors.Is(err, syscall.ENOSPC), errors.Is(err, syscall.EDQUOT):
+		e.Fix = fmt.Sprintf("free space on the file system that holds %s (nothing was changed: the old file, if any, is intact)", dir)
+	case errors.Is(err, syscall.EROFS):
+		e.Fix = fmt.Sprintf("%s is on a read-only file system; choose a writable directory", dir)
+	case errors.Is(err, os.ErrPermission):
+		e.Fix = fmt.Sprintf("make %s writable by uid %d (e.g. chown %d %s), or choose another directory", dir, os.Getuid(), os.Getuid(), shellQuote(dir))
+	case errors.Is(err, os.ErrNotExist):
+		e.Fix = fmt.Sprintf("create the directory first: mkdir -p -m 0700 %s", shellQuote(dir))
+	}
+	return e
+}
