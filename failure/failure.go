@@ -54,6 +54,8 @@ type Error struct {
 	Evidence string // the specific facts: which file, which name, since when
 	Fix      string // the concrete change that makes it work
 	Err      error  // underlying cause, if any
+
+	causeInMessage bool // Message already says what Err says
 }
 
 // New returns an Error of class c with a formatted message.
@@ -64,6 +66,13 @@ func New(c Class, format string, args ...any) *Error {
 // Wrap returns an Error of class c whose cause is err.
 func Wrap(c Class, err error, format string, args ...any) *Error {
 	return &Error{Class: c, Message: fmt.Sprintf(format, args...), Err: err}
+}
+
+// CauseInMessage marks the message as already stating the cause, so
+// Error() does not repeat it (server errors quoted verbatim).
+func (e *Error) CauseInMessage() *Error {
+	e.causeInMessage = true
+	return e
 }
 
 // WithEvidence sets the evidence and returns e.
@@ -82,7 +91,7 @@ func (e *Error) WithFix(format string, args ...any) *Error {
 // callers can lay them out; Detail renders all of it.
 func (e *Error) Error() string {
 	msg := e.Message
-	if e.Err != nil {
+	if e.Err != nil && !e.causeInMessage {
 		cause := e.Err.Error()
 		if msg == "" {
 			msg = cause
@@ -117,8 +126,8 @@ func (e *Error) Is(target error) bool {
 	return ok && t.Class == e.Class && t.Message == ""
 }
 
-// ClassOf returns the class of the first *Error in err's chain, or "" when
-// err is nil, or ProtocolError for an unclassified error.
+// ClassOf returns the class of the first *Error in err's chain: OK for a
+// nil error, ProtocolError for an unclassified one.
 func ClassOf(err error) Class {
 	if err == nil {
 		return OK
@@ -135,4 +144,24 @@ func As(err error) (*Error, bool) {
 	var e *Error
 	ok := errors.As(err, &e)
 	return e, ok
+}
+
+// Report is the JSON form of a failure, shared by every command's --json.
+type Report struct {
+	Class    Class  `json:"class"`
+	Message  string `json:"message"`
+	Evidence string `json:"evidence,omitempty"`
+	Fix      string `json:"fix,omitempty"`
+}
+
+// ReportOf returns the Report of err (nil for a nil error). An unclassified
+// error is reported as a protocol_error with its text.
+func ReportOf(err error) *Report {
+	if err == nil {
+		return nil
+	}
+	if e, ok := As(err); ok {
+		return &Report{Class: e.Class, Message: e.Error(), Evidence: e.Evidence, Fix: e.Fix}
+	}
+	return &Report{Class: ProtocolError, Message: err.Error()}
 }
