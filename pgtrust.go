@@ -84,7 +84,17 @@ func Connect(ctx context.Context, dsn string) (*pgx.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	return pgx.ConnectConfig(ctx, cc)
+	return ConnectConfig(ctx, cc)
+}
+
+// ConnectConfig opens one pgx connection from a config made by ParseConfig
+// or ConnConfig. Its errors are classified (*failure.Error).
+func ConnectConfig(ctx context.Context, cc *pgx.ConnConfig) (*pgx.Conn, error) {
+	conn, err := pgx.ConnectConfig(ctx, cc)
+	if err != nil {
+		return nil, pgtls.Classify(err)
+	}
+	return conn, nil
 }
 
 // ParsePoolConfig returns a pgxpool.Config whose connections are opened by
@@ -125,7 +135,7 @@ func OpenDB(dsn string, opts *pgtls.Options) (*sql.DB, error) {
 
 // planHost is the placeholder host pgconn resolves through plan.lookup,
 // which answers with one token per encryption method of this connect.
-const planHost = "pgtrust.plan"
+const planHost = "pgtrust"
 
 type plan struct {
 	cfg  *connstring.Config
@@ -163,14 +173,15 @@ func (p *plan) lookup(ctx context.Context, host string) ([]string, error) {
 	return addrs, nil
 }
 
-// Tokens look like "id.step:1"; pgconn hands them back to dial unchanged.
+// Tokens look like "attempt-7.0:1" (connect 7, step 0); pgconn hands them
+// back to dial unchanged and shows them in its error messages.
 func token(id uint64, step int) string {
-	return net.JoinHostPort(strconv.FormatUint(id, 10)+"."+strconv.Itoa(step), "1")
+	return net.JoinHostPort("attempt-"+strconv.FormatUint(id, 10)+"."+strconv.Itoa(step), "1")
 }
 
 func (p *plan) dial(ctx context.Context, network, address string) (net.Conn, error) {
 	host, _, _ := net.SplitHostPort(address)
-	idText, stepText, ok := strings.Cut(host, ".")
+	idText, stepText, ok := strings.Cut(strings.TrimPrefix(host, "attempt-"), ".")
 	id, err1 := strconv.ParseUint(idText, 10, 64)
 	if !ok || err1 != nil {
 		return nil, fmt.Errorf("pgtrust: unexpected dial address %q", address)

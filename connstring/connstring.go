@@ -26,6 +26,7 @@ import (
 	"time"
 
 	"github.com/pgtrust/pgtrust/failure"
+	"github.com/pgtrust/pgtrust/hostmatch"
 )
 
 // SSLMode is libpq's sslmode.
@@ -508,9 +509,17 @@ func (c *Config) resolveHosts(host, hostaddr, port string) error {
 		}
 	}
 	// libpq parses hostaddr with getaddrinfo(AI_NUMERICHOST) when connecting.
-	for _, h := range c.Hosts {
+	for i, h := range c.Hosts {
 		if h.HostAddr == "" {
 			continue
+		}
+		// getaddrinfo accepts inet_aton's short IPv4 forms (127.1); dial
+		// needs the canonical one.
+		if !strings.Contains(h.HostAddr, ":") {
+			if ip := hostmatch.ParseIP(h.HostAddr); ip != nil {
+				c.Hosts[i].HostAddr = ip.String()
+				continue
+			}
 		}
 		if _, err := netip.ParseAddr(h.HostAddr); err != nil {
 			return invalid("could not parse network address \"%s\": Name or service not known", h.HostAddr).

@@ -127,6 +127,11 @@ func classifyHandshake(ctx context.Context, err error, fb *firstByteConn, cfg *c
 		}
 		return e
 	}
+	if (errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNRESET)) && direct && !fb.haveByte {
+		return failure.Wrap(failure.ProtocolError, err, "SSL SYSCALL error: EOF detected").
+			WithEvidence("the server closed the connection as soon as it received the TLS ClientHello: it does not accept direct TLS (PostgreSQL before 17, or a proxy that expects an SSLRequest)").
+			WithFix("use sslnegotiation=postgres (the default) for this server, or upgrade it to PostgreSQL 17+")
+	}
 	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
 		return failure.Wrap(failure.ProtocolError, err, "SSL SYSCALL error: EOF detected").
 			WithEvidence("the server closed the connection during the TLS handshake").
@@ -304,3 +309,23 @@ func hbaName(s string) string {
 
 // hostIsIP reports whether libpq treats the host as an IP literal.
 func hostIsIP(h string) bool { return hostmatch.ParseIP(h) != nil }
+
+// Classify turns an error from a connection made with pgx over a pgtls
+// transport into a classified one: transport errors already carry their
+// class; server errors (pg_hba.conf, authentication) get theirs here.
+func Classify(err error) error {
+	if err == nil {
+		return nil
+	}
+	if e, ok := failure.As(err); ok {
+		return e
+	}
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		return classifyServerError(pgErr, &connstring.Config{}, &Facts{}, "", "")
+	}
+	if strings.Contains(err.Error(), "channel binding") {
+		return channelBindingError(err, &Facts{Encrypted: true})
+	}
+	return failure.Wrap(failure.ProtocolError, err, "%v", err)
+}

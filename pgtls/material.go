@@ -54,8 +54,12 @@ func loadTrust(cfg *connstring.Config, opts *Options) (*trustMaterial, error) {
 			if _, err := os.Stat(path); err == nil {
 				certs, err := keyfile.LoadCertificates(path)
 				if err != nil {
+					reason := err
 					e, _ := failure.As(err)
-					out := failure.Wrap(failure.ConfigInvalid, err, "could not read root certificate file \"%s\": %s", path, reasonOf(err))
+					if e != nil && e.Err != nil {
+						reason = e.Err
+					}
+					out := failure.Wrap(failure.ConfigInvalid, err, "could not read root certificate file \"%s\": %s", path, reasonOf(reason)).CauseInMessage()
 					if e != nil {
 						out.Evidence, out.Fix = e.Evidence, e.Fix
 					}
