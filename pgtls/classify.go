@@ -278,6 +278,17 @@ func classifyServerError(pgErr *pgconn.PgError, cfg *connstring.Config, facts *F
 		}
 		e.Evidence = fmt.Sprintf("the client certificate's CN is %q but the user is %q (cert authentication compares them)", cn, user)
 		e.Fix = fmt.Sprintf("connect as user=%s, issue a client certificate with CN=%s (pgtrust certs issue client --cn %s), or add a map= in pg_hba.conf with a pg_ident.conf mapping", cn, user, user)
+	case strings.Contains(pgErr.Message, "authentication failed for user") && facts.ClientCertSent && facts.ClientCertificate != nil &&
+		facts.ClientCertificate.Subject.CommonName != user:
+		// clientcert=verify-full reports a CN mismatch as the line's
+		// method failing ("trust" / password authentication failed).
+		e.Class = failure.ClientCertRejected
+		cn := facts.ClientCertificate.Subject.CommonName
+		e.Evidence = fmt.Sprintf("the client certificate's CN is %q but the user is %q; a pg_hba.conf line with clientcert=verify-full (or the cert method) requires them to match", cn, user)
+		e.Fix = fmt.Sprintf("connect as user=%s, issue a client certificate with CN=%s (pgtrust certs issue client --cn %s), or map the names with map= and pg_ident.conf", cn, user, user)
+		if pgErr.Code == "28P01" {
+			e.Evidence += " (or the password is wrong)"
+		}
 	case strings.Contains(pgErr.Message, "received unencrypted data after SSL request"):
 		e.Class = failure.InjectionDetected
 		e.Evidence = "the server received plaintext bytes right after the SSLRequest (CVE-2021-23214)"

@@ -57,7 +57,7 @@ type file struct {
 type pki struct {
 	ca, otherCA, inter                          *testpki.CA
 	server, wrongHost, expired, selfSigned      *testpki.Leaf
-	interServer, revoked                        *testpki.Leaf
+	interServer, revoked, future                *testpki.Leaf
 	client, foreignClient, bobClient, oldClient *testpki.Leaf
 	crl                                         []byte
 }
@@ -73,6 +73,7 @@ func newPKI(t *testing.T) *pki {
 	p.selfSigned = testpki.SelfSigned(t, testpki.WithCN("localhost"), testpki.WithDNS("localhost"))
 	p.interServer = p.inter.Server(t)
 	p.revoked = p.ca.Server(t)
+	p.future = p.ca.Server(t, testpki.NotYetValid())
 	p.crl = p.ca.CRL(t, p.revoked.Cert)
 	p.client = p.ca.Client(t, "alice")
 	p.foreignClient = p.otherCA.Client(t, "alice")
@@ -142,6 +143,21 @@ func scenarios(p *pki) []scenario {
 			want: per(ok, ok, ok, failure.CertExpired, failure.CertExpired, failure.CertExpired)},
 		{name: "expired server certificate, no root file", start: sslServer(p, p.expired.ChainPEM, p.expired.KeyPEM, nil),
 			want: per(ok, ok, ok, ok, failure.RootCertMissing, failure.RootCertMissing)},
+		{name: "server certificate not yet valid", start: sslServer(p, p.future.ChainPEM, p.future.KeyPEM, nil),
+			client: rootOpt + "host=localhost hostaddr=127.0.0.1", files: root,
+			want: per(ok, ok, ok, failure.CertNotYetValid, failure.CertNotYetValid, failure.CertNotYetValid)},
+		{name: "clientcert=verify-full on a trust line, CN differs from the user", start: sslServer(p, p.server.ChainPEM, p.server.KeyPEM,
+			withCA(withHBA("hostssl all all 127.0.0.1/32 trust clientcert=verify-full"))),
+			client: clientOpts + "user=alice", files: withRoot(map[string]file{"client.crt": crt(p.bobClient), "client.key": key(p.bobClient)}),
+			want: per(failure.PgHbaReject, failure.ClientCertRejected, failure.ClientCertRejected, failure.ClientCertRejected, failure.ClientCertRejected, failure.ClientCertRejected)},
+		{name: "clientcert=verify-ca on a trust line, no certificate", start: sslServer(p, p.server.ChainPEM, p.server.KeyPEM,
+			withCA(withHBA("hostssl all all 127.0.0.1/32 trust clientcert=verify-ca"))),
+			client: rootOpt + "user=alice", files: root,
+			want: per(failure.PgHbaReject, failure.ClientCertRequired, failure.ClientCertRequired, failure.ClientCertRequired, failure.ClientCertRequired, failure.ClientCertRequired)},
+		{name: "server verifies a foreign client certificate even on a trust line", start: sslServer(p, p.server.ChainPEM, p.server.KeyPEM,
+			withCA(withHBA("host all all 127.0.0.1/32 trust"))),
+			client: clientOpts + "user=alice", files: withRoot(map[string]file{"client.crt": crt(p.foreignClient), "client.key": key(p.foreignClient)}),
+			want: per(ok, ok, failure.ClientCertRejected, failure.ClientCertRejected, failure.ClientCertRejected, failure.ClientCertRejected)},
 		{name: "self-signed server certificate", start: sslServer(p, p.selfSigned.CertPEM, p.selfSigned.KeyPEM, nil),
 			client: rootOpt + "host=localhost hostaddr=127.0.0.1", files: root,
 			want: per(ok, ok, ok, failure.UnknownCA, failure.UnknownCA, failure.UnknownCA)},
