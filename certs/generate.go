@@ -22,6 +22,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/pgtrust/pgtrust/chain"
 	"github.com/pgtrust/pgtrust/failure"
 	"github.com/pgtrust/pgtrust/keyfile"
 )
@@ -277,7 +278,7 @@ func issueLeaf(ca *KeyPair, opts Options, usage x509.ExtKeyUsage) (*KeyPair, err
 	}
 	// Intermediates travel with the leaf so that peers holding only the
 	// root can build the chain.
-	if !isSelfSigned(ca.Cert) {
+	if !chain.IsSelfSigned(ca.Cert) {
 		pair.Chain = append([]*x509.Certificate{ca.Cert}, ca.Chain...)
 	}
 	return pair, nil
@@ -314,10 +315,6 @@ func create(tmpl *x509.Certificate, parent *KeyPair, key crypto.Signer) (*KeyPai
 		return nil, err
 	}
 	return &KeyPair{Cert: cert, Key: key}, nil
-}
-
-func isSelfSigned(c *x509.Certificate) bool {
-	return string(c.RawIssuer) == string(c.RawSubject) && c.CheckSignatureFrom(c) == nil
 }
 
 // LoadKeyPair loads a certificate (chain) and key from files, for example a

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/pgtrust/pgtrust/chain"
 	"github.com/pgtrust/pgtrust/keyfile"
 )
 
@@ -60,7 +61,7 @@ func Describe(c *x509.Certificate, now time.Time) Info {
 		Serial:             SerialHex(c),
 		FingerprintSHA256:  Fingerprint(c),
 		IsCA:               c.IsCA,
-		SelfSigned:         isSelfSigned(c),
+		SelfSigned:         chain.IsSelfSigned(c),
 	}
 	for _, ip := range c.IPAddresses {
 		info.IPAddresses = append(info.IPAddresses, ip.String())

@@ -1,10 +1,8 @@
 package certs
 
 import (
-	"bytes"
 	"crypto"
 	"crypto/x509"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -12,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/pgtrust/pgtrust/chain"
 	"github.com/pgtrust/pgtrust/failure"
 	"github.com/pgtrust/pgtrust/hostmatch"
 	"github.com/pgtrust/pgtrust/keyfile"
@@ -109,7 +108,7 @@ func Verify(opts VerifyOptions) *Report {
 	// CA certificates that are not self-signed are intermediates to
 	// OpenSSL, never anchors.
 	for _, c := range cas {
-		if !isSelfSigned(c) {
+		if !chain.IsSelfSigned(c) {
 			inter = append(inter, c)
 		}
 	}
@@ -178,20 +177,13 @@ func loadRoots(path string) (*x509.CertPool, []*x509.Certificate, error) {
 		}
 		return nil, nil, err
 	}
-	pool := x509.NewCertPool()
-	anchors := 0
-	for _, c := range cas {
-		if isSelfSigned(c) {
-			pool.AddCert(c)
-			anchors++
-		}
-	}
-	if anchors == 0 {
+	roots := chain.SplitRoots(path, cas)
+	if len(roots.Anchors) == 0 {
 		return nil, cas, failure.New(failure.UnknownCA, "root certificate file \"%s\" holds no self-signed root", path).
 			WithEvidence("it holds %s; libpq (OpenSSL) trusts only self-signed roots, an intermediate alone is never a trust anchor", subjects(cas)).
 			WithFix("append the root CA certificate that issued %q to %s", cas[0].Issuer.String(), path)
 	}
-	return pool, cas, nil
+	return roots.Pool, cas, nil
 }
 
 func subjects(cs []*x509.Certificate) string {
@@ -290,76 +282,18 @@ func validateLeaf(leaf *x509.Certificate, chainDER [][]byte, roots *x509.CertPoo
 	return err
 }
 
-// loadCRLs reads one or more CRLs (PEM "X509 CRL" blocks or one DER CRL).
-func loadCRLs(path string) ([]*x509.RevocationList, error) {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return nil, failure.Wrap(failure.ConfigInvalid, err, "could not read CRL file \"%s\"", path).WithEvidence("%v", err)
-	}
-	var out []*x509.RevocationList
-	if bytes.Contains(data, []byte("-----BEGIN")) {
-		rest := data
-		for {
-			var b *pem.Block
-			b, rest = pem.Decode(rest)
-			if b == nil {
-				break
-			}
-			if b.Type != "X509 CRL" {
-				continue
-			}
-			crl, err := x509.ParseRevocationList(b.Bytes)
-			if err != nil {
-				return nil, failure.Wrap(failure.ConfigInvalid, err, "could not read CRL file \"%s\"", path)
-			}
-			out = append(out, crl)
-		}
-	} else if crl, err := x509.ParseRevocationList(data); err == nil {
-		out = append(out, crl)
-	}
-	if len(out) == 0 {
-		return nil, failure.New(failure.ConfigInvalid, "could not read CRL file \"%s\": no CRL found", path).
-			WithFix("pass a PEM (-----BEGIN X509 CRL-----) or DER CRL; check it with: openssl crl -in %s -noout -text", keyfile.ShellQuote(path))
-	}
-	return out, nil
-}
-
 // checkRevocation applies OpenSSL's CRL_CHECK|CRL_CHECK_ALL, as libpq
-// does: every certificate in the chain below the root needs a current CRL
-// from its issuer, and must not be on it.
-func checkRevocation(chain []*x509.Certificate, crlPath string, now time.Time) error {
-	crls, err := loadCRLs(crlPath)
+// does, with the CRLs in crlPath.
+func checkRevocation(built []*x509.Certificate, crlPath string, now time.Time) error {
+	crls, err := chain.LoadCRLs(crlPath)
 	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return failure.Wrap(failure.ConfigInvalid, err, "CRL file \"%s\" does not exist", crlPath).
+				WithFix("pass the CRL file the server or client will use (libpq silently ignores a missing sslcrl: check the path)")
+		}
 		return err
 	}
-	for i := 0; i+1 < len(chain); i++ {
-		cert, issuer := chain[i], chain[i+1]
-		var crl *x509.RevocationList
-		for _, c := range crls {
-			if bytes.Equal(c.RawIssuer, cert.RawIssuer) && c.CheckSignatureFrom(issuer) == nil {
-				crl = c
-				break
-			}
-		}
-		if crl == nil {
-			return failure.New(failure.CertRevoked, "SSL error: certificate verify failed: unable to get certificate CRL").
-				WithEvidence("%s holds no CRL signed by %q, the issuer of %q; with a CRL configured, libpq (OpenSSL CRL_CHECK_ALL) needs one for every certificate in the chain", crlPath, issuer.Subject.String(), cert.Subject.String()).
-				WithFix("append the CRL of %q to %s (openssl ca -gencrl ...)", issuer.Subject.String(), crlPath)
-		}
-		if !crl.NextUpdate.IsZero() && now.After(crl.NextUpdate) {
-			return failure.New(failure.CertRevoked, "SSL error: certificate verify failed: CRL has expired").
-				WithEvidence("the CRL of %q in %s had nextUpdate %s", issuer.Subject.String(), crlPath, crl.NextUpdate.UTC().Format(time.RFC3339)).
-				WithFix("publish a fresh CRL from %q", issuer.Subject.String())
-		}
-		for _, rc := range crl.RevokedCertificateEntries {
-			if rc.SerialNumber.Cmp(cert.SerialNumber) == 0 {
-				return failure.New(failure.CertRevoked, "SSL error: certificate verify failed: certificate revoked").
-					WithEvidence("%q (serial %s) was revoked on %s according to %s", cert.Subject.String(), SerialHex(cert), rc.RevocationTime.UTC().Format(time.RFC3339), crlPath).
-					WithFix("issue a new certificate; a revoked one can never be used again")
-			}
-		}
-	}
-	return nil
+	return chain.CheckRevocation(built, crls, now, "")
 }
 
 func readKey(path, password string) (crypto.Signer, error) {

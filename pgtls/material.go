@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/pgtrust/pgtrust/chain"
 	"github.com/pgtrust/pgtrust/connstring"
 	"github.com/pgtrust/pgtrust/failure"
 	"github.com/pgtrust/pgtrust/keyfile"
@@ -65,17 +66,8 @@ func loadTrust(cfg *connstring.Config, opts *Options) (*trustMaterial, error) {
 					}
 					return nil, out
 				}
-				m.roots = x509.NewCertPool()
-				for _, c := range certs {
-					// OpenSSL trusts only self-signed certificates as anchors
-					// (no X509_V_FLAG_PARTIAL_CHAIN); an intermediate in the
-					// root file can help build a chain but never ends one.
-					if isSelfSigned(c) {
-						m.roots.AddCert(c)
-					} else {
-						m.extraInterms = append(m.extraInterms, c)
-					}
-				}
+				roots := chain.SplitRoots(path, certs)
+				m.roots, m.extraInterms = roots.Pool, roots.Intermediates
 				m.rootFile, m.verifyChain = path, true
 			}
 		}
@@ -120,7 +112,7 @@ func (m *trustMaterial) loadCRLs(cfg *connstring.Config) error {
 			return failure.Wrap(failure.ConfigInvalid, err, "SSL certificate revocation list file \"%s\" could not be read", cfg.SSLCRL).
 				WithFix("check the permissions of %s", cfg.SSLCRL)
 		default:
-			crls, err := parseCRLs(data)
+			crls, err := chain.ParseCRLs(data)
 			if err != nil {
 				return failure.Wrap(failure.ConfigInvalid, err, "could not load SSL certificate revocation list \"%s\"", cfg.SSLCRL).
 					WithFix("sslcrl must be a PEM or DER X.509 CRL; check it with: openssl crl -in %s -noout -text", cfg.SSLCRL)
@@ -145,7 +137,7 @@ func (m *trustMaterial) loadCRLs(cfg *connstring.Config) error {
 			}
 			// OpenSSL looks CRLs up by hashed name on demand; files that are
 			// not CRLs are never consulted, so skipping them matches.
-			if crls, err := parseCRLs(data); err == nil {
+			if crls, err := chain.ParseCRLs(data); err == nil {
 				m.crls = append(m.crls, crls...)
 				m.crlSources = append(m.crlSources, p)
 			}
@@ -193,13 +185,6 @@ func loadClientCert(cfg *connstring.Config, opts *Options) (*tls.Certificate, fu
 		return nil, nil, err
 	}
 	return &pair, nil, nil
-}
-
-func isSelfSigned(c *x509.Certificate) bool {
-	if string(c.RawIssuer) != string(c.RawSubject) {
-		return false
-	}
-	return c.CheckSignatureFrom(c) == nil || c.CheckSignature(c.SignatureAlgorithm, c.RawTBSCertificate, c.Signature) == nil
 }
 
 func reasonOf(err error) string {

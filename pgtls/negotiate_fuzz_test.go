@@ -33,7 +33,7 @@ func FuzzNegotiationReply(f *testing.F) {
 	for _, seed := range [][]byte{
 		nil, []byte("S"), []byte("N"), []byte("E"), []byte("X"),
 		append([]byte("S"), 'E', 0, 0, 0, 8, 'S', 'F', 0), // injected ErrorResponse after 'S'
-		[]byte("S\x16\x03\x03\x00\x02\x02\x28"),             // 'S' then a TLS alert record
+		[]byte("S\x16\x03\x03\x00\x02\x02\x28"),           // 'S' then a TLS alert record
 		[]byte("HTTP/1.1 400 Bad Request\r\n\r\n"),
 		[]byte("S\x16\x03\x01\xff\xff"), // truncated oversized record
 	} {

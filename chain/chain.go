@@ -1,0 +1,317 @@
+// Package chain verifies X.509 certificate chains the way libpq's OpenSSL
+// does, where that differs from crypto/x509's defaults:
+//
+//   - only self-signed certificates are trust anchors (OpenSSL without
+//     X509_V_FLAG_PARTIAL_CHAIN); other certificates in a root file only
+//     help build the chain;
+//   - once any CRL is loaded, every certificate below the anchor needs a
+//     current CRL from its issuer and must not be on it
+//     (X509_V_FLAG_CRL_CHECK | X509_V_FLAG_CRL_CHECK_ALL);
+//   - a chain that is out of date but otherwise leads nowhere is reported as
+//     an unknown CA (OpenSSL builds the chain before it checks dates).
+//
+// Errors are *failure.Error values whose message is libpq's
+// ("SSL error: certificate verify failed") and whose evidence says why.
+package chain
+
+import (
+	"bytes"
+	"crypto/x509"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"io/fs"
+	"math/big"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/pgtrust/pgtrust/failure"
+	"github.com/pgtrust/pgtrust/keyfile"
+)
+
+// VerifyFailed is libpq's message for every chain failure.
+const VerifyFailed = "SSL error: certificate verify failed"
+
+// Roots is the content of a root certificate file, split as OpenSSL uses it.
+type Roots struct {
+	File          string
+	Pool          *x509.CertPool      // the self-signed anchors
+	Anchors       []*x509.Certificate // the same, as a list
+	Intermediates []*x509.Certificate // the file's other certificates
+}
+
+// LoadRoots reads a root certificate file (PEM bundle or DER). A missing
+// file is returned as an error wrapping fs.ErrNotExist.
+func LoadRoots(path string) (*Roots, error) {
+	certs, err := keyfile.LoadCertificates(path)
+	if err != nil {
+		return nil, err
+	}
+	return SplitRoots(path, certs), nil
+}
+
+// SplitRoots separates anchors (self-signed) from other certificates.
+func SplitRoots(file string, certs []*x509.Certificate) *Roots {
+	r := &Roots{File: file, Pool: x509.NewCertPool()}
+	for _, c := range certs {
+		if IsSelfSigned(c) {
+			r.Pool.AddCert(c)
+			r.Anchors = append(r.Anchors, c)
+		} else {
+			r.Intermediates = append(r.Intermediates, c)
+		}
+	}
+	return r
+}
+
+// IsSelfSigned reports whether c is issued by itself and its signature
+// verifies with its own key (CA flag or not, as OpenSSL accepts a
+// self-signed leaf put in a root file).
+func IsSelfSigned(c *x509.Certificate) bool {
+	if !bytes.Equal(c.RawIssuer, c.RawSubject) {
+		return false
+	}
+	return c.CheckSignature(c.SignatureAlgorithm, c.RawTBSCertificate, c.Signature) == nil
+}
+
+// Options describe one verification.
+type Options struct {
+	Roots         *x509.CertPool
+	RootFile      string              // named in evidence
+	Intermediates []*x509.Certificate // extra chain material
+	CRLs          []*x509.RevocationList
+	KeyUsages     []x509.ExtKeyUsage // default: server authentication
+	Now           time.Time
+	Role          string // "server" or "client", for messages; "" for neither
+}
+
+// Verify verifies presented (leaf first, then what the peer sent) and
+// returns the chain from the leaf to its anchor.
+func Verify(presented []*x509.Certificate, o Options) ([]*x509.Certificate, error) {
+	if len(presented) == 0 {
+		return nil, failure.New(failure.ProtocolError, "certificate could not be obtained: no certificate was presented")
+	}
+	if o.Now.IsZero() {
+		o.Now = time.Now()
+	}
+	if len(o.KeyUsages) == 0 {
+		o.KeyUsages = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}
+	}
+	chains, err := build(presented, o, o.Now)
+	if err != nil {
+		return nil, classify(err, presented, o)
+	}
+	if len(o.CRLs) > 0 {
+		if err := CheckRevocation(chains[0], o.CRLs, o.Now, o.Role); err != nil {
+			return nil, err
+		}
+	}
+	return chains[0], nil
+}
+
+func build(presented []*x509.Certificate, o Options, at time.Time) ([][]*x509.Certificate, error) {
+	inter := x509.NewCertPool()
+	for _, c := range presented[1:] {
+		inter.AddCert(c)
+	}
+	for _, c := range o.Intermediates {
+		inter.AddCert(c)
+	}
+	return presented[0].Verify(x509.VerifyOptions{Roots: o.Roots, Intermediates: inter, CurrentTime: at, KeyUsages: o.KeyUsages})
+}
+
+func classify(err error, presented []*x509.Certificate, o Options) error {
+	leaf := presented[0]
+	// Out of date? First ask whether the chain would verify inside every
+	// validity window: if not, the CA is the real problem.
+	if at, ok := validInstant(presented); ok && !at.Equal(o.Now) {
+		if _, again := build(presented, o, at); again != nil {
+			var ua x509.UnknownAuthorityError
+			if errors.As(again, &ua) {
+				o2 := o
+				o2.Now = at
+				return classify(again, presented, o2)
+			}
+		}
+	}
+	for _, c := range presented {
+		if o.Now.After(c.NotAfter) {
+			days := int(o.Now.Sub(c.NotAfter).Hours() / 24)
+			return failure.Wrap(failure.CertExpired, err, VerifyFailed).
+				WithEvidence("%s expired %s (%d days ago)", Describe(c, c == leaf, o.Role), c.NotAfter.UTC().Format("2006-01-02 15:04:05 MST"), days).
+				WithFix("renew the certificate (for a server: replace ssl_cert_file and run SELECT pg_reload_conf()); inspect it with: pgtrust certs inspect")
+		}
+		if o.Now.Before(c.NotBefore) {
+			return failure.Wrap(failure.CertNotYetValid, err, VerifyFailed).
+				WithEvidence("%s is not valid until %s", Describe(c, c == leaf, o.Role), c.NotBefore.UTC().Format("2006-01-02 15:04:05 MST")).
+				WithFix("check the clocks of both machines (timedatectl), or reissue the certificate with an earlier notBefore")
+		}
+	}
+	var ua x509.UnknownAuthorityError
+	var ci x509.CertificateInvalidError
+	e := failure.Wrap(failure.UnknownCA, err, VerifyFailed)
+	switch {
+	case errors.As(err, &ua):
+		issuer := presented[len(presented)-1].Issuer.String()
+		e.Evidence = fmt.Sprintf("the chain (%s) does not lead to a self-signed CA in %s; it needs the certificate of %q", Summary(presented), o.RootFile, issuer)
+		if len(presented) == 1 && IsSelfSigned(leaf) {
+			e.Evidence = fmt.Sprintf("the certificate is self-signed (%s) and not in %s", leaf.Subject, o.RootFile)
+		}
+		e.Fix = "use the CA that issued the certificate as the root file (only self-signed roots are trust anchors); intermediates belong after the leaf in the certificate file (for a server: ssl_cert_file)"
+	case errors.As(err, &ci):
+		e.Evidence = fmt.Sprintf("%s: %v", Describe(ci.Cert, ci.Cert == leaf, o.Role), err)
+		e.Fix = "reissue the certificate with the right extended key usage (serverAuth / clientAuth) from a CA with basicConstraints CA:TRUE"
+	default:
+		e.Evidence = err.Error()
+		e.Fix = "check the chain with: pgtrust certs verify --ca CA --cert CERT"
+	}
+	return e
+}
+
+// CheckRevocation applies OpenSSL's CRL_CHECK|CRL_CHECK_ALL to a built
+// chain (leaf first, anchor last).
+func CheckRevocation(chain []*x509.Certificate, crls []*x509.RevocationList, now time.Time, role string) error {
+	for i := 0; i < len(chain)-1; i++ {
+		cert, issuer := chain[i], chain[i+1]
+		var found *x509.RevocationList
+		for _, crl := range crls {
+			if bytes.Equal(crl.RawIssuer, issuer.RawSubject) && crl.CheckSignatureFrom(issuer) == nil {
+				found = crl
+				break
+			}
+		}
+		if found == nil {
+			return failure.New(failure.UnknownCA, VerifyFailed).
+				WithEvidence("revocation checking is on (a CRL is loaded) but there is no CRL from %q, the issuer of %s; OpenSSL then rejects the chain (unable to get certificate CRL)", issuer.Subject, Describe(cert, i == 0, role)).
+				WithFix("add the CRL of %q to the CRL file (sslcrl) or directory (sslcrldir, after openssl rehash)", issuer.Subject)
+		}
+		if now.Before(found.ThisUpdate) {
+			return failure.New(failure.CertNotYetValid, VerifyFailed).
+				WithEvidence("the CRL from %q is not valid until %s (CRL is not yet valid)", issuer.Subject, found.ThisUpdate.UTC().Format(time.RFC3339)).
+				WithFix("check the clocks, or regenerate the CRL")
+		}
+		if !found.NextUpdate.IsZero() && now.After(found.NextUpdate) {
+			return failure.New(failure.CertExpired, VerifyFailed).
+				WithEvidence("the CRL from %q expired %s (CRL has expired)", issuer.Subject, found.NextUpdate.UTC().Format(time.RFC3339)).
+				WithFix("publish a fresh CRL from the CA (openssl ca -gencrl) and update the CRL file")
+		}
+		for _, rc := range found.RevokedCertificateEntries {
+			if rc.SerialNumber != nil && rc.SerialNumber.Cmp(cert.SerialNumber) == 0 {
+				return failure.New(failure.CertRevoked, VerifyFailed).
+					WithEvidence("%s (serial %s) was revoked on %s by %q", Describe(cert, i == 0, role), SerialHex(cert.SerialNumber), rc.RevocationTime.UTC().Format("2006-01-02"), issuer.Subject).
+					WithFix("present a new, unrevoked certificate; if the revocation is a mistake, reissue the CRL without it")
+			}
+		}
+	}
+	return nil
+}
+
+// Describe names a certificate for evidence strings.
+func Describe(c *x509.Certificate, leaf bool, role string) string {
+	name := c.Subject.CommonName
+	if len(c.DNSNames) > 0 {
+		name = c.DNSNames[0]
+	}
+	if name == "" {
+		name = c.Subject.String()
+	}
+	if leaf && role != "" {
+		return role + " certificate for " + name
+	}
+	if leaf {
+		return "certificate for " + name
+	}
+	return "CA certificate " + c.Subject.String()
+}
+
+// Summary renders a chain as `"CN=a" issued by "CN=b" → ...`.
+func Summary(chain []*x509.Certificate) string {
+	parts := make([]string, len(chain))
+	for i, c := range chain {
+		parts[i] = fmt.Sprintf("%q issued by %q", c.Subject.String(), c.Issuer.String())
+	}
+	return strings.Join(parts, " → ")
+}
+
+// SerialHex renders a serial number in upper-case hex with an even number
+// of digits, as `openssl x509 -serial` does.
+func SerialHex(n *big.Int) string {
+	if n == nil {
+		return ""
+	}
+	s := strings.ToUpper(n.Text(16))
+	if len(s)%2 == 1 {
+		s = "0" + s
+	}
+	return s
+}
+
+// validInstant returns a moment inside every certificate's validity window,
+// if there is one.
+func validInstant(certs []*x509.Certificate) (time.Time, bool) {
+	lo, hi := certs[0].NotBefore, certs[0].NotAfter
+	for _, c := range certs[1:] {
+		if c.NotBefore.After(lo) {
+			lo = c.NotBefore
+		}
+		if c.NotAfter.Before(hi) {
+			hi = c.NotAfter
+		}
+	}
+	if hi.Before(lo) {
+		return time.Time{}, false
+	}
+	return lo.Add(hi.Sub(lo) / 2), true
+}
+
+// ParseCRLs decodes one or more PEM "X509 CRL" blocks, or one DER CRL.
+func ParseCRLs(data []byte) ([]*x509.RevocationList, error) {
+	var out []*x509.RevocationList
+	rest := data
+	for {
+		var b *pem.Block
+		b, rest = pem.Decode(rest)
+		if b == nil {
+			break
+		}
+		if b.Type != "X509 CRL" {
+			continue
+		}
+		crl, err := x509.ParseRevocationList(b.Bytes)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, crl)
+	}
+	if len(out) > 0 {
+		return out, nil
+	}
+	if bytes.Contains(data, []byte("-----BEGIN")) {
+		return nil, errors.New("no X509 CRL block in the PEM file")
+	}
+	crl, err := x509.ParseRevocationList(data)
+	if err != nil {
+		return nil, fmt.Errorf("no PEM X509 CRL block and not a DER CRL: %w", err)
+	}
+	return []*x509.RevocationList{crl}, nil
+}
+
+// LoadCRLs reads a CRL file. A missing file is an error wrapping
+// fs.ErrNotExist (libpq ignores a missing sslcrl; callers decide).
+func LoadCRLs(path string) ([]*x509.RevocationList, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil, err
+		}
+		return nil, failure.Wrap(failure.ConfigInvalid, err, "SSL certificate revocation list file \"%s\" could not be read", path).
+			WithFix("check the path and permissions of %s", path)
+	}
+	crls, err := ParseCRLs(data)
+	if err != nil {
+		return nil, failure.Wrap(failure.ConfigInvalid, err, "could not load SSL certificate revocation list \"%s\"", path).
+			WithFix("use a PEM (-----BEGIN X509 CRL-----) or DER CRL; check it with: openssl crl -in %s -noout -text", keyfile.ShellQuote(path))
+	}
+	return crls, nil
+}
