@@ -338,7 +338,11 @@ func (c *connector) finalError(attempts []Attempt) error {
 		if !ok {
 			e = failure.Wrap(failure.ProtocolError, a.Err, "%v", a.Err)
 		}
-		lines = append(lines, targetPrefix(a)+e.Error())
+		msg := e.Message // the classified message already states the cause; Err's text is in the evidence
+		if msg == "" {
+			msg = e.Error()
+		}
+		lines = append(lines, targetPrefix(a)+msg)
 		primary, prev, last = e, last, a
 	}
 	if primary == nil {
@@ -354,6 +358,7 @@ func (c *connector) finalError(attempts []Attempt) error {
 	}
 	out := *primary
 	out.Message = strings.Join(lines, "\n")
+	out.CauseInMessage()
 	return &out
 }
 
