@@ -1,0 +1,193 @@
+package proxy
+
+import (
+	"fmt"
+	"log/slog"
+	"net"
+	"strconv"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/pgtrust/pgtrust/connstring"
+	"github.com/pgtrust/pgtrust/failure"
+)
+
+// Defaults applied by New to zero-valued settings.
+const (
+	DefaultDrainTimeout     = 30 * time.Second
+	DefaultStartupTimeout   = 5 * time.Second
+	DefaultMaxStartupPacket = 10000 // PostgreSQL's MAX_STARTUP_PACKET_LENGTH
+	DefaultMaxConnections   = 100
+	DefaultListen           = "127.0.0.1:6432"
+	defaultSocketPort       = 5432
+
+	// authTimeout bounds the authentication exchange that follows the
+	// startup packet: PostgreSQL's own authentication_timeout default,
+	// because a password prompt may sit in it.
+	authTimeout = 60 * time.Second
+)
+
+// Config configures a Proxy.
+type Config struct {
+	Upstreams        []UpstreamConfig
+	DrainTimeout     time.Duration // default 30s: max time to drain sessions on Shutdown
+	StartupTimeout   time.Duration // default 5s: deadline for the whole pre-auth phase (negotiation + startup packet + upstream dial)
+	MaxStartupPacket int           // default 10000 bytes (PostgreSQL's own limit)
+	ProbeInterval    time.Duration // 0 = no background probe; else dial each upstream (pgtls.Dial, no startup) at this interval
+	Logger           *slog.Logger
+	Registerer       prometheus.Registerer // where metrics are registered (nil = none)
+}
+
+// UpstreamConfig is one named upstream server and its local listeners.
+type UpstreamConfig struct {
+	Name string
+	// Listen is a TCP address; default "127.0.0.1:6432" when both Listen and
+	// UnixSocketDir are empty; "" = no TCP listener.
+	Listen string
+	// UnixSocketDir, if set: the directory is created (0700) and the proxy
+	// listens on DIR/.s.PGSQL.<UnixSocketPort>, so `psql -h DIR -p PORT` works.
+	UnixSocketDir string
+	// UnixSocketPort defaults to the port of Listen, else 5432.
+	UnixSocketPort int
+	// Conn holds the upstream settings. The proxy keeps the sslmode given;
+	// configuration loaders default it to verify-full.
+	Conn *connstring.Config
+	// MaxConnections bounds the sessions of this upstream over all its
+	// listeners; 0 = 100.
+	MaxConnections int
+	// ClientTLS, when set, offers TLS to local clients; nil = plaintext only.
+	ClientTLS *ClientTLS
+	// Auth, when set, makes the proxy authenticate to the upstream itself.
+	// Not supported yet: New returns a config_invalid error.
+	Auth *UpstreamAuth
+}
+
+// ClientTLS is the TLS the proxy offers to local clients.
+type ClientTLS struct {
+	// CertFile and KeyFile are the server certificate shown to local
+	// clients, hot-reloaded through a certs.FileSource.
+	CertFile, KeyFile string
+	// AutoCertDir is used when CertFile is empty: certs.EnsureDevPKI(dir)
+	// and its server certificate.
+	AutoCertDir string
+	// Require refuses plaintext clients on the TCP listener (a plain
+	// StartupMessage gets an ErrorResponse saying TLS is required). The Unix
+	// socket is protected by file permissions and never carries TLS, as
+	// libpq does not use TLS over Unix sockets.
+	Require bool
+}
+
+// UpstreamAuth makes the proxy authenticate to the upstream itself and
+// present AuthenticationOk to the client. Not supported yet.
+type UpstreamAuth struct {
+	Password string
+}
+
+// String never shows the password.
+func (a UpstreamAuth) String() string { return "UpstreamAuth{Password: " + connstring.Mask + "}" }
+
+// GoString never shows the password.
+func (a UpstreamAuth) GoString() string { return a.String() }
+
+// withDefaults returns a copy of cfg with defaults applied and validated.
+func (cfg Config) withDefaults() (Config, error) {
+	if cfg.DrainTimeout <= 0 {
+		cfg.DrainTimeout = DefaultDrainTimeout
+	}
+	if cfg.StartupTimeout <= 0 {
+		cfg.StartupTimeout = DefaultStartupTimeout
+	}
+	if cfg.MaxStartupPacket <= 0 {
+		cfg.MaxStartupPacket = DefaultMaxStartupPacket
+	}
+	if cfg.MaxStartupPacket < 8 {
+		return cfg, configError("max_startup_packet %d is below the 8 bytes of the smallest startup packet", cfg.MaxStartupPacket).
+			WithFix("leave it unset (10000, PostgreSQL's limit) or raise it")
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if len(cfg.Upstreams) == 0 {
+		return cfg, configError("no upstream configured").WithFix("add at least one upstream (a libpq connection string)")
+	}
+	ups := make([]UpstreamConfig, len(cfg.Upstreams))
+	seen := map[string]bool{}
+	addrs := map[string]string{}
+	for i, u := range cfg.Upstreams {
+		if u.Name == "" {
+			return cfg, configError("upstream #%d has no name", i+1).WithFix("give every upstream a unique name")
+		}
+		if seen[u.Name] {
+			return cfg, configError("upstream %q is configured twice", u.Name).WithFix("give every upstream a unique name")
+		}
+		seen[u.Name] = true
+		if u.Conn == nil {
+			return cfg, configError("upstream %q has no connection settings", u.Name).
+				WithFix("set the upstream's libpq connection string, e.g. host=db.internal sslmode=verify-full sslrootcert=/etc/pgtrust/ca.crt")
+		}
+		if len(u.Conn.Hosts) == 0 {
+			return cfg, configError("upstream %q has no host", u.Name).WithFix("set host= in the upstream's connection string")
+		}
+		if u.Auth != nil {
+			return cfg, configError("upstream %q: proxy-side authentication (auth) is not supported yet", u.Name).
+				WithFix("remove the auth setting: the client's own authentication passes through to the upstream")
+		}
+		if u.Listen == "" && u.UnixSocketDir == "" {
+			u.Listen = DefaultListen
+		}
+		if u.Listen != "" {
+			_, port, err := net.SplitHostPort(u.Listen)
+			if err != nil {
+				return cfg, configError("upstream %q: invalid listen address %q: %v", u.Name, u.Listen, err).
+					WithFix("use host:port, e.g. 127.0.0.1:6432")
+			}
+			if u.UnixSocketPort == 0 {
+				if p, err := strconv.Atoi(port); err == nil && p > 0 {
+					u.UnixSocketPort = p
+				}
+			}
+			if other, dup := addrs[u.Listen]; dup && port != "0" {
+				return cfg, configError("upstreams %q and %q both listen on %s", other, u.Name, u.Listen).WithFix("give each upstream its own listen address")
+			}
+			addrs[u.Listen] = u.Name
+		}
+		if u.UnixSocketPort == 0 {
+			u.UnixSocketPort = defaultSocketPort
+		}
+		if u.UnixSocketPort < 0 || u.UnixSocketPort > 65535 {
+			return cfg, configError("upstream %q: invalid unix socket port %d", u.Name, u.UnixSocketPort).WithFix("use a port between 1 and 65535")
+		}
+		if u.UnixSocketDir != "" {
+			key := socketPath(u.UnixSocketDir, u.UnixSocketPort)
+			if other, dup := addrs[key]; dup {
+				return cfg, configError("upstreams %q and %q both listen on %s", other, u.Name, key).WithFix("give each upstream its own socket directory or port")
+			}
+			addrs[key] = u.Name
+		}
+		if u.MaxConnections <= 0 {
+			u.MaxConnections = DefaultMaxConnections
+		}
+		if t := u.ClientTLS; t != nil {
+			if (t.CertFile == "") != (t.KeyFile == "") {
+				return cfg, configError("upstream %q: client TLS needs both cert_file and key_file", u.Name).
+					WithEvidence("cert_file %q, key_file %q", t.CertFile, t.KeyFile).WithFix("set both, or neither and auto_cert_dir")
+			}
+			if t.CertFile == "" && t.AutoCertDir == "" {
+				return cfg, configError("upstream %q: client TLS needs a certificate", u.Name).
+					WithFix("set cert_file and key_file, or auto_cert_dir to generate a development certificate")
+			}
+		}
+		ups[i] = u
+	}
+	cfg.Upstreams = ups
+	return cfg, nil
+}
+
+func configError(format string, args ...any) *failure.Error {
+	return failure.New(failure.ConfigInvalid, format, args...)
+}
+
+func socketPath(dir string, port int) string {
+	return fmt.Sprintf("%s/.s.PGSQL.%d", dir, port)
+}

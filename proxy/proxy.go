@@ -1,0 +1,601 @@
+// Package proxy is pgtrust's sidecar: local TCP and Unix-socket listeners
+// whose clients (plaintext, or TLS by SSLRequest or direct TLS with ALPN)
+// are passed to named upstream PostgreSQL servers over transports opened by
+// pgtls with libpq's exact semantics, with the upstream client certificate
+// from a hot-reloading certs.FileSource.
+//
+// A session reads the client's startup packets exactly (never ahead, so
+// bytes injected after an SSLRequest are seen and refused), dials the
+// upstream, forwards the client's own StartupMessage and relays the
+// authentication exchange (removing SCRAM-SHA-256-PLUS, which cannot cross
+// the proxy, and recording BackendKeyData for CancelRequest routing), then
+// becomes a byte pipe with pooled buffers. Every refusal and upstream failure
+// reaches the client as a PostgreSQL ErrorResponse naming the class and fix.
+package proxy
+
+import (
+	"context"
+	"crypto/subtle"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/pgtrust/pgtrust/certs"
+	"github.com/pgtrust/pgtrust/failure"
+	"github.com/pgtrust/pgtrust/pgtls"
+)
+
+// HealthStatus is what the health package reports.
+type HealthStatus struct {
+	Draining  bool
+	Upstreams []UpstreamStatus
+}
+
+// UpstreamStatus is one upstream in the shape of seed 000's
+// /health/database/ssl, plus expiry and activity.
+type UpstreamStatus struct {
+	Name                  string          `json:"name"`
+	Listen                []string        `json:"listen"`
+	SSLEnabled            bool            `json:"ssl_enabled"`
+	SSLMode               string          `json:"ssl_mode"`
+	SSLVersion            string          `json:"ssl_version"` // "TLSv1.3" from the latest upstream handshake or probe
+	SSLCipher             string          `json:"ssl_cipher"`
+	CertificateValidation string          `json:"certificate_validation"` // "enabled" or "disabled"
+	Status                string          `json:"status"`                 // "healthy" | "unhealthy" | "unknown" (no handshake yet)
+	LastHandshake         time.Time       `json:"last_handshake,omitzero"`
+	LastError             *failure.Report `json:"last_error,omitempty"`
+	ClientCertNotAfter    *time.Time      `json:"client_certificate_not_after,omitempty"`
+	ActiveConnections     int64           `json:"active_connections"`
+}
+
+// tuning holds the settings a reload may change outside the upstreams.
+type tuning struct {
+	DrainTimeout     time.Duration
+	StartupTimeout   time.Duration
+	MaxStartupPacket int
+}
+
+// Proxy is a running (or ready to start) set of listeners and upstreams.
+type Proxy struct {
+	log       *slog.Logger
+	metrics   *metrics
+	upstreams []*upstream
+	probeIvl  time.Duration
+	tune      atomic.Pointer[tuning]
+
+	ctx    context.Context // lives until Close: certificate watchers, probes, dials
+	cancel context.CancelFunc
+
+	mu        sync.Mutex
+	started   bool
+	closed    bool
+	listeners []*listener
+	sessions  map[*session]struct{}
+	reloadMu  sync.Mutex
+
+	draining atomic.Bool
+	forced   atomic.Bool // sessions are being closed by Close
+	nextID   atomic.Uint64
+	sessWG   sync.WaitGroup
+	loopWG   sync.WaitGroup // accept loops and the probe
+
+	cancelMu   sync.Mutex
+	cancelKeys map[uint32][]*session
+}
+
+// listener is one TCP or Unix listener of an upstream.
+type listener struct {
+	up   *upstream
+	ln   net.Listener
+	addr string
+	unix bool
+	err  atomic.Pointer[error] // the latest Accept failure, nil while healthy
+}
+
+// New validates cfg, loads the certificate material (upstream client
+// certificates from Conn.SSLCert/SSLKey/SSLPassword and client-side server
+// certificates, each watched by a certs.FileSource so that rotation applies
+// to new connections) and registers the metrics. It opens no socket.
+func New(cfg Config) (*Proxy, error) {
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	m, err := newMetrics(cfg.Registerer)
+	if err != nil {
+		return nil, fmt.Errorf("register proxy metrics: %w", err)
+	}
+	p := &Proxy{log: cfg.Logger, metrics: m, probeIvl: cfg.ProbeInterval,
+		sessions: map[*session]struct{}{}, cancelKeys: map[uint32][]*session{}}
+	p.tune.Store(&tuning{DrainTimeout: cfg.DrainTimeout, StartupTimeout: cfg.StartupTimeout, MaxStartupPacket: cfg.MaxStartupPacket})
+	p.ctx, p.cancel = context.WithCancel(context.Background())
+	for _, uc := range cfg.Upstreams {
+		u := &upstream{name: uc.Name, cfg: uc, metrics: m.forUpstream(uc.Name)}
+		set, err := p.buildSettings(uc)
+		if err != nil {
+			p.Close()
+			return nil, err
+		}
+		u.settings.Store(set)
+		p.upstreams = append(p.upstreams, u)
+	}
+	return p, nil
+}
+
+func (p *Proxy) tuning() *tuning { return p.tune.Load() }
+
+// Start opens every listener and serves them in goroutines. It returns once
+// all are listening; if one cannot be opened, none stays open and the error
+// names the upstream and the address. The proxy's lifetime is not tied to
+// ctx: end it with Shutdown or Close.
+func (p *Proxy) Start(ctx context.Context) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		return errors.New("proxy: Start after Close")
+	}
+	if p.started {
+		return errors.New("proxy: already started")
+	}
+	var opened []*listener
+	fail := func(err error) error {
+		for _, l := range opened {
+			l.ln.Close()
+		}
+		return err
+	}
+	for _, u := range p.upstreams {
+		if u.cfg.Listen != "" {
+			var lc net.ListenConfig
+			ln, err := lc.Listen(ctx, "tcp", u.cfg.Listen)
+			if err != nil {
+				return fail(failure.Wrap(failure.ConfigInvalid, err, "upstream %s: cannot listen on %s", u.name, u.cfg.Listen).
+					WithFix("choose a free address for the upstream's listen setting, or stop the process that holds %s", u.cfg.Listen))
+			}
+			opened = append(opened, &listener{up: u, ln: ln, addr: ln.Addr().String()})
+		}
+		if dir := u.cfg.UnixSocketDir; dir != "" {
+			path := socketPath(dir, u.cfg.UnixSocketPort)
+			ln, err := listenUnix(ctx, dir, path)
+			if err != nil {
+				return fail(failure.Wrap(failure.ConfigInvalid, err, "upstream %s: cannot listen on %s", u.name, path).
+					WithFix("make sure %s is a directory this user can create and write, and that no other server uses %s", dir, path))
+			}
+			opened = append(opened, &listener{up: u, ln: ln, addr: path, unix: true})
+		}
+	}
+	p.listeners = opened
+	p.started = true
+	for _, l := range opened {
+		p.log.Info("listening", "upstream", l.up.name, "address", l.addr, "upstream_settings", l.up.settings.Load().conn.Redacted())
+		p.loopWG.Add(1)
+		go p.acceptLoop(l)
+	}
+	if p.probeIvl > 0 {
+		p.loopWG.Add(1)
+		go p.probeLoop()
+	}
+	return nil
+}
+
+// listenUnix creates dir (0700) and listens on path, replacing a stale
+// socket left by a process that died (but never a live one or a non-socket).
+func listenUnix(ctx context.Context, dir, path string) (net.Listener, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, err
+	}
+	if fi, err := os.Lstat(path); err == nil {
+		if fi.Mode()&os.ModeSocket == 0 {
+			return nil, fmt.Errorf("%s exists and is not a socket", path)
+		}
+		if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
+			c.Close()
+			return nil, fmt.Errorf("another server is listening on %s", path)
+		}
+		_ = os.Remove(path)
+	}
+	var lc net.ListenConfig
+	return lc.Listen(ctx, "unix", filepath.Clean(path))
+}
+
+func (p *Proxy) acceptLoop(l *listener) {
+	defer p.loopWG.Done()
+	backoff := 5 * time.Millisecond
+	for {
+		c, err := l.ln.Accept()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			// Out of file descriptors and the like: report unready, retry.
+			l.err.Store(&err)
+			p.log.Error("accept failed", "upstream", l.up.name, "address", l.addr, "error", err.Error())
+			time.Sleep(backoff)
+			backoff = min(backoff*2, time.Second)
+			continue
+		}
+		backoff = 5 * time.Millisecond
+		l.err.Store(nil)
+		if tc, ok := c.(*net.TCPConn); ok {
+			_ = tc.SetNoDelay(true)
+		}
+		s := &session{p: p, up: l.up, set: l.up.settings.Load(), ln: l, id: p.nextID.Add(1), start: time.Now(), raw: c}
+		p.mu.Lock()
+		if p.closed {
+			p.mu.Unlock()
+			c.Close()
+			return
+		}
+		p.sessions[s] = struct{}{}
+		p.sessWG.Add(1)
+		p.mu.Unlock()
+		go s.run()
+	}
+}
+
+// sessionDone releases what a session held.
+func (p *Proxy) sessionDone(s *session) {
+	if s.counted {
+		s.up.active.Add(-1)
+		s.up.metrics.active.Dec()
+	}
+	p.unregisterCancel(s)
+	p.mu.Lock()
+	delete(p.sessions, s)
+	p.mu.Unlock()
+	p.sessWG.Done()
+}
+
+func (p *Proxy) probeLoop() {
+	defer p.loopWG.Done()
+	t := time.NewTicker(p.probeIvl)
+	defer t.Stop()
+	for {
+		for _, u := range p.upstreams {
+			if p.ctx.Err() != nil {
+				return
+			}
+			p.probe(p.ctx, u)
+		}
+		select {
+		case <-p.ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// Addrs returns the listener addresses per upstream name.
+func (p *Proxy) Addrs() map[string][]net.Addr {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	out := map[string][]net.Addr{}
+	for _, l := range p.listeners {
+		out[l.up.name] = append(out[l.up.name], l.ln.Addr())
+	}
+	return out
+}
+
+// Shutdown stops accepting, marks the proxy draining (Ready turns false
+// first), waits for the sessions to end up to DrainTimeout or ctx, and then
+// closes what is left.
+func (p *Proxy) Shutdown(ctx context.Context) error {
+	p.draining.Store(true)
+	p.log.Info("draining", "sessions", p.sessionCount(), "drain_timeout", p.tuning().DrainTimeout)
+	p.closeListeners()
+	ctx, cancel := context.WithTimeout(ctx, p.tuning().DrainTimeout)
+	defer cancel()
+	done := make(chan struct{})
+	go func() {
+		p.sessWG.Wait()
+		close(done)
+	}()
+	var err error
+	select {
+	case <-done:
+		p.log.Info("drained")
+	case <-ctx.Done():
+		err = fmt.Errorf("proxy: %d sessions still open after the drain timeout; closing them: %w", p.sessionCount(), ctx.Err())
+		p.log.Warn("drain timeout; closing the remaining sessions", "sessions", p.sessionCount())
+	}
+	if cerr := p.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+func (p *Proxy) sessionCount() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.sessions)
+}
+
+func (p *Proxy) closeListeners() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, l := range p.listeners {
+		l.ln.Close()
+	}
+}
+
+// Close closes the listeners and every session at once, stops the
+// certificate watchers and probes, and waits for the goroutines to end.
+func (p *Proxy) Close() error {
+	p.draining.Store(true)
+	p.mu.Lock()
+	already := p.closed
+	p.closed = true
+	for _, l := range p.listeners {
+		l.ln.Close()
+	}
+	if len(p.sessions) > 0 {
+		p.forced.Store(true)
+	}
+	for s := range p.sessions {
+		s.closeAll()
+	}
+	p.mu.Unlock()
+	if already {
+		return nil
+	}
+	p.cancel()
+	p.loopWG.Wait()
+	p.sessWG.Wait()
+	for _, u := range p.upstreams {
+		if set := u.settings.Load(); set != nil {
+			set.close()
+		}
+	}
+	return nil
+}
+
+// Reload applies a SIGHUP. With cfgNew nil it re-reads every certificate
+// source (a rejected file keeps the current material). Otherwise it builds
+// and validates the new upstream settings and certificate sources, then
+// swaps them in for new connections; established sessions are untouched.
+// Listener changes (names, addresses, sockets) need a restart and are
+// refused. On any error the old settings stay.
+func (p *Proxy) Reload(cfgNew *Config) error {
+	p.reloadMu.Lock()
+	defer p.reloadMu.Unlock()
+	err := p.reload(cfgNew)
+	result := "success"
+	if err != nil {
+		result = "failure"
+		p.log.Warn("reload rejected; keeping the current configuration", "class", failure.ClassOf(err), "error", err.Error())
+	} else {
+		p.log.Info("reloaded")
+	}
+	p.metrics.reloads.WithLabelValues("config", result).Inc()
+	return err
+}
+
+func (p *Proxy) reload(cfgNew *Config) error {
+	if cfgNew == nil {
+		var errs []error
+		for _, u := range p.upstreams {
+			set := u.settings.Load()
+			for _, src := range []*certs.FileSource{set.clientCert, set.serverCert} {
+				if src != nil {
+					if err := src.Reload(); err != nil {
+						errs = append(errs, wrapUpstream(u.name, "certificate reload", err))
+					}
+				}
+			}
+		}
+		return errors.Join(errs...)
+	}
+	cfg, err := cfgNew.withDefaults()
+	if err != nil {
+		return err
+	}
+	if len(cfg.Upstreams) != len(p.upstreams) {
+		return configError("reload cannot add or remove upstreams (%d configured, %d running)", len(cfg.Upstreams), len(p.upstreams)).
+			WithFix("restart the proxy to change the set of upstreams")
+	}
+	byName := map[string]UpstreamConfig{}
+	for _, uc := range cfg.Upstreams {
+		byName[uc.Name] = uc
+	}
+	built := make([]*upstreamSettings, len(p.upstreams))
+	discard := func() {
+		for _, s := range built {
+			if s != nil {
+				s.close()
+			}
+		}
+	}
+	for i, u := range p.upstreams {
+		uc, ok := byName[u.name]
+		if !ok {
+			discard()
+			return configError("reload cannot remove upstream %q", u.name).WithFix("restart the proxy to change the set of upstreams")
+		}
+		if uc.Listen != u.cfg.Listen || uc.UnixSocketDir != u.cfg.UnixSocketDir || uc.UnixSocketPort != u.cfg.UnixSocketPort {
+			discard()
+			return configError("reload cannot change the listeners of upstream %q", u.name).
+				WithEvidence("running: listen %q, unix_socket_dir %q; new: listen %q, unix_socket_dir %q", u.cfg.Listen, u.cfg.UnixSocketDir, uc.Listen, uc.UnixSocketDir).
+				WithFix("restart the proxy to change listen addresses or sockets")
+		}
+		set, err := p.buildSettings(uc)
+		if err != nil {
+			discard()
+			return err
+		}
+		built[i] = set
+	}
+	for i, u := range p.upstreams {
+		old := u.settings.Swap(built[i])
+		// Sessions hold the old snapshot; its sources only stop watching,
+		// their current material stays usable.
+		old.close()
+	}
+	p.tune.Store(&tuning{DrainTimeout: cfg.DrainTimeout, StartupTimeout: cfg.StartupTimeout, MaxStartupPacket: cfg.MaxStartupPacket})
+	return nil
+}
+
+// onCertReload counts reloads of one certificate source and keeps its
+// expiry gauge current.
+func (p *Proxy) onCertReload(upstream, kind string) func(certs.Status, error) {
+	return func(st certs.Status, err error) {
+		result := "success"
+		if err != nil {
+			result = "failure"
+		} else {
+			p.setExpiry(upstream, kind, st)
+		}
+		p.metrics.reloads.WithLabelValues("certificate", result).Inc()
+	}
+}
+
+func (p *Proxy) setExpiry(upstream, kind string, st certs.Status) {
+	if !st.NotAfter.IsZero() {
+		p.metrics.certExpiry.WithLabelValues(upstream, kind).Set(float64(st.NotAfter.Unix()))
+	}
+}
+
+// HealthStatus reports each upstream from its latest handshake or probe.
+func (p *Proxy) HealthStatus() HealthStatus {
+	p.mu.Lock()
+	listen := map[*upstream][]string{}
+	for _, l := range p.listeners {
+		listen[l.up] = append(listen[l.up], l.addr)
+	}
+	p.mu.Unlock()
+	hs := HealthStatus{Draining: p.draining.Load()}
+	for _, u := range p.upstreams {
+		hs.Upstreams = append(hs.Upstreams, u.status(listen[u]))
+	}
+	return hs
+}
+
+// Ready is false before Start, while draining, when a listener fails to
+// accept, or when certificate material in use has expired; the string says
+// why. It never opens a database connection.
+func (p *Proxy) Ready() (bool, string) {
+	if p.draining.Load() {
+		return false, "draining"
+	}
+	p.mu.Lock()
+	started, listeners := p.started, p.listeners
+	p.mu.Unlock()
+	if !started {
+		return false, "not started"
+	}
+	for _, l := range listeners {
+		if e := l.err.Load(); e != nil {
+			return false, fmt.Sprintf("upstream %s: listener %s cannot accept: %v", l.up.name, l.addr, *e)
+		}
+	}
+	now := time.Now()
+	for _, u := range p.upstreams {
+		set := u.settings.Load()
+		for _, c := range []struct {
+			src  *certs.FileSource
+			what string
+		}{{set.clientCert, "upstream client certificate"}, {set.serverCert, "client TLS certificate"}} {
+			if c.src == nil {
+				continue
+			}
+			if na := c.src.Status().NotAfter; !na.IsZero() && now.After(na) {
+				return false, fmt.Sprintf("upstream %s: %s expired at %s", u.name, c.what, na.UTC().Format(time.RFC3339))
+			}
+		}
+	}
+	return true, "ready"
+}
+
+// registerCancel makes s reachable by its BackendKeyData.
+func (p *Proxy) registerCancel(s *session) {
+	if s.secret == nil {
+		return
+	}
+	p.cancelMu.Lock()
+	p.cancelKeys[s.pid] = append(p.cancelKeys[s.pid], s)
+	p.cancelMu.Unlock()
+}
+
+func (p *Proxy) unregisterCancel(s *session) {
+	if s.secret == nil {
+		return
+	}
+	p.cancelMu.Lock()
+	defer p.cancelMu.Unlock()
+	list := p.cancelKeys[s.pid]
+	for i, x := range list {
+		if x == s {
+			list = append(list[:i], list[i+1:]...)
+			break
+		}
+	}
+	if len(list) == 0 {
+		delete(p.cancelKeys, s.pid)
+	} else {
+		p.cancelKeys[s.pid] = list
+	}
+}
+
+// lookupCancel finds the session with this key, comparing the secret in
+// constant time.
+func (p *Proxy) lookupCancel(pid uint32, secret []byte) *session {
+	p.cancelMu.Lock()
+	defer p.cancelMu.Unlock()
+	var found *session
+	for _, s := range p.cancelKeys[pid] {
+		if subtle.ConstantTimeCompare(s.secret, secret) == 1 {
+			found = s
+		}
+	}
+	return found
+}
+
+// forwardCancel delivers a client's CancelRequest to the upstream server of
+// the session it names, over the same kind of channel as that session (TLS
+// when the session is TLS), as PQcancelCreate does. Like PostgreSQL, it
+// never answers the requester.
+func (p *Proxy) forwardCancel(req *pgproto3.CancelRequest, from *session) {
+	target := p.lookupCancel(req.ProcessID, req.SecretKey)
+	if target == nil {
+		p.metrics.cancels.WithLabelValues("unknown").Inc()
+		p.log.Warn("cancel request for an unknown session", "client", from.raw.RemoteAddr().String(), "upstream", from.up.name)
+		return
+	}
+	method := pgtls.MethodPlaintext
+	if target.facts.Encrypted {
+		method = pgtls.MethodSSL
+	}
+	ctx, cancel := context.WithTimeout(p.ctx, p.tuning().StartupTimeout)
+	defer cancel()
+	conn, _, err := pgtls.DialAddress(ctx, target.set.conn, target.facts.Host, target.facts.Address, method, target.set.opts)
+	if err == nil {
+		msg, _ := req.Encode(nil)
+		if dl, ok := ctx.Deadline(); ok {
+			_ = conn.SetDeadline(dl)
+		}
+		if _, err = conn.Write(msg); err == nil {
+			// The server closes once it has read the request; waiting for
+			// that makes sure it arrived before the client is told "done".
+			_, _ = io.Copy(io.Discard, conn)
+		}
+		conn.Close()
+	}
+	if err != nil {
+		p.metrics.cancels.WithLabelValues("failed").Inc()
+		p.log.Warn("cancel request not delivered", "id", target.id, "upstream", target.up.name, "class", failure.ClassOf(err), "error", err.Error())
+		return
+	}
+	p.metrics.cancels.WithLabelValues("forwarded").Inc()
+	p.log.Info("cancel request forwarded", "id", target.id, "upstream", target.up.name, "upstream_address", target.facts.Address)
+}

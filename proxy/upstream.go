@@ -1,0 +1,233 @@
+package proxy
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"os"
+	"sync/atomic"
+	"time"
+
+	"github.com/pgtrust/pgtrust/certs"
+	"github.com/pgtrust/pgtrust/connstring"
+	"github.com/pgtrust/pgtrust/failure"
+	"github.com/pgtrust/pgtrust/pgtls"
+)
+
+// upstream is the runtime state of one named upstream. Its listener
+// settings are fixed at New; everything else is in settings, swapped
+// atomically on Reload so that sessions keep the snapshot they started with.
+type upstream struct {
+	name     string
+	cfg      UpstreamConfig // as configured at New (listeners)
+	settings atomic.Pointer[upstreamSettings]
+	metrics  *upstreamMetrics
+	active   atomic.Int64
+	last     atomic.Pointer[handshakeStatus]
+}
+
+// upstreamSettings is what a new session needs, built and validated as a
+// whole before it is used.
+type upstreamSettings struct {
+	conn       *connstring.Config
+	opts       *pgtls.Options
+	clientCert *certs.FileSource // upstream client certificate; nil: none configured (pgtls applies libpq's file rules)
+	serverCert *certs.FileSource // certificate shown to local clients; nil without ClientTLS
+	serverTLS  *tls.Config
+	requireTLS bool
+	maxConns   int
+	validation string // "enabled" or "disabled"
+}
+
+// handshakeStatus is the outcome of the latest upstream dial or probe.
+type handshakeStatus struct {
+	at        time.Time
+	encrypted bool
+	version   string
+	cipher    string
+	err       *failure.Report
+}
+
+func (s *upstreamSettings) close() {
+	if s.clientCert != nil {
+		s.clientCert.Close()
+	}
+	if s.serverCert != nil {
+		s.serverCert.Close()
+	}
+}
+
+// buildSettings loads and validates the certificate material of u.
+func (p *Proxy) buildSettings(u UpstreamConfig) (_ *upstreamSettings, err error) {
+	s := &upstreamSettings{conn: u.Conn, opts: &pgtls.Options{}, maxConns: u.MaxConnections, validation: validationOf(u.Conn)}
+	defer func() {
+		if err != nil {
+			s.close()
+		}
+	}()
+	c := u.Conn
+	// Fail closed at load time rather than on every session: verify-ca and
+	// verify-full cannot work without their root file.
+	if (c.SSLMode == connstring.SSLVerifyCA || c.SSLMode == connstring.SSLVerifyFull) && c.SSLRootCert != "system" {
+		if _, statErr := os.Stat(c.SSLRootCert); c.SSLRootCert == "" || statErr != nil {
+			return nil, failure.New(failure.RootCertMissing, "upstream %s: root certificate file \"%s\" does not exist", u.Name, c.SSLRootCert).
+				WithEvidence("sslmode=%s verifies the server certificate against sslrootcert", c.SSLMode).
+				WithFix("provide the file, use sslrootcert=system for the system's trusted roots, or change sslmode")
+		}
+	}
+	// Only an existing sslcert becomes a watched source: libpq silently sends
+	// no certificate when the file is absent, and pgtls applies that rule.
+	if c.SSLCertMode != "disable" && c.SSLCert != "" {
+		if _, statErr := os.Stat(c.SSLCert); statErr == nil {
+			src, err := certs.NewFileSource(p.ctx, certs.FileSourceOptions{
+				CertFile: c.SSLCert, KeyFile: c.SSLKey, KeyPassword: c.SSLPassword,
+				Logger:   p.log.With("upstream", u.Name, "certificate", certUpstreamClient),
+				OnReload: p.onCertReload(u.Name, certUpstreamClient),
+			})
+			if err != nil {
+				return nil, wrapUpstream(u.Name, "upstream client certificate", err)
+			}
+			s.clientCert = src
+			s.opts.GetClientCertificate = src.GetClientCertificate
+			p.setExpiry(u.Name, certUpstreamClient, src.Status())
+		}
+	}
+	if t := u.ClientTLS; t != nil {
+		certFile, keyFile := t.CertFile, t.KeyFile
+		if certFile == "" {
+			pki, err := certs.EnsureDevPKI(t.AutoCertDir, certs.DevPKIOptions{})
+			if err != nil {
+				return nil, wrapUpstream(u.Name, "client TLS auto certificate", err)
+			}
+			certFile, keyFile = pki.ServerCert, pki.ServerKey
+		}
+		src, err := certs.NewFileSource(p.ctx, certs.FileSourceOptions{
+			CertFile: certFile, KeyFile: keyFile,
+			Logger:   p.log.With("upstream", u.Name, "certificate", certClientTLS),
+			OnReload: p.onCertReload(u.Name, certClientTLS),
+		})
+		if err != nil {
+			return nil, wrapUpstream(u.Name, "client TLS certificate", err)
+		}
+		s.serverCert = src
+		s.serverTLS = &tls.Config{
+			GetCertificate: src.GetCertificate,
+			NextProtos:     []string{pgtls.ALPNProtocol},
+			MinVersion:     tls.VersionTLS12,
+		}
+		s.requireTLS = t.Require
+		p.setExpiry(u.Name, certClientTLS, src.Status())
+	}
+	return s, nil
+}
+
+// wrapUpstream names the upstream in a certificate error, keeping its class.
+func wrapUpstream(name, what string, err error) error {
+	if fe, ok := failure.As(err); ok {
+		e := *fe
+		e.Message = "upstream " + name + ": " + what + ": " + fe.Message
+		return &e
+	}
+	return failure.Wrap(failure.ConfigInvalid, err, "upstream %s: %s", name, what)
+}
+
+// validationOf says whether the upstream's server certificate is checked:
+// verify-ca / verify-full, or a root file that libpq would use anyway.
+func validationOf(c *connstring.Config) string {
+	switch c.SSLMode {
+	case connstring.SSLVerifyCA, connstring.SSLVerifyFull:
+		return "enabled"
+	case connstring.SSLDisable:
+		return "disabled"
+	}
+	if c.SSLRootCert == "system" {
+		return "enabled"
+	}
+	if c.SSLRootCert != "" {
+		if _, err := os.Stat(c.SSLRootCert); err == nil {
+			return "enabled"
+		}
+	}
+	return "disabled"
+}
+
+// acquire takes a connection slot unless max are in use.
+func (u *upstream) acquire(max int) bool {
+	for {
+		n := u.active.Load()
+		if n >= int64(max) {
+			return false
+		}
+		if u.active.CompareAndSwap(n, n+1) {
+			return true
+		}
+	}
+}
+
+// recordHandshake keeps the outcome of a dial for HealthStatus.
+func (u *upstream) recordHandshake(f *pgtls.Facts, err error) {
+	st := &handshakeStatus{at: time.Now(), err: failure.ReportOf(err)}
+	if err == nil && f != nil {
+		st.encrypted = f.Encrypted
+		st.version = f.TLSVersionName()
+		st.cipher = f.CipherName()
+		u.metrics.up.Set(1)
+	} else {
+		u.metrics.up.Set(0)
+	}
+	u.last.Store(st)
+}
+
+// probe dials the upstream transport (no startup) to refresh its status.
+func (p *Proxy) probe(ctx context.Context, u *upstream) {
+	set := u.settings.Load()
+	ctx, cancel := context.WithTimeout(ctx, p.tuning().StartupTimeout)
+	defer cancel()
+	t0 := time.Now()
+	conn, facts, err := pgtls.Dial(ctx, set.conn, set.opts)
+	if errors.Is(ctx.Err(), context.Canceled) && err != nil {
+		return // the proxy is closing
+	}
+	if err == nil {
+		u.metrics.dial.Observe(time.Since(t0).Seconds())
+		conn.Close()
+	} else {
+		u.metrics.failure(string(failure.ClassOf(err)))
+		p.log.Warn("upstream probe failed", "upstream", u.name, "class", failure.ClassOf(err), "error", err.Error())
+	}
+	u.recordHandshake(facts, err)
+}
+
+// status renders the upstream for HealthStatus.
+func (u *upstream) status(listen []string) UpstreamStatus {
+	set := u.settings.Load()
+	st := UpstreamStatus{
+		Name:                  u.name,
+		Listen:                listen,
+		SSLMode:               string(set.conn.SSLMode),
+		CertificateValidation: set.validation,
+		Status:                "unknown",
+		ActiveConnections:     u.active.Load(),
+	}
+	switch set.conn.SSLMode {
+	case connstring.SSLRequire, connstring.SSLVerifyCA, connstring.SSLVerifyFull:
+		st.SSLEnabled = true
+	}
+	if h := u.last.Load(); h != nil {
+		st.LastHandshake = h.at
+		if h.err != nil {
+			st.Status = "unhealthy"
+			st.LastError = h.err
+		} else {
+			st.Status = "healthy"
+			st.SSLEnabled = h.encrypted
+			st.SSLVersion, st.SSLCipher = h.version, h.cipher
+		}
+	}
+	if set.clientCert != nil {
+		if na := set.clientCert.Status().NotAfter; !na.IsZero() {
+			st.ClientCertNotAfter = &na
+		}
+	}
+	return st
+}
