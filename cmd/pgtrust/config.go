@@ -1,0 +1,91 @@
+package main
+
+import (
+	"fmt"
+	"io"
+
+	"github.com/spf13/cobra"
+
+	"github.com/pgtrust/pgtrust/config"
+	"github.com/pgtrust/pgtrust/failure"
+)
+
+func init() { register(newConfigCmd) }
+
+func newConfigCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "config",
+		Short: "Work with the proxy's configuration file",
+	}
+	var asJSON bool
+	validate := &cobra.Command{
+		Use:   "validate FILE",
+		Short: "Check a proxy configuration without starting anything",
+		Long: `Check everything the proxy would need, without starting it or connecting:
+the file parses (unknown keys are errors), every upstream's connection settings
+resolve (sslmode defaults to verify-full), the CA, client certificate and key
+files exist and load (libpq's key permission rule, key decrypts and matches),
+no certificate has expired (a warning within 30 days), listen and health
+addresses parse, and Unix socket and certificate directories are writable.
+The PGTRUST_* and DB_SSL_* environment variables apply, as they would to
+pgtrust proxy.
+
+Exit status: 0 no problem (warnings allowed), 1 problems found,
+2 the file cannot be read or is not a valid configuration.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			out := cmd.OutOrStdout()
+			f, err := config.Load(args[0])
+			if err != nil {
+				if asJSON {
+					writeJSON(out, map[string]any{"ok": false, "error": failure.ReportOf(err)})
+				} else {
+					fmt.Fprintln(cmd.ErrOrStderr(), "pgtrust: "+detail(err))
+				}
+				return exitCode(2)
+			}
+			findings := config.Validate(f)
+			ok := !config.Failed(findings)
+			if asJSON {
+				writeJSON(out, map[string]any{"ok": ok, "file": args[0], "findings": findings})
+			} else {
+				printFindings(out, args[0], findings)
+			}
+			if !ok {
+				return exitCode(1)
+			}
+			return nil
+		},
+	}
+	validate.Flags().BoolVar(&asJSON, "json", false, "print the findings as JSON")
+	cmd.AddCommand(validate)
+	return cmd
+}
+
+func printFindings(w io.Writer, file string, findings []config.Finding) {
+	fails, warns := 0, 0
+	for _, fd := range findings {
+		label := "ok  "
+		switch fd.Status {
+		case config.StatusWarn:
+			label, warns = "WARN", warns+1
+		case config.StatusFail:
+			label, fails = "FAIL", fails+1
+		}
+		fmt.Fprintf(w, "%s %s: %s\n", label, fd.Check, fd.Message)
+		if fd.Status != config.StatusOK {
+			fmt.Fprintf(w, "     class:    %s\n", fd.Class)
+			if fd.Evidence != "" {
+				fmt.Fprintf(w, "     evidence: %s\n", fd.Evidence)
+			}
+			if fd.Fix != "" {
+				fmt.Fprintf(w, "     fix:      %s\n", fd.Fix)
+			}
+		}
+	}
+	if fails == 0 {
+		fmt.Fprintf(w, "%s: valid (%d warning(s))\n", file, warns)
+	} else {
+		fmt.Fprintf(w, "%s: %d problem(s), %d warning(s)\n", file, fails, warns)
+	}
+}

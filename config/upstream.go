@@ -1,0 +1,157 @@
+package config
+
+import (
+	"log/slog"
+	"os/user"
+	"sort"
+	"strings"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/pgtrust/pgtrust/connstring"
+	"github.com/pgtrust/pgtrust/failure"
+	"github.com/pgtrust/pgtrust/proxy"
+)
+
+// Upstream returns the resolved libpq settings of the named upstream: its
+// dsn (or settings table), then the DB_SSL_* overrides, then the PG*
+// environment and libpq's defaults. When nothing sets sslmode it is
+// verify-full (fail closed), with libpq's rules: without a root
+// certificate file that is a root_cert_missing error when connecting, and
+// Validate reports it.
+func (f *File) Upstream(name string) (*connstring.Config, error) {
+	return f.upstream(name, Environ())
+}
+
+func (f *File) upstream(name string, env map[string]string) (*connstring.Config, error) {
+	u, ok := f.Upstreams[name]
+	if !ok {
+		return nil, failure.New(failure.ConfigInvalid, "%s has no upstream %q", f.where(), name).
+			WithEvidence("upstreams defined: %s", strings.Join(f.UpstreamNames(), ", ")).
+			WithFix("use one of the defined names, or add an [upstreams.%s] table", name)
+	}
+	key := "upstreams." + name
+	source := f.where() + ": " + key + ".dsn"
+	if u.origin != "" {
+		source = u.origin
+	}
+	settings := map[string]string{}
+	if u.DSN != "" {
+		kw, err := connstring.ParseKeywords(u.DSN)
+		if err != nil {
+			return nil, wrapConn(err, source)
+		}
+		settings = kw
+	} else {
+		source = f.where() + ": [" + key + ".settings]"
+		for k, v := range u.Settings {
+			s, err := settingString(v)
+			if err != nil {
+				return nil, f.invalid(key+".settings."+k, "%v", err)
+			}
+			if !connstring.IsKeyword(k) {
+				return nil, f.invalid(key+".settings."+k, "invalid connection option \"%s\"", k).
+					WithFix("use a libpq keyword (host, port, dbname, user, sslmode, sslrootcert, sslcert, sslkey, ...)")
+			}
+			settings[k] = s
+		}
+	}
+	for k, v := range u.overrides {
+		settings[k] = v
+	}
+	_, hasMode := settings["sslmode"]
+	_, hasReq := settings["requiressl"]
+	_, envMode := env["PGSSLMODE"]
+	_, envReq := env["PGREQUIRESSL"]
+	if !hasMode && !hasReq && !envMode && !envReq {
+		settings["sslmode"] = string(connstring.SSLVerifyFull)
+	}
+
+	keys := make([]string, 0, len(settings))
+	for k := range settings {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	var b strings.Builder
+	for _, k := range keys {
+		b.WriteString(k + "=" + connstring.QuoteValue(settings[k]) + " ")
+	}
+	cfg, err := connstring.ParseWithEnv(b.String(), env, homeOf(env))
+	if err != nil {
+		return nil, wrapConn(err, source)
+	}
+	if f.sslRequired {
+		switch cfg.SSLMode {
+		case connstring.SSLDisable, connstring.SSLAllow, connstring.SSLPrefer:
+			return nil, failure.New(failure.ConfigInvalid, "%s: sslmode=%s may connect without TLS, but %s=true", source, cfg.SSLMode, f.sslRequiredOrigin).
+				WithEvidence("upstream %q resolves to sslmode=%s; %s requires TLS", name, cfg.SSLMode, f.sslRequiredOrigin).
+				WithFix("set sslmode=verify-full (with sslrootcert) for upstream %q, or unset DB_SSL_REQUIRED", name)
+		}
+	}
+	return cfg, nil
+}
+
+// homeOf mirrors connstring's choice of home directory.
+func homeOf(env map[string]string) string {
+	if h := env["HOME"]; h != "" {
+		return h
+	}
+	if u, err := user.Current(); err == nil {
+		return u.HomeDir
+	}
+	return ""
+}
+
+// wrapConn names where a connection string came from, keeping the class,
+// evidence and fix of connstring's error (which never holds a secret).
+func wrapConn(err error, source string) error {
+	fe, ok := failure.As(err)
+	if !ok {
+		return failure.Wrap(failure.ConfigInvalid, err, "%s", source)
+	}
+	out := failure.Wrap(fe.Class, err, "%s: %s", source, fe.Error())
+	out.Evidence, out.Fix = fe.Evidence, fe.Fix
+	if out.Fix == "" {
+		out.Fix = "correct the connection string (libpq key/value or postgres:// URI)"
+	}
+	return out.CauseInMessage()
+}
+
+// ProxyConfig turns the configuration into the proxy's. It resolves every
+// upstream (see Upstream) but touches no file and opens no socket; run
+// Validate first for that.
+func (f *File) ProxyConfig(logger *slog.Logger, reg prometheus.Registerer) (*proxy.Config, error) {
+	if len(f.Upstreams) == 0 {
+		return nil, failure.New(failure.ConfigInvalid, "%s defines no upstream", f.where()).
+			WithFix("add an [upstreams.NAME] table with listen and dsn, or pass --upstream DSN --listen ADDR (PGTRUST_UPSTREAM, PGTRUST_LISTEN)")
+	}
+	pc := &proxy.Config{
+		DrainTimeout:     f.Proxy.DrainTimeout.D(),
+		StartupTimeout:   f.Proxy.StartupTimeout.D(),
+		MaxStartupPacket: f.Proxy.MaxStartupPacket,
+		ProbeInterval:    f.Health.ProbeInterval.D(),
+		Logger:           logger,
+		Registerer:       reg,
+	}
+	env := Environ()
+	for _, name := range f.UpstreamNames() {
+		u := f.Upstreams[name]
+		conn, err := f.upstream(name, env)
+		if err != nil {
+			return nil, err
+		}
+		uc := proxy.UpstreamConfig{
+			Name:           name,
+			Listen:         u.Listen,
+			UnixSocketDir:  u.UnixSocketDir,
+			UnixSocketPort: u.UnixSocketPort,
+			Conn:           conn,
+			MaxConnections: u.MaxConnections,
+		}
+		if t := u.ClientTLS; t != nil {
+			uc.ClientTLS = &proxy.ClientTLS{CertFile: t.CertFile, KeyFile: t.KeyFile, AutoCertDir: t.AutoCertDir, Require: t.Require}
+		}
+		pc.Upstreams = append(pc.Upstreams, uc)
+	}
+	return pc, nil
+}
