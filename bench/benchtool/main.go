@@ -1,0 +1,41 @@
+// Command benchtool holds the small helpers of bench/run that are easier in
+// Go than in bash:
+//
+//	benchtool freeport                      print a free 127.0.0.1 TCP port
+//	benchtool hold -n N -dsn DSN            open N idle connections, print "ready N", wait for SIGTERM/stdin EOF
+//	benchtool latency FILE...               p50 and p99 (ms) of pgbench --log files
+//	benchtool report -dir DIR -out MD ...   docs/benchmarks.md, the chart's data and gnuplot script
+package main
+
+import (
+	"fmt"
+	"os"
+)
+
+func main() {
+	if len(os.Args) < 2 {
+		usage()
+	}
+	var err error
+	switch os.Args[1] {
+	case "freeport":
+		err = freePort()
+	case "hold":
+		err = hold(os.Args[2:])
+	case "latency":
+		err = latency(os.Args[2:])
+	case "report":
+		err = report(os.Args[2:])
+	default:
+		usage()
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "benchtool %s: %v\n", os.Args[1], err)
+		os.Exit(1)
+	}
+}
+
+func usage() {
+	fmt.Fprintln(os.Stderr, "usage: benchtool freeport | hold -n N -dsn DSN | latency FILE... | report -dir DIR -out FILE")
+	os.Exit(2)
+}
