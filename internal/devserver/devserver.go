@@ -8,16 +8,10 @@
 package devserver
 
 import (
-	"bufio"
-	"bytes"
 	"errors"
 	"fmt"
-	"net"
 	"os"
-	"os/exec"
-	"os/user"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -26,6 +20,7 @@ import (
 
 	"github.com/pgtrust/pgtrust/certs"
 	"github.com/pgtrust/pgtrust/failure"
+	"github.com/pgtrust/pgtrust/internal/pgproc"
 )
 
 // DefaultBinDir is where Debian's postgresql-15 package puts the server
@@ -79,41 +74,16 @@ func BinDir(dir string) (string, error) {
 	return dir, nil
 }
 
-// identity is who the server runs as: the current user, or postgres when root.
-type identity struct {
-	cred     *syscall.Credential
-	uid, gid int
-}
+// identity is who the server runs as (see pgproc).
+type identity = pgproc.Identity
 
 func serverIdentity() (identity, error) {
-	if os.Geteuid() != 0 {
-		return identity{uid: os.Getuid(), gid: os.Getgid()}, nil
-	}
-	u, err := user.Lookup("postgres")
+	id, err := pgproc.ServerIdentity()
 	if err != nil {
-		return identity{}, failure.Wrap(failure.ConfigInvalid, err, "running as root needs the OS user postgres to run the server").
+		return id, failure.Wrap(failure.ConfigInvalid, err, "running as root needs the OS user postgres to run the server").
 			WithFix("apt-get install -y postgresql-15 (it creates the postgres user), or run pgtrust as an ordinary user")
 	}
-	uid, _ := strconv.Atoi(u.Uid)
-	gid, _ := strconv.Atoi(u.Gid)
-	return identity{cred: &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}, uid: uid, gid: gid}, nil
-}
-
-func (id identity) command(name string, args ...string) *exec.Cmd {
-	cmd := exec.Command(name, args...)
-	// Own process group: Ctrl-C in a terminal goes to pgtrust only, which
-	// stops the proxy before the server. Pdeathsig: if pgtrust dies, so
-	// does the server.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: id.cred, Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	cmd.Env = []string{"PATH=/usr/bin:/bin", "LC_ALL=C", "LANG=C", "TZ=UTC"}
-	return cmd
-}
-
-func (id identity) chown(path string) error {
-	if id.cred == nil {
-		return nil
-	}
-	return os.Lchown(path, id.uid, id.gid)
+	return id, nil
 }
 
 // Start creates, configures and starts a server. On error nothing is left
@@ -140,7 +110,7 @@ func Start(opts Options) (_ *Server, err error) {
 			_ = s.Stop()
 		}
 	}()
-	if err := id.chown(dir); err != nil {
+	if err := id.Chown(dir); err != nil {
 		return nil, fmt.Errorf("devserver: chown %s: %w", dir, err)
 	}
 	// The server reads its own copies, owned by its user: PostgreSQL refuses
@@ -155,13 +125,13 @@ func Start(opts Options) (_ *Server, err error) {
 		if err := os.WriteFile(p, data, 0o600); err != nil {
 			return nil, fmt.Errorf("devserver: %w", err)
 		}
-		if err := id.chown(p); err != nil {
+		if err := id.Chown(p); err != nil {
 			return nil, fmt.Errorf("devserver: chown %s: %w", p, err)
 		}
 		files[f.name] = p
 	}
 
-	initdb := id.command(filepath.Join(bin, "initdb"), "-D", s.DataDir, "--no-sync", "-A", "trust", "-U", "postgres",
+	initdb := id.Command(true, filepath.Join(bin, "initdb"), "-D", s.DataDir, "--no-sync", "-A", "trust", "-U", "postgres",
 		"--no-locale", "-E", "UTF8", "--no-instructions")
 	initdb.Dir = dir
 	if out, err := initdb.CombinedOutput(); err != nil {
@@ -175,7 +145,7 @@ func Start(opts Options) (_ *Server, err error) {
 	if err := os.WriteFile(hbaPath, []byte("# written by pgtrust quickstart\nlocal all postgres trust\n"+strings.Join(hba, "\n")+"\n"), 0o600); err != nil {
 		return nil, fmt.Errorf("devserver: %w", err)
 	}
-	if err := id.chown(hbaPath); err != nil {
+	if err := id.Chown(hbaPath); err != nil {
 		return nil, fmt.Errorf("devserver: %w", err)
 	}
 
@@ -196,7 +166,7 @@ func Start(opts Options) (_ *Server, err error) {
 	}
 	// A port chosen by the kernel can be taken before postgres binds it.
 	for attempt := 1; ; attempt++ {
-		if s.Port, err = freePort(); err != nil {
+		if s.Port, err = pgproc.FreePort(); err != nil {
 			return nil, err
 		}
 		conf["port"] = strconv.Itoa(s.Port)
@@ -220,10 +190,10 @@ func (s *Server) start(bin string, id identity, conf map[string]string) error {
 		return err
 	}
 	defer logf.Close()
-	cmd := id.command(filepath.Join(bin, "postgres"), args...)
+	cmd := id.Command(true, filepath.Join(bin, "postgres"), args...)
 	cmd.Dir = s.Dir
 	cmd.Stdout, cmd.Stderr = logf, logf
-	if err := startOnSpawnerThread(cmd); err != nil {
+	if err := pgproc.Start(cmd); err != nil {
 		return fmt.Errorf("exec postgres: %w", err)
 	}
 	exited := make(chan struct{})
@@ -238,7 +208,7 @@ func (s *Server) start(bin string, id identity, conf map[string]string) error {
 
 	pid := strconv.Itoa(cmd.Process.Pid)
 	deadline := time.Now().Add(60 * time.Second)
-	for !ready(filepath.Join(s.DataDir, "postmaster.pid"), pid) {
+	for !pgproc.Ready(filepath.Join(s.DataDir, "postmaster.pid"), pid) {
 		select {
 		case <-exited:
 			s.mu.Lock()
@@ -281,7 +251,7 @@ func (s *Server) Stop() error {
 		// Backends exit on their own once the postmaster is gone; wait so
 		// that nothing outlives Stop.
 		deadline := time.Now().Add(10 * time.Second)
-		for len(processesIn(s.DataDir)) > 0 && time.Now().Before(deadline) {
+		for len(pgproc.ProcessesIn(s.DataDir)) > 0 && time.Now().Before(deadline) {
 			time.Sleep(10 * time.Millisecond)
 		}
 	}
@@ -291,79 +261,4 @@ func (s *Server) Stop() error {
 		}
 	}
 	return errors.Join(errs...)
-}
-
-// ready reports whether postmaster.pid says pid accepts connections.
-func ready(pidFile, pid string) bool {
-	b, err := os.ReadFile(pidFile)
-	if err != nil {
-		return false
-	}
-	var lines []string
-	sc := bufio.NewScanner(bytes.NewReader(b))
-	for sc.Scan() {
-		lines = append(lines, strings.TrimSpace(sc.Text()))
-	}
-	return len(lines) >= 8 && lines[0] == pid && lines[7] == "ready"
-}
-
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, fmt.Errorf("devserver: find a free port: %w", err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
-}
-
-// processesIn returns the live processes whose working directory is dir.
-func processesIn(dir string) []int {
-	entries, err := os.ReadDir("/proc")
-	if err != nil {
-		return nil
-	}
-	var pids []int
-	for _, e := range entries {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		if cwd, err := os.Readlink(filepath.Join("/proc", e.Name(), "cwd")); err != nil || cwd != dir {
-			continue
-		}
-		if stat, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat")); err == nil {
-			if i := bytes.LastIndexByte(stat, ')'); i >= 0 && i+2 < len(stat) && stat[i+2] == 'Z' {
-				continue
-			}
-		}
-		pids = append(pids, pid)
-	}
-	return pids
-}
-
-// The parent-death signal belongs to the thread that forked the child, so
-// children are forked from one goroutine locked to a thread that never exits.
-var (
-	spawnOnce sync.Once
-	spawnReqs chan spawnReq
-)
-
-type spawnReq struct {
-	cmd  *exec.Cmd
-	done chan error
-}
-
-func startOnSpawnerThread(cmd *exec.Cmd) error {
-	spawnOnce.Do(func() {
-		spawnReqs = make(chan spawnReq)
-		go func() {
-			runtime.LockOSThread() // never unlocked: the thread lives as long as the process
-			for r := range spawnReqs {
-				r.done <- r.cmd.Start()
-			}
-		}()
-	})
-	done := make(chan error, 1)
-	spawnReqs <- spawnReq{cmd: cmd, done: done}
-	return <-done
 }

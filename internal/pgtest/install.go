@@ -6,13 +6,13 @@ import (
 	"encoding/hex"
 	"fmt"
 	"os"
-	"os/exec"
-	"os/user"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
 	"syscall"
+
+	"github.com/pgtrust/pgtrust/internal/pgproc"
 )
 
 // Where the PostgreSQL binaries live. .ci/setup installs both.
@@ -49,71 +49,15 @@ func envOr(key, def string) string {
 	return def
 }
 
-// runAs is the identity the server processes run as. initdb and postgres
-// refuse to run as root, so a root test process drops to the postgres user.
-type runAs struct {
-	cred     *syscall.Credential // nil: run as the current user
-	uid, gid int
-}
-
-var (
-	identityOnce sync.Once
-	identity     runAs
-	identityErr  error
-)
+// runAs is the identity the server processes run as (see pgproc).
+type runAs = pgproc.Identity
 
 func serverIdentity() (runAs, error) {
-	identityOnce.Do(func() {
-		if os.Geteuid() != 0 {
-			identity = runAs{uid: os.Getuid(), gid: os.Getgid()}
-			return
-		}
-		u, err := user.Lookup("postgres")
-		if err != nil {
-			identityErr = fmt.Errorf("pgtest: running as root needs the OS user 'postgres' (run .ci/setup): %w", err)
-			return
-		}
-		uid, _ := strconv.Atoi(u.Uid)
-		gid, _ := strconv.Atoi(u.Gid)
-		identity = runAs{cred: &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid), NoSetGroups: false}, uid: uid, gid: gid}
-	})
-	return identity, identityErr
-}
-
-// command builds a command that runs as the server identity. Pdeathsig kills
-// it if the test process dies (panic, os.Exit, timeout), so no server
-// outlives its test binary.
-func (r runAs) command(name string, args ...string) *exec.Cmd {
-	cmd := exec.Command(name, args...)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: r.cred, Pdeathsig: syscall.SIGKILL}
-	cmd.Env = serverEnv()
-	return cmd
-}
-
-// chown gives path to the server identity (a no-op when not root).
-func (r runAs) chown(path string) error {
-	if r.cred == nil {
-		return nil
+	id, err := pgproc.ServerIdentity()
+	if err != nil {
+		return id, fmt.Errorf("pgtest: %w (run .ci/setup)", err)
 	}
-	return os.Lchown(path, r.uid, r.gid)
-}
-
-func (r runAs) chownTree(root string) error {
-	if r.cred == nil {
-		return nil
-	}
-	return filepath.Walk(root, func(p string, _ os.FileInfo, err error) error {
-		if err != nil {
-			return err
-		}
-		return os.Lchown(p, r.uid, r.gid)
-	})
-}
-
-// serverEnv is a minimal environment: nothing from the test's PG* variables
-// or locale reaches the server.
-func serverEnv() []string {
-	return []string{"PATH=/usr/bin:/bin", "LC_ALL=C", "LANG=C", "TZ=UTC"}
+	return id, nil
 }
 
 // template is an initdb'd data directory that servers copy.
@@ -155,14 +99,14 @@ func makeTemplate(version int) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	out, err := who.command(filepath.Join(bin, "postgres"), "--version").CombinedOutput()
+	out, err := who.Command(false, filepath.Join(bin, "postgres"), "--version").CombinedOutput()
 	if err != nil {
-		return "", fmt.Errorf("pgtest: %s/postgres --version as uid %d: %v: %s (is the directory tree readable by that user? run .ci/setup)", bin, who.uid, err, out)
+		return "", fmt.Errorf("pgtest: %s/postgres --version as uid %d: %v: %s (is the directory tree readable by that user? run .ci/setup)", bin, who.UID, err, out)
 	}
 	if !strings.Contains(string(out), fmt.Sprintf(" %d.", version)) {
 		return "", fmt.Errorf("pgtest: %s/postgres is %q, want PostgreSQL %d", bin, strings.TrimSpace(string(out)), version)
 	}
-	sum := sha256.Sum256(append([]byte(templateLayout+"\x00"+bin+"\x00"+strconv.Itoa(who.uid)+"\x00"), out...))
+	sum := sha256.Sum256(append([]byte(templateLayout+"\x00"+bin+"\x00"+strconv.Itoa(who.UID)+"\x00"), out...))
 	cache, err := cacheRoot()
 	if err != nil {
 		return "", err
@@ -180,13 +124,13 @@ func makeTemplate(version int) (string, error) {
 	if err := os.Chmod(tmp, 0o755); err != nil {
 		return "", fmt.Errorf("pgtest: %w", err)
 	}
-	if err := who.chown(tmp); err != nil {
+	if err := who.Chown(tmp); err != nil {
 		return "", fmt.Errorf("pgtest: chown template dir: %w", err)
 	}
 	data := filepath.Join(tmp, "data")
 	// 1MB WAL segments instead of 16MB: every server copies the template,
 	// and the first segment was 40% of its size.
-	cmd := who.command(filepath.Join(bin, "initdb"), "-D", data, "--no-sync", "-A", "trust", "-U", "postgres",
+	cmd := who.Command(false, filepath.Join(bin, "initdb"), "-D", data, "--no-sync", "-A", "trust", "-U", "postgres",
 		"--no-locale", "-E", "UTF8", "--no-instructions", "--wal-segsize=1")
 	cmd.Dir = tmp // initdb must be able to stat its working directory
 	var buf bytes.Buffer

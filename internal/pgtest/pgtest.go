@@ -14,7 +14,6 @@
 package pgtest
 
 import (
-	"bufio"
 	"bytes"
 	"errors"
 	"fmt"
@@ -22,7 +21,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"sort"
 	"strconv"
 	"strings"
@@ -30,6 +28,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/pgtrust/pgtrust/internal/pgproc"
 )
 
 // Options configures a server.
@@ -142,13 +142,13 @@ func Start(t testing.TB, opts Options) *Server {
 	if err := os.WriteFile(filepath.Join(dir, ownerFile), []byte(strconv.Itoa(os.Getpid())), 0o644); err != nil {
 		t.Fatalf("pgtest: %v", err)
 	}
-	if err := s.who.chown(dir); err != nil {
+	if err := s.who.Chown(dir); err != nil {
 		t.Fatalf("pgtest: chown %s: %v", dir, err)
 	}
 	if out, err := exec.Command("cp", "-a", tmpl, s.DataDir).CombinedOutput(); err != nil {
 		t.Fatalf("pgtest: copy template data dir: %v: %s", err, out)
 	}
-	if err := s.who.chownTree(s.DataDir); err != nil {
+	if err := s.who.ChownTree(s.DataDir); err != nil {
 		t.Fatalf("pgtest: chown data dir: %v", err)
 	}
 	s.writeTLSFiles(t, opts.ServerCert, opts.ServerKey, opts.CA, opts.CRL)
@@ -339,7 +339,7 @@ func (s *Server) writeFile(t testing.TB, name string, data []byte, mode os.FileM
 	if err := os.Chmod(tmp, mode); err != nil {
 		t.Fatalf("pgtest: chmod %s: %v", p, err)
 	}
-	if err := s.who.chown(tmp); err != nil {
+	if err := s.who.Chown(tmp); err != nil {
 		t.Fatalf("pgtest: chown %s: %v", p, err)
 	}
 	if err := os.Rename(tmp, p); err != nil {
@@ -417,10 +417,10 @@ func (s *Server) start() error {
 		return err
 	}
 	defer logf.Close() // the child has its own copy of the descriptor
-	cmd := s.who.command(filepath.Join(s.bin, "postgres"), "-D", s.DataDir)
+	cmd := s.who.Command(false, filepath.Join(s.bin, "postgres"), "-D", s.DataDir)
 	cmd.Dir = s.Dir
 	cmd.Stdout, cmd.Stderr = logf, logf
-	if err := startOnSpawnerThread(cmd); err != nil {
+	if err := pgproc.Start(cmd); err != nil {
 		return fmt.Errorf("exec postgres: %w", err)
 	}
 	run := &procRun{proc: cmd.Process, exited: make(chan struct{})}
@@ -432,7 +432,7 @@ func (s *Server) start() error {
 	pid := strconv.Itoa(cmd.Process.Pid)
 	deadline := time.Now().Add(60 * time.Second)
 	for {
-		if ready(filepath.Join(s.DataDir, "postmaster.pid"), pid) {
+		if pgproc.Ready(filepath.Join(s.DataDir, "postmaster.pid"), pid) {
 			s.run = run
 			return nil
 		}
@@ -450,22 +450,6 @@ func (s *Server) start() error {
 	}
 }
 
-// ready reports whether postmaster.pid says the postmaster with pid accepts
-// connections (line 8 is its status, as pg_ctl -w reads it).
-func ready(pidFile, pid string) bool {
-	f, err := os.Open(pidFile)
-	if err != nil {
-		return false
-	}
-	defer f.Close()
-	var lines []string
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		lines = append(lines, strings.TrimSpace(sc.Text()))
-	}
-	return len(lines) >= 8 && lines[0] == pid && lines[7] == "ready"
-}
-
 // stop shuts the server down with pg_ctl stop -m immediate, falling back to
 // SIGKILL, reaps it and waits for its backends to be gone.
 func (s *Server) stop() error {
@@ -477,7 +461,7 @@ func (s *Server) stop() error {
 	}
 	s.run = nil
 	var errs []error
-	cmd := s.who.command(filepath.Join(s.bin, "pg_ctl"), "stop", "-D", s.DataDir, "-m", "immediate", "-w", "-t", "30")
+	cmd := s.who.Command(false, filepath.Join(s.bin, "pg_ctl"), "stop", "-D", s.DataDir, "-m", "immediate", "-w", "-t", "30")
 	cmd.Dir = s.Dir
 	if out, err := cmd.CombinedOutput(); err != nil {
 		errs = append(errs, fmt.Errorf("pg_ctl stop: %v: %s", err, strings.TrimSpace(string(out))))
@@ -503,72 +487,19 @@ func (s *Server) stop() error {
 	return errors.Join(errs...)
 }
 
-// ProcessesIn returns the pids of live (non-zombie) processes whose working
-// directory is dir: for a PostgreSQL data dir, the postmaster and all its
-// children. Tests use it to prove a server left nothing behind.
-func ProcessesIn(dir string) []int {
-	entries, err := os.ReadDir("/proc")
-	if err != nil {
-		return nil
-	}
-	var pids []int
-	for _, e := range entries {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		cwd, err := os.Readlink(filepath.Join("/proc", e.Name(), "cwd"))
-		if err != nil || cwd != dir {
-			continue
-		}
-		if stat, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat")); err == nil {
-			// Field 3, after "pid (comm)", is the state.
-			if i := bytes.LastIndexByte(stat, ')'); i >= 0 && i+2 < len(stat) && stat[i+2] == 'Z' {
-				continue
-			}
-		}
-		pids = append(pids, pid)
-	}
-	return pids
-}
+// ProcessesIn returns the pids of live processes whose working directory
+// is dir: for a data dir, the postmaster and its children. Tests use it to
+// prove a server left nothing behind.
+func ProcessesIn(dir string) []int { return pgproc.ProcessesIn(dir) }
 
 // freePort asks the kernel for a free 127.0.0.1 TCP port.
 func freePort(t testing.TB) int {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	port, err := pgproc.FreePort()
 	if err != nil {
-		t.Fatalf("pgtest: find a free port: %v", err)
+		t.Fatalf("pgtest: %v", err)
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
-
-// The parent-death signal is tied to the OS thread that forked the child, not
-// the process: if that thread exits, the kernel kills the child. All servers
-// are therefore forked from one goroutine locked to its thread forever.
-var (
-	spawnOnce sync.Once
-	spawnReqs chan spawnReq
-)
-
-type spawnReq struct {
-	cmd  *exec.Cmd
-	done chan error
-}
-
-func startOnSpawnerThread(cmd *exec.Cmd) error {
-	spawnOnce.Do(func() {
-		spawnReqs = make(chan spawnReq)
-		go func() {
-			runtime.LockOSThread() // never unlocked: this thread must live as long as the process
-			for r := range spawnReqs {
-				r.done <- r.cmd.Start()
-			}
-		}()
-	})
-	done := make(chan error, 1)
-	spawnReqs <- spawnReq{cmd: cmd, done: done}
-	return <-done
+	return port
 }
 
 var sweepOnce sync.Once

@@ -264,7 +264,7 @@ func postgresPIDs(t *testing.T) map[int]bool {
 	if err != nil {
 		t.Fatal(err)
 	}
-	out, err := exec.Command("pgrep", "-u", strconv.Itoa(who.uid), "postgres").Output()
+	out, err := exec.Command("pgrep", "-u", strconv.Itoa(who.UID), "postgres").Output()
 	if err != nil {
 		if ee, ok := err.(*exec.ExitError); ok && ee.ExitCode() == 1 {
 			return map[int]bool{} // none
