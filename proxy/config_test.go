@@ -159,3 +159,11 @@ func TestUpstreamErrorResponse(t *testing.T) {
 		t.Fatalf("%+v", er)
 	}
 }
+
+func TestSidecarProcs(t *testing.T) {
+	for cpus, want := range map[int]int{1: 1, 2: 1, 3: 1, 4: 2, 16: 8} {
+		if got := SidecarProcs(cpus); got != want {
+			t.Errorf("SidecarProcs(%d) = %d, want %d", cpus, got, want)
+		}
+	}
+}

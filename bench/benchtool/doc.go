@@ -79,7 +79,8 @@ const (
 	causePipe = "Every query and its answer cross the proxy: four more system calls per round trip " +
 		"(read from the client, TLS write upstream, TLS read upstream, write to the client), two goroutine " +
 		"wake-ups through the netpoller, and one more TLS record each way, all on the same two cores that " +
-		"PostgreSQL and pgbench need (PgBouncer and stunnel pay the same hop). In the select8 profile below " +
+		"PostgreSQL and pgbench need (PgBouncer and stunnel pay the same hop). pgtrust proxy runs with half " +
+		"the CPUs as Ps (GOMAXPROCS 1 here) so its scheduler spins less against the database. In the select8 profile below " +
 		"most of the proxy's CPU is in the system calls (Syscall6; loopback writes also run the receiver's " +
 		"network stack) and the scheduler (findRunnable, netpoll); AES-GCM and the copy loop are small. The " +
 		"proxy allocates nothing of its own per message (BenchmarkPipeEcho: the 2 allocs/op are crypto/tls's " +
@@ -93,9 +94,10 @@ const (
 	causeCopy = "A large result is a stream of TLS records the proxy decrypts and re-sends in plaintext; " +
 		"its throughput is bounded by the proxy's AES-GCM, copy loop and syscalls, on cores shared with the " +
 		"PostgreSQL backend producing the rows and the client consuming them."
-	causeMemory = "Each session holds two pooled 32 KiB copy buffers for its whole life (one per direction, " +
-		"held while the goroutine blocks in Read), two goroutine stacks, crypto/tls's per-connection " +
-		"record buffers and the kernel socket objects counted in RSS."
+	causeMemory = "An idle session holds a 2 KiB read buffer per direction (the 32 KiB pooled buffers are " +
+		"borrowed only while data streams), two goroutine stacks, the upstream crypto/tls connection's " +
+		"record buffers (which keep the size of the largest record seen) and the kernel socket objects " +
+		"counted in RSS."
 )
 
 var targets = []target{

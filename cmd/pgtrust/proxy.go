@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime"
 	"syscall"
 	"time"
 
@@ -136,6 +137,11 @@ func runProxy(ctx context.Context, path string, flags map[string]string, stderr 
 		return exitCode(2)
 	}
 	log := f.NewLogger(stderr)
+	if os.Getenv("GOMAXPROCS") == "" {
+		procs := proxy.SidecarProcs(runtime.GOMAXPROCS(0))
+		runtime.GOMAXPROCS(procs)
+		log.Debug("GOMAXPROCS set for a sidecar (override with the GOMAXPROCS environment variable)", "procs", procs)
+	}
 	if err := checkFindings(log, config.Validate(f)); err != nil {
 		fmt.Fprint(stderr, "pgtrust proxy: the configuration does not validate:\n", failureText(err))
 		return exitCode(2)
