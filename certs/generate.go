@@ -155,47 +155,41 @@ func serialNumber() (*big.Int, error) {
 
 // NewCA creates a self-signed root CA.
 func NewCA(opts Options) (*KeyPair, error) {
-	key, err := opts.fill(10 * 365 * day)
-	if err != nil {
-		return nil, fmt.Errorf("generate CA key: %w", err)
-	}
-	if opts.CommonName == "" {
-		opts.CommonName = "pgtrust development CA"
-	}
-	serial, err := serialNumber()
-	if err != nil {
-		return nil, err
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber:          serial,
-		Subject:               subject(opts),
-		NotBefore:             opts.NotBefore,
-		NotAfter:              opts.NotBefore.Add(opts.Validity),
-		IsCA:                  true,
-		BasicConstraintsValid: true,
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign | x509.KeyUsageDigitalSignature,
-	}
-	return create(tmpl, nil, key)
+	return newCA(nil, opts, 10*365*day, "pgtrust development CA")
 }
 
 // NewIntermediate creates an intermediate CA signed by parent.
 func NewIntermediate(parent *KeyPair, opts Options) (*KeyPair, error) {
-	key, err := opts.fill(5 * 365 * day)
+	return newCA(parent, opts, 5*365*day, "pgtrust intermediate CA")
+}
+
+// newCA creates a CA certificate: self-signed when parent is nil, else
+// signed by parent and ending no later than it.
+func newCA(parent *KeyPair, opts Options, validity time.Duration, defaultCN string) (*KeyPair, error) {
+	what := "CA"
+	if parent != nil {
+		what = "intermediate CA"
+	}
+	key, err := opts.fill(validity)
 	if err != nil {
-		return nil, fmt.Errorf("generate intermediate CA key: %w", err)
+		return nil, fmt.Errorf("generate %s key: %w", what, err)
 	}
 	if opts.CommonName == "" {
-		opts.CommonName = "pgtrust intermediate CA"
+		opts.CommonName = defaultCN
 	}
 	serial, err := serialNumber()
 	if err != nil {
 		return nil, err
 	}
+	notAfter := opts.NotBefore.Add(opts.Validity)
+	if parent != nil {
+		notAfter = clampNotAfter(notAfter, parent)
+	}
 	tmpl := &x509.Certificate{
 		SerialNumber:          serial,
 		Subject:               subject(opts),
 		NotBefore:             opts.NotBefore,
-		NotAfter:              clampNotAfter(opts.NotBefore.Add(opts.Validity), parent),
+		NotAfter:              notAfter,
 		IsCA:                  true,
 		BasicConstraintsValid: true,
 		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign | x509.KeyUsageDigitalSignature,

@@ -339,7 +339,7 @@ func (c *Config) resolve(env map[string]string) error {
 	if c.SSLMinProtocolVersion != 0 && c.SSLMaxProtocolVersion != 0 && c.SSLMinProtocolVersion > c.SSLMaxProtocolVersion {
 		return invalid("invalid SSL protocol version range").
 			WithEvidence("ssl_min_protocol_version=%s is above ssl_max_protocol_version=%s",
-				tlsVersionName(c.SSLMinProtocolVersion), tlsVersionName(c.SSLMaxProtocolVersion)).
+				TLSVersionName(c.SSLMinProtocolVersion), TLSVersionName(c.SSLMaxProtocolVersion)).
 			WithFix("make ssl_min_protocol_version lower than or equal to ssl_max_protocol_version")
 	}
 	if c.SSLCertMode, err = oneOf(s, "sslcertmode", "allow", "disable", "allow", "require"); err != nil {
@@ -584,7 +584,9 @@ func tlsVersion(s map[string]string, kw string, def uint16) (uint16, error) {
 		WithFix("set %s to TLSv1, TLSv1.1, TLSv1.2 or TLSv1.3", kw)
 }
 
-func tlsVersionName(v uint16) string {
+// TLSVersionName returns OpenSSL's (and libpq's, and pg_stat_ssl's) name
+// of a TLS version: "TLSv1.3".
+func TLSVersionName(v uint16) string {
 	switch v {
 	case tls.VersionTLS10:
 		return "TLSv1"

@@ -131,21 +131,12 @@ func (f *Facts) AuthMethod() string {
 	return method
 }
 
-// VersionName maps a TLS version to OpenSSL's name ("TLSv1.3").
+// VersionName maps a TLS version to OpenSSL's name ("TLSv1.3"), "" for 0.
 func VersionName(v uint16) string {
-	switch v {
-	case tls.VersionTLS10:
-		return "TLSv1"
-	case tls.VersionTLS11:
-		return "TLSv1.1"
-	case tls.VersionTLS12:
-		return "TLSv1.2"
-	case tls.VersionTLS13:
-		return "TLSv1.3"
-	case 0:
+	if v == 0 {
 		return ""
 	}
-	return tls.VersionName(v)
+	return connstring.TLSVersionName(v)
 }
 
 // opensslCipherNames maps Go's suite IDs to the names OpenSSL (and so the
