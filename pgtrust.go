@@ -13,7 +13,9 @@
 // server error during startup, allow/prefer retry with the other encryption
 // method through pgconn, which (like libpq) does so for every server error
 // except a wrong password, a missing database or a missing CONNECT
-// privilege; the password from ~/.pgpass is the one of the first host.
+// privilege; the password from ~/.pgpass is the one of the first host; and
+// a target_session_attrs mismatch fails the connection instead of moving on
+// to the next host.
 package pgtrust
 
 import (
