@@ -198,7 +198,7 @@ func fakePostgres(t *testing.T, reply byte, cert tls.Certificate, ask bool, dire
 		defer c.Close()
 		if !direct {
 			var req [8]byte
-			if _, err := io.ReadFull(c, req[:]); err != nil || binary.BigEndian.Uint32(req[4:]) != sslRequestCode {
+			if _, err := io.ReadFull(c, req[:]); err != nil || binary.BigEndian.Uint32(req[4:]) != 80877103 /* SSLRequest */ {
 				return
 			}
 			c.Write([]byte{reply})
