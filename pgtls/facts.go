@@ -16,7 +16,8 @@ type Options struct {
 	// place of sslcert/sslkey (e.g. a reloadable certs.Source), so that new
 	// connections pick up rotated material without rebuilding anything.
 	GetClientCertificate func(*tls.CertificateRequestInfo) (*tls.Certificate, error)
-	// RootCAs, when set, supplies the trust anchors in place of sslrootcert.
+	// RootCAs, when set, supplies the trust anchors in place of sslrootcert;
+	// sslcrl and sslcrldir still apply, as they do to a root file.
 	RootCAs func() *x509.CertPool
 	// DialContext opens the TCP or Unix connection (default net.Dialer).
 	DialContext func(ctx context.Context, network, address string) (net.Conn, error)

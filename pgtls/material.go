@@ -78,9 +78,6 @@ func loadTrust(cfg *connstring.Config, opts *Options) (*trustMaterial, error) {
 		}
 		return m, nil
 	}
-	if m.rootFile == "(provided by the certificate source)" {
-		return m, nil
-	}
 	if err := m.loadCRLs(cfg); err != nil {
 		return nil, err
 	}
