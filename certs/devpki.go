@@ -12,7 +12,7 @@ import (
 	"time"
 
 	"github.com/pgtrust/pgtrust/failure"
-	"github.com/pgtrust/pgtrust/keyfile"
+	"github.com/pgtrust/pgtrust/internal/keyfile"
 )
 
 // File names inside a development PKI directory.

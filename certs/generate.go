@@ -22,9 +22,9 @@ import (
 	"strings"
 	"time"
 
-	"github.com/pgtrust/pgtrust/chain"
 	"github.com/pgtrust/pgtrust/failure"
-	"github.com/pgtrust/pgtrust/keyfile"
+	"github.com/pgtrust/pgtrust/internal/chain"
+	"github.com/pgtrust/pgtrust/internal/keyfile"
 )
 
 // KeyType names a key algorithm and size for generated keys.

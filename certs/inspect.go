@@ -11,8 +11,8 @@ import (
 	"strings"
 	"time"
 
-	"github.com/pgtrust/pgtrust/chain"
-	"github.com/pgtrust/pgtrust/keyfile"
+	"github.com/pgtrust/pgtrust/internal/chain"
+	"github.com/pgtrust/pgtrust/internal/keyfile"
 )
 
 // Info is what `certs inspect` shows about one certificate.

@@ -9,8 +9,8 @@ import (
 	"time"
 
 	"github.com/pgtrust/pgtrust/failure"
+	"github.com/pgtrust/pgtrust/internal/keyfile"
 	"github.com/pgtrust/pgtrust/internal/pgtest"
-	"github.com/pgtrust/pgtrust/keyfile"
 )
 
 // TestDevPKIWithPostgreSQL configures a real server with InitDevPKI's

@@ -15,7 +15,7 @@ import (
 	"github.com/fsnotify/fsnotify"
 
 	"github.com/pgtrust/pgtrust/failure"
-	"github.com/pgtrust/pgtrust/keyfile"
+	"github.com/pgtrust/pgtrust/internal/keyfile"
 )
 
 // Source provides the current TLS material. Implementations: FileSource

@@ -13,7 +13,7 @@ import (
 	"time"
 
 	"github.com/pgtrust/pgtrust/failure"
-	"github.com/pgtrust/pgtrust/keyfile"
+	"github.com/pgtrust/pgtrust/internal/keyfile"
 )
 
 // waitFor polls cond until it holds; the deadline only bounds a broken

@@ -10,10 +10,10 @@ import (
 	"strings"
 	"time"
 
-	"github.com/pgtrust/pgtrust/chain"
 	"github.com/pgtrust/pgtrust/failure"
-	"github.com/pgtrust/pgtrust/hostmatch"
-	"github.com/pgtrust/pgtrust/keyfile"
+	"github.com/pgtrust/pgtrust/internal/chain"
+	"github.com/pgtrust/pgtrust/internal/hostmatch"
+	"github.com/pgtrust/pgtrust/internal/keyfile"
 )
 
 // VerifyOptions name the files to verify together. Only CAFile is required.

@@ -26,7 +26,7 @@ import (
 	"time"
 
 	"github.com/pgtrust/pgtrust/failure"
-	"github.com/pgtrust/pgtrust/hostmatch"
+	"github.com/pgtrust/pgtrust/internal/hostmatch"
 )
 
 // SSLMode is libpq's sslmode.

@@ -14,7 +14,7 @@ import (
 
 	"github.com/pgtrust/pgtrust/connstring"
 	"github.com/pgtrust/pgtrust/failure"
-	"github.com/pgtrust/pgtrust/hostmatch"
+	"github.com/pgtrust/pgtrust/internal/hostmatch"
 )
 
 // classifyDial turns a DNS or connect failure into a classified error with

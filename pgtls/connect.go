@@ -362,11 +362,6 @@ func (c *connector) finalError(attempts []Attempt) error {
 	return &out
 }
 
-func isServerError(err error) bool {
-	var pgErr *pgconn.PgError
-	return errors.As(err, &pgErr)
-}
-
 // targetPrefix is libpq's "connection to server at ... failed: " prefix.
 func targetPrefix(a Attempt) string {
 	h := a.Host

@@ -9,10 +9,10 @@ import (
 	"os"
 	"path/filepath"
 
-	"github.com/pgtrust/pgtrust/chain"
 	"github.com/pgtrust/pgtrust/connstring"
 	"github.com/pgtrust/pgtrust/failure"
-	"github.com/pgtrust/pgtrust/keyfile"
+	"github.com/pgtrust/pgtrust/internal/chain"
+	"github.com/pgtrust/pgtrust/internal/keyfile"
 )
 
 // trustMaterial is what server verification needs, loaded the way libpq's

@@ -4,13 +4,12 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
-	"errors"
 	"net"
 	"time"
 
 	"github.com/pgtrust/pgtrust/connstring"
 	"github.com/pgtrust/pgtrust/failure"
-	"github.com/pgtrust/pgtrust/hostmatch"
+	"github.com/pgtrust/pgtrust/internal/hostmatch"
 )
 
 // serverRefusedSSL marks an 'N' answer: under allow/prefer libpq goes on
@@ -188,5 +187,3 @@ func (o *Options) now() time.Time {
 	}
 	return o.Now()
 }
-
-var errNoTLS = errors.New("not a TLS connection")

@@ -5,8 +5,8 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/pgtrust/pgtrust/chain"
-	"github.com/pgtrust/pgtrust/hostmatch"
+	"github.com/pgtrust/pgtrust/internal/chain"
+	"github.com/pgtrust/pgtrust/internal/hostmatch"
 )
 
 var errNotDir = syscall.ENOTDIR

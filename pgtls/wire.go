@@ -1,39 +1,23 @@
 package pgtls
 
 import (
-	"encoding/binary"
-	"errors"
 	"fmt"
 	"io"
 	"net"
-	"syscall"
 
 	"github.com/pgtrust/pgtrust/failure"
+	"github.com/pgtrust/pgtrust/internal/pgwire"
 )
 
-// Request codes of the pre-startup messages (protocol §55.7).
-const (
-	sslRequestCode    = 80877103
-	gssEncRequestCode = 80877104
-	cancelRequestCode = 80877102
-	// ALPNProtocol is the IANA-registered ALPN name of PostgreSQL.
-	ALPNProtocol = "postgresql"
-)
-
-// SSLRequest is the 8-byte message asking the server to start TLS.
-var sslRequest = func() []byte {
-	b := make([]byte, 8)
-	binary.BigEndian.PutUint32(b[0:4], 8)
-	binary.BigEndian.PutUint32(b[4:8], sslRequestCode)
-	return b
-}()
+// ALPNProtocol is the IANA-registered ALPN name of PostgreSQL.
+const ALPNProtocol = pgwire.ALPN
 
 // requestSSL sends an SSLRequest and reads the one-byte answer. It reads
 // exactly one byte from the raw socket, never through a buffer, so bytes a
 // man-in-the-middle appends after 'S' cannot be taken for server output
 // (CVE-2021-23222); and it then checks that nothing else has arrived.
 func requestSSL(conn net.Conn) (byte, error) {
-	if _, err := conn.Write(sslRequest); err != nil {
+	if _, err := conn.Write(pgwire.SSLRequest()); err != nil {
 		return 0, fmt.Errorf("could not send SSL negotiation packet: %w", err)
 	}
 	var b [1]byte
@@ -42,7 +26,7 @@ func requestSSL(conn net.Conn) (byte, error) {
 	}
 	switch b[0] {
 	case 'S':
-		if n := pendingBytes(conn); n > 0 {
+		if n := pgwire.PendingBytes(conn); n > 0 {
 			return 'S', failure.New(failure.InjectionDetected, "received unencrypted data after SSL response").
 				WithEvidence("%d unexpected byte(s) arrived right after the server's 'S' and before the TLS handshake began; a legitimate server sends nothing there (CVE-2021-23222)", n).
 				WithFix("treat the network path to this server as hostile: something between you and the server is injecting data; use sslmode=verify-full and investigate the path")
@@ -67,30 +51,6 @@ func printable(b byte) rune {
 	return '?'
 }
 
-// pendingBytes returns how many bytes are already waiting on the socket,
-// without consuming them or blocking. It returns 0 when the connection is
-// not a plain socket (tests with net.Pipe, or wrapped dialers).
-func pendingBytes(conn net.Conn) int {
-	sc, ok := conn.(syscall.Conn)
-	if !ok {
-		return 0
-	}
-	raw, err := sc.SyscallConn()
-	if err != nil {
-		return 0
-	}
-	n := 0
-	var buf [64]byte
-	_ = raw.Read(func(fd uintptr) bool {
-		m, _, err := syscall.Recvfrom(int(fd), buf[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
-		if err == nil && m > 0 {
-			n = m
-		}
-		return true // never wait: this is a peek of what has already arrived
-	})
-	return n
-}
-
 // firstByteConn remembers the first byte the TLS layer reads, so that a
 // failed handshake whose first record was not TLS at all can be classified
 // as injected plaintext rather than a generic handshake failure.
@@ -110,5 +70,3 @@ func (c *firstByteConn) Read(p []byte) (int, error) {
 
 // looksLikeTLSRecord reports whether b is a TLS record content type.
 func looksLikeTLSRecord(b byte) bool { return b >= 20 && b <= 24 }
-
-var errUnexpectedEOF = errors.New("EOF detected")

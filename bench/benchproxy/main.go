@@ -24,7 +24,7 @@ import (
 	"time"
 
 	"github.com/pgtrust/pgtrust/connstring"
-	"github.com/pgtrust/pgtrust/proxy"
+	"github.com/pgtrust/pgtrust/internal/proxy"
 )
 
 func main() {

@@ -14,7 +14,7 @@ import (
 
 	"github.com/pgtrust/pgtrust/certs"
 	"github.com/pgtrust/pgtrust/failure"
-	"github.com/pgtrust/pgtrust/keyfile"
+	"github.com/pgtrust/pgtrust/internal/keyfile"
 )
 
 func init() { register(newCertsCmd) }

@@ -11,10 +11,10 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/pgtrust/pgtrust/config"
 	"github.com/pgtrust/pgtrust/connstring"
-	"github.com/pgtrust/pgtrust/doctor"
 	"github.com/pgtrust/pgtrust/failure"
+	"github.com/pgtrust/pgtrust/internal/config"
+	"github.com/pgtrust/pgtrust/internal/doctor"
 )
 
 func init() { register(newDoctorCmd) }

@@ -17,10 +17,10 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
-	"github.com/pgtrust/pgtrust/config"
 	"github.com/pgtrust/pgtrust/failure"
-	"github.com/pgtrust/pgtrust/health"
-	"github.com/pgtrust/pgtrust/proxy"
+	"github.com/pgtrust/pgtrust/internal/config"
+	"github.com/pgtrust/pgtrust/internal/health"
+	"github.com/pgtrust/pgtrust/internal/proxy"
 )
 
 func init() { register(newProxyCmd) }

@@ -17,10 +17,10 @@ import (
 
 	"github.com/pgtrust/pgtrust/certs"
 	"github.com/pgtrust/pgtrust/connstring"
-	"github.com/pgtrust/pgtrust/health"
+	"github.com/pgtrust/pgtrust/internal/health"
 	"github.com/pgtrust/pgtrust/internal/pgtest"
+	"github.com/pgtrust/pgtrust/internal/proxy"
 	"github.com/pgtrust/pgtrust/pgtls"
-	"github.com/pgtrust/pgtrust/proxy"
 )
 
 // syncBuffer is a goroutine-safe log sink.

@@ -19,10 +19,10 @@ import (
 
 	"github.com/pgtrust/pgtrust/certs"
 	"github.com/pgtrust/pgtrust/connstring"
-	"github.com/pgtrust/pgtrust/health"
 	"github.com/pgtrust/pgtrust/internal/devserver"
+	"github.com/pgtrust/pgtrust/internal/health"
+	"github.com/pgtrust/pgtrust/internal/proxy"
 	"github.com/pgtrust/pgtrust/pgtls"
-	"github.com/pgtrust/pgtrust/proxy"
 )
 
 func init() { register(newQuickstartCmd) }

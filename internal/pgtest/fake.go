@@ -14,6 +14,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgproto3"
 
+	"github.com/pgtrust/pgtrust/internal/pgwire"
 	"github.com/pgtrust/pgtrust/internal/testpki"
 )
 
@@ -73,11 +74,6 @@ var (
 // fakeIOTimeout bounds every read and write of a fake (FakeSilent excepted:
 // it waits for the client or the cleanup), so handlers always end.
 const fakeIOTimeout = 30 * time.Second
-
-const (
-	sslRequestCode    = 80877103
-	gssEncRequestCode = 80877104
-)
 
 // FakeServer listens on 127.0.0.1:0 and handles each connection with
 // behaviour. The listener and all connections are closed, and the handlers
@@ -181,7 +177,7 @@ func (f *fake) handle(c net.Conn) {
 		if err != nil {
 			return
 		}
-		if code != sslRequestCode && code != gssEncRequestCode {
+		if code != pgwire.SSLRequestCode && code != pgwire.GSSEncRequestCode {
 			// A StartupMessage straight away (sslmode=disable) or anything else.
 			if f.behaviour == FakeRefuseSSL && isProtocolVersion(code) {
 				serveSession(c, true)
@@ -205,7 +201,7 @@ func (f *fake) handle(c net.Conn) {
 			}
 			return
 		case FakeInjectAfterS:
-			if code == gssEncRequestCode {
+			if code == pgwire.GSSEncRequestCode {
 				if _, err := c.Write([]byte{'N'}); err != nil {
 					return
 				}

@@ -14,13 +14,14 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgproto3"
+	"github.com/pgtrust/pgtrust/internal/pgwire"
 )
 
 // sslRequest is the 8-byte SSLRequest packet.
 var sslRequest = func() []byte {
 	b := make([]byte, 8)
 	binary.BigEndian.PutUint32(b[0:4], 8)
-	binary.BigEndian.PutUint32(b[4:8], sslRequestCode)
+	binary.BigEndian.PutUint32(b[4:8], pgwire.SSLRequestCode)
 	return b
 }()
 

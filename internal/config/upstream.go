@@ -10,7 +10,7 @@ import (
 
 	"github.com/pgtrust/pgtrust/connstring"
 	"github.com/pgtrust/pgtrust/failure"
-	"github.com/pgtrust/pgtrust/proxy"
+	"github.com/pgtrust/pgtrust/internal/proxy"
 )
 
 // Upstream returns the resolved libpq settings of the named upstream: its

@@ -27,7 +27,7 @@ import (
 	"time"
 
 	"github.com/pgtrust/pgtrust/failure"
-	"github.com/pgtrust/pgtrust/keyfile"
+	"github.com/pgtrust/pgtrust/internal/keyfile"
 )
 
 // VerifyFailed is libpq's message for every chain failure.

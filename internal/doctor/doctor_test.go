@@ -10,8 +10,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/pgtrust/pgtrust/doctor"
 	"github.com/pgtrust/pgtrust/failure"
+	"github.com/pgtrust/pgtrust/internal/doctor"
 	"github.com/pgtrust/pgtrust/internal/pgtest"
 	"github.com/pgtrust/pgtrust/internal/testpki"
 )

@@ -17,6 +17,7 @@ import (
 	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/pgtrust/pgtrust/failure"
+	"github.com/pgtrust/pgtrust/internal/pgwire"
 	"github.com/pgtrust/pgtrust/pgtls"
 )
 
@@ -211,14 +212,14 @@ func (s *session) negotiate() ([]byte, error) {
 	maxPacket := s.p.tuning().MaxStartupPacket
 	var hdr [4]byte
 	for first := true; ; first = false {
-		if err := readExact(s.client, hdr[:]); err != nil {
+		if err := pgwire.ReadExact(s.client, hdr[:]); err != nil {
 			if !first && errors.Is(err, io.EOF) {
 				err = io.ErrUnexpectedEOF
 			}
 			return nil, err
 		}
-		if hdr[0] == tlsHandshakeRecord && s.clientTL == "" {
-			if err := s.handshake(&prefixConn{Conn: s.raw, prefix: append([]byte(nil), hdr[:]...)}, true); err != nil {
+		if hdr[0] == pgwire.TLSHandshakeRecord && s.clientTL == "" {
+			if err := s.handshake(&pgwire.PrefixConn{Conn: s.raw, Prefix: append([]byte(nil), hdr[:]...)}, true); err != nil {
 				return nil, err
 			}
 			continue
@@ -237,7 +238,7 @@ func (s *session) negotiate() ([]byte, error) {
 		}
 		pkt := make([]byte, n)
 		copy(pkt, hdr[:])
-		if err := readExact(s.client, pkt[4:]); err != nil {
+		if err := pgwire.ReadExact(s.client, pkt[4:]); err != nil {
 			if errors.Is(err, io.EOF) {
 				err = io.ErrUnexpectedEOF
 			}
@@ -246,7 +247,7 @@ func (s *session) negotiate() ([]byte, error) {
 		body := pkt[4:]
 		code := binary.BigEndian.Uint32(body)
 		switch code {
-		case sslRequestCode:
+		case pgwire.SSLRequestCode:
 			var req pgproto3.SSLRequest
 			if err := req.Decode(body); err != nil || s.clientTL != "" {
 				return nil, protocolRejection("SSLRequest on an encrypted connection or malformed")
@@ -259,7 +260,7 @@ func (s *session) negotiate() ([]byte, error) {
 			}
 			// Checked before answering 'S': a legitimate client waits for the
 			// answer, so bytes already here were injected (CVE-2021-23214).
-			if pendingInput(s.raw) {
+			if pgwire.PendingBytes(s.raw) > 0 {
 				return nil, &rejection{reason: rejectInjection,
 					msg: errorResponse(sqlstateProtocolViolation, "received unencrypted data after SSL request",
 						"This could be either a client-software bug or evidence of an attempted man-in-the-middle attack.", ""),
@@ -271,7 +272,7 @@ func (s *session) negotiate() ([]byte, error) {
 			if err := s.handshake(s.raw, false); err != nil {
 				return nil, err
 			}
-		case gssEncRequestCode:
+		case pgwire.GSSEncRequestCode:
 			var req pgproto3.GSSEncRequest
 			if err := req.Decode(body); err != nil || s.clientTL != "" {
 				return nil, protocolRejection("GSSENCRequest on an encrypted connection or malformed")
@@ -279,7 +280,7 @@ func (s *session) negotiate() ([]byte, error) {
 			if _, err := s.client.Write([]byte{'N'}); err != nil {
 				return nil, err
 			}
-		case cancelRequestCode:
+		case pgwire.CancelRequestCode:
 			var req pgproto3.CancelRequest
 			if err := req.Decode(body); err != nil {
 				return nil, protocolRejection("malformed CancelRequest")
@@ -361,7 +362,7 @@ func (s *session) relayAuth() error {
 	buf := make([]byte, 0, 1024)
 	strippedPlus := false
 	for {
-		msg, err := readMessage(s.upConn, buf, maxBackendMessage)
+		msg, err := pgwire.ReadMessage(s.upConn, buf, maxBackendMessage)
 		buf = msg[:0]
 		if err != nil {
 			return fmt.Errorf("read from upstream: %w", err)
@@ -370,13 +371,13 @@ func (s *session) relayAuth() error {
 		switch msg[0] {
 		case 'R':
 			if len(msg) < 9 {
-				return fmt.Errorf("%w: short authentication request", errProtocol)
+				return fmt.Errorf("%w: short authentication request", pgwire.ErrProtocol)
 			}
 			switch binary.BigEndian.Uint32(msg[5:9]) {
 			case 10: // AuthenticationSASL
 				var sasl pgproto3.AuthenticationSASL
 				if err := sasl.Decode(msg[5:]); err != nil {
-					return fmt.Errorf("%w: %v", errProtocol, err)
+					return fmt.Errorf("%w: %v", pgwire.ErrProtocol, err)
 				}
 				kept := sasl.AuthMechanisms[:0]
 				for _, m := range sasl.AuthMechanisms {
@@ -428,12 +429,12 @@ func (s *session) relayAuth() error {
 // relayClientAuth forwards the client's one answer to an authentication
 // request.
 func (s *session) relayClientAuth(strippedPlus bool) error {
-	msg, err := readMessage(s.client, nil, maxAuthMessage)
+	msg, err := pgwire.ReadMessage(s.client, nil, maxAuthMessage)
 	if err != nil {
 		return fmt.Errorf("read from client: %w", err)
 	}
 	if msg[0] != 'p' {
-		return fmt.Errorf("%w: client sent %q during authentication", errProtocol, msg[0])
+		return fmt.Errorf("%w: client sent %q during authentication", pgwire.ErrProtocol, msg[0])
 	}
 	if strippedPlus {
 		var ir pgproto3.SASLInitialResponse
@@ -464,7 +465,7 @@ func (s *session) pipe() string {
 		if err == nil {
 			// The client finished: let the upstream see EOF and end the
 			// backend, while its last bytes still flow back.
-			_ = closeWrite(s.upConn)
+			_ = pgwire.CloseWrite(s.upConn)
 		} else {
 			s.closeAll()
 		}

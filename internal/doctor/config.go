@@ -11,10 +11,10 @@ import (
 	"time"
 
 	"github.com/pgtrust/pgtrust/certs"
-	"github.com/pgtrust/pgtrust/chain"
 	"github.com/pgtrust/pgtrust/connstring"
 	"github.com/pgtrust/pgtrust/failure"
-	"github.com/pgtrust/pgtrust/keyfile"
+	"github.com/pgtrust/pgtrust/internal/chain"
+	"github.com/pgtrust/pgtrust/internal/keyfile"
 )
 
 // configCheck is the result of stage 1: what the files hold, and the

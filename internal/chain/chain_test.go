@@ -5,8 +5,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/pgtrust/pgtrust/chain"
 	"github.com/pgtrust/pgtrust/failure"
+	"github.com/pgtrust/pgtrust/internal/chain"
 	"github.com/pgtrust/pgtrust/internal/testpki"
 )
 

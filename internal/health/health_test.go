@@ -13,7 +13,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/pgtrust/pgtrust/proxy"
+	"github.com/pgtrust/pgtrust/internal/proxy"
 )
 
 // fakeSource is a Source with settable answers.

@@ -15,7 +15,7 @@ import (
 	"github.com/pgtrust/pgtrust/certs"
 	"github.com/pgtrust/pgtrust/connstring"
 	"github.com/pgtrust/pgtrust/failure"
-	"github.com/pgtrust/pgtrust/keyfile"
+	"github.com/pgtrust/pgtrust/internal/keyfile"
 )
 
 // ExpiryWarning is how close to its notAfter a certificate draws a warning.

@@ -29,7 +29,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
-	"github.com/pgtrust/pgtrust/proxy"
+	"github.com/pgtrust/pgtrust/internal/proxy"
 )
 
 // StatusHealthy is the upstream status that counts as healthy.

@@ -16,8 +16,8 @@ import (
 	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/pgtrust/pgtrust/connstring"
+	"github.com/pgtrust/pgtrust/internal/proxy"
 	"github.com/pgtrust/pgtrust/internal/testpki"
-	"github.com/pgtrust/pgtrust/proxy"
 )
 
 // The session pipe, benchmarked through the proxy's public API: a local
