@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
-	"path/filepath"
 
 	"github.com/pgtrust/pgtrust/connstring"
 	"github.com/pgtrust/pgtrust/failure"
@@ -22,10 +21,9 @@ type trustMaterial struct {
 	rootFile      string              // the file roots came from ("system" for the system store)
 	extraInterms  []*x509.Certificate // non-self-signed certificates found in the root file
 	crls          []*x509.RevocationList
-	crlSources    []string
-	verifyChain   bool // a root file was loaded: verify the chain whatever the sslmode
-	verifyHost    bool // sslmode=verify-full
-	checkCRLs     bool // CRLs were loaded: OpenSSL's CRL_CHECK|CRL_CHECK_ALL
+	crlDir        string // sslcrldir, looked up per issuer at verification
+	verifyChain   bool   // a root file was loaded: verify the chain whatever the sslmode
+	verifyHost    bool   // sslmode=verify-full
 	clientCert    *tls.Certificate
 	getClientCert func(*tls.CertificateRequestInfo) (*tls.Certificate, error)
 }
@@ -115,32 +113,14 @@ func (m *trustMaterial) loadCRLs(cfg *connstring.Config) error {
 					WithFix("sslcrl must be a PEM or DER X.509 CRL; check it with: openssl crl -in %s -noout -text", cfg.SSLCRL)
 			}
 			m.crls = append(m.crls, crls...)
-			m.crlSources = append(m.crlSources, cfg.SSLCRL)
 		}
 	}
 	if cfg.SSLCRLDir != "" {
-		entries, err := os.ReadDir(cfg.SSLCRLDir)
-		if err != nil && !errors.Is(err, fs.ErrNotExist) {
-			return failure.Wrap(failure.ConfigInvalid, err, "SSL certificate revocation list directory \"%s\" could not be read", cfg.SSLCRLDir)
-		}
-		for _, ent := range entries {
-			if ent.IsDir() {
-				continue
-			}
-			p := filepath.Join(cfg.SSLCRLDir, ent.Name())
-			data, err := os.ReadFile(p)
-			if err != nil {
-				continue
-			}
-			// OpenSSL looks CRLs up by hashed name on demand; files that are
-			// not CRLs are never consulted, so skipping them matches.
-			if crls, err := chain.ParseCRLs(data); err == nil {
-				m.crls = append(m.crls, crls...)
-				m.crlSources = append(m.crlSources, p)
-			}
-		}
+		// OpenSSL's hashed-directory lookup reads the directory per issuer
+		// during verification (chain.CheckRevocationWithDir); registering it
+		// turns revocation checking on even when it holds no CRL.
+		m.crlDir = cfg.SSLCRLDir
 	}
-	m.checkCRLs = len(m.crls) > 0
 	return nil
 }
 

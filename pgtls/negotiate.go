@@ -119,6 +119,7 @@ func negotiateTLS(ctx context.Context, raw net.Conn, cfg *connstring.Config, hos
 			RootFile:      trust.rootFile,
 			Intermediates: trust.extraInterms,
 			CRLs:          trust.crls,
+			CRLDir:        trust.crlDir,
 			CheckHost:     trust.verifyHost,
 			Host:          host.Host,
 			Now:           now,

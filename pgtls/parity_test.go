@@ -276,13 +276,20 @@ func (fatalTB) Fatal(a ...any)                 { panic(fmt.Sprint(a...)) }
 // same connection string and the same empty HOME, for every sslmode against
 // every scenario, and requires the same verdict, plus the expected class.
 func TestLibpqParity(t *testing.T) {
-	p := newPKI(t)
-	for _, sc := range scenarios(p) {
+	runParity(t, scenarios(newPKI(t)))
+}
+
+// runParity runs each scenario in every sslmode through pgtrust and psql.
+func runParity(t *testing.T, scs []scenario) {
+	for _, sc := range scs {
 		t.Run(sc.name, func(t *testing.T) {
 			tgt := sc.start(t)
 			dir := t.TempDir()
 			for name, f := range sc.files {
 				path := filepath.Join(dir, name)
+				if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+					t.Fatal(err)
+				}
 				if err := os.WriteFile(path, f.data, f.mode); err != nil {
 					t.Fatal(err)
 				}

@@ -19,6 +19,7 @@ type VerifyOptions struct {
 	RootFile      string              // for evidence
 	Intermediates []*x509.Certificate // extra chain material (non-self-signed certificates from the root file)
 	CRLs          []*x509.RevocationList
+	CRLDir        string // sslcrldir: a hashed CRL directory, looked up per issuer; set, revocation is checked
 	CheckHost     bool   // verify-full
 	Host          string // the host keyword (never hostaddr)
 	Now           time.Time
@@ -30,7 +31,7 @@ type VerifyOptions struct {
 // *failure.Error.
 func VerifyServer(presented []*x509.Certificate, o VerifyOptions) ([][]*x509.Certificate, error) {
 	built, err := chain.Verify(presented, chain.Options{
-		Roots: o.Roots, RootFile: o.RootFile, Intermediates: o.Intermediates, CRLs: o.CRLs, Now: o.Now, Role: "server",
+		Roots: o.Roots, RootFile: o.RootFile, Intermediates: o.Intermediates, CRLs: o.CRLs, CRLDir: o.CRLDir, Now: o.Now, Role: "server",
 	})
 	if err != nil {
 		return nil, err

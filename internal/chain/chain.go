@@ -17,12 +17,9 @@ package chain
 import (
 	"bytes"
 	"crypto/x509"
-	"encoding/pem"
 	"errors"
 	"fmt"
-	"io/fs"
 	"math/big"
-	"os"
 	"strings"
 	"time"
 
@@ -81,9 +78,13 @@ type Options struct {
 	RootFile      string              // named in evidence
 	Intermediates []*x509.Certificate // extra chain material
 	CRLs          []*x509.RevocationList
-	KeyUsages     []x509.ExtKeyUsage // default: server authentication
-	Now           time.Time
-	Role          string // "server" or "client", for messages; "" for neither
+	// CRLDir is a hashed CRL directory (sslcrldir, `openssl rehash`), looked
+	// up per issuer as OpenSSL's X509_LOOKUP_hash_dir does; set, it turns
+	// revocation checking on even when it holds no CRL, as in libpq.
+	CRLDir    string
+	KeyUsages []x509.ExtKeyUsage // default: server authentication
+	Now       time.Time
+	Role      string // "server" or "client", for messages; "" for neither
 }
 
 // Verify verifies presented (leaf first, then what the peer sent) and
@@ -102,8 +103,8 @@ func Verify(presented []*x509.Certificate, o Options) ([]*x509.Certificate, erro
 	if err != nil {
 		return nil, classify(err, presented, o)
 	}
-	if len(o.CRLs) > 0 {
-		if err := CheckRevocation(chains[0], o.CRLs, o.Now, o.Role); err != nil {
+	if len(o.CRLs) > 0 || o.CRLDir != "" {
+		if err := CheckRevocationWithDir(chains[0], o.CRLs, o.CRLDir, o.Now, o.Role); err != nil {
 			return nil, err
 		}
 	}
@@ -169,44 +170,6 @@ func classify(err error, presented []*x509.Certificate, o Options) error {
 	return e
 }
 
-// CheckRevocation applies OpenSSL's CRL_CHECK|CRL_CHECK_ALL to a built
-// chain (leaf first, anchor last).
-func CheckRevocation(chain []*x509.Certificate, crls []*x509.RevocationList, now time.Time, role string) error {
-	for i := 0; i < len(chain)-1; i++ {
-		cert, issuer := chain[i], chain[i+1]
-		var found *x509.RevocationList
-		for _, crl := range crls {
-			if bytes.Equal(crl.RawIssuer, issuer.RawSubject) && crl.CheckSignatureFrom(issuer) == nil {
-				found = crl
-				break
-			}
-		}
-		if found == nil {
-			return failure.New(failure.UnknownCA, VerifyFailed).
-				WithEvidence("revocation checking is on (a CRL is loaded) but there is no CRL from %q, the issuer of %s; OpenSSL then rejects the chain (unable to get certificate CRL)", issuer.Subject, Describe(cert, i == 0, role)).
-				WithFix("add the CRL of %q to the CRL file (sslcrl) or directory (sslcrldir, after openssl rehash)", issuer.Subject)
-		}
-		if now.Before(found.ThisUpdate) {
-			return failure.New(failure.CertNotYetValid, VerifyFailed).
-				WithEvidence("the CRL from %q is not valid until %s (CRL is not yet valid)", issuer.Subject, found.ThisUpdate.UTC().Format(time.RFC3339)).
-				WithFix("check the clocks, or regenerate the CRL")
-		}
-		if !found.NextUpdate.IsZero() && now.After(found.NextUpdate) {
-			return failure.New(failure.CertExpired, VerifyFailed).
-				WithEvidence("the CRL from %q expired %s (CRL has expired)", issuer.Subject, found.NextUpdate.UTC().Format(time.RFC3339)).
-				WithFix("publish a fresh CRL from the CA (openssl ca -gencrl) and update the CRL file")
-		}
-		for _, rc := range found.RevokedCertificateEntries {
-			if rc.SerialNumber != nil && rc.SerialNumber.Cmp(cert.SerialNumber) == 0 {
-				return failure.New(failure.CertRevoked, VerifyFailed).
-					WithEvidence("%s (serial %s) was revoked on %s by %q", Describe(cert, i == 0, role), SerialHex(cert.SerialNumber), rc.RevocationTime.UTC().Format("2006-01-02"), issuer.Subject).
-					WithFix("present a new, unrevoked certificate; if the revocation is a mistake, reissue the CRL without it")
-			}
-		}
-	}
-	return nil
-}
-
 // Describe names a certificate for evidence strings.
 func Describe(c *x509.Certificate, leaf bool, role string) string {
 	name := c.Subject.CommonName
@@ -263,55 +226,4 @@ func validInstant(certs []*x509.Certificate) (time.Time, bool) {
 		return time.Time{}, false
 	}
 	return lo.Add(hi.Sub(lo) / 2), true
-}
-
-// ParseCRLs decodes one or more PEM "X509 CRL" blocks, or one DER CRL.
-func ParseCRLs(data []byte) ([]*x509.RevocationList, error) {
-	var out []*x509.RevocationList
-	rest := data
-	for {
-		var b *pem.Block
-		b, rest = pem.Decode(rest)
-		if b == nil {
-			break
-		}
-		if b.Type != "X509 CRL" {
-			continue
-		}
-		crl, err := x509.ParseRevocationList(b.Bytes)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, crl)
-	}
-	if len(out) > 0 {
-		return out, nil
-	}
-	if bytes.Contains(data, []byte("-----BEGIN")) {
-		return nil, errors.New("no X509 CRL block in the PEM file")
-	}
-	crl, err := x509.ParseRevocationList(data)
-	if err != nil {
-		return nil, fmt.Errorf("no PEM X509 CRL block and not a DER CRL: %w", err)
-	}
-	return []*x509.RevocationList{crl}, nil
-}
-
-// LoadCRLs reads a CRL file. A missing file is an error wrapping
-// fs.ErrNotExist (libpq ignores a missing sslcrl; callers decide).
-func LoadCRLs(path string) ([]*x509.RevocationList, error) {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		if errors.Is(err, fs.ErrNotExist) {
-			return nil, err
-		}
-		return nil, failure.Wrap(failure.ConfigInvalid, err, "SSL certificate revocation list file \"%s\" could not be read", path).
-			WithFix("check the path and permissions of %s", path)
-	}
-	crls, err := ParseCRLs(data)
-	if err != nil {
-		return nil, failure.Wrap(failure.ConfigInvalid, err, "could not load SSL certificate revocation list \"%s\"", path).
-			WithFix("use a PEM (-----BEGIN X509 CRL-----) or DER CRL; check it with: openssl crl -in %s -noout -text", keyfile.ShellQuote(path))
-	}
-	return crls, nil
 }

@@ -18,6 +18,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/asn1"
 	"encoding/pem"
 	"fmt"
 	"math/big"
@@ -402,3 +403,63 @@ func concat(parts ...[]byte) []byte { return bytes.Join(parts, nil) }
 
 // String describes a CA for test failure messages.
 func (ca *CA) String() string { return fmt.Sprintf("CA(%s)", ca.Cert.Subject.CommonName) }
+
+// CRLv1 returns a PEM version-1 CRL (no version field, no extensions), as
+// `openssl ca -gencrl` writes without -crlexts, signed by ca and revoking
+// the given certificates, valid from an hour ago for a day. crypto/x509
+// cannot write this format, so the TBSCertList is encoded here.
+func (ca *CA) CRLv1(t testing.TB, revoked ...*x509.Certificate) []byte {
+	t.Helper()
+	type entry struct {
+		Serial *big.Int
+		Time   time.Time `asn1:"utc"`
+	}
+	now := time.Now().UTC().Truncate(time.Second)
+	var algo pkix.AlgorithmIdentifier
+	hash := crypto.SHA256
+	switch ca.Key.Public().(type) {
+	case *ecdsa.PublicKey:
+		algo.Algorithm = asn1.ObjectIdentifier{1, 2, 840, 10045, 4, 3, 2}
+	case *rsa.PublicKey:
+		algo.Algorithm = asn1.ObjectIdentifier{1, 2, 840, 113549, 1, 1, 11}
+		algo.Parameters = asn1.NullRawValue
+	case ed25519.PublicKey:
+		algo.Algorithm = asn1.ObjectIdentifier{1, 3, 101, 112}
+		hash = 0
+	default:
+		t.Fatalf("testpki: CRLv1: unsupported CA key %T", ca.Key)
+	}
+	tbs := struct {
+		Algo       pkix.AlgorithmIdentifier
+		Issuer     asn1.RawValue
+		ThisUpdate time.Time `asn1:"utc"`
+		NextUpdate time.Time `asn1:"utc"`
+		Revoked    []entry   `asn1:"optional"`
+	}{Algo: algo, Issuer: asn1.RawValue{FullBytes: ca.Cert.RawSubject}, ThisUpdate: now.Add(-time.Hour), NextUpdate: now.Add(24 * time.Hour)}
+	for _, c := range revoked {
+		tbs.Revoked = append(tbs.Revoked, entry{Serial: c.SerialNumber, Time: now.Add(-time.Hour)})
+	}
+	tbsDER, err := asn1.Marshal(tbs)
+	if err != nil {
+		t.Fatalf("testpki: CRLv1: %v", err)
+	}
+	signed := tbsDER
+	if hash != 0 {
+		h := hash.New()
+		h.Write(tbsDER)
+		signed = h.Sum(nil)
+	}
+	sig, err := ca.Key.Sign(rand.Reader, signed, hash)
+	if err != nil {
+		t.Fatalf("testpki: CRLv1: sign: %v", err)
+	}
+	der, err := asn1.Marshal(struct {
+		TBS  asn1.RawValue
+		Algo pkix.AlgorithmIdentifier
+		Sig  asn1.BitString
+	}{asn1.RawValue{FullBytes: tbsDER}, algo, asn1.BitString{Bytes: sig, BitLength: 8 * len(sig)}})
+	if err != nil {
+		t.Fatalf("testpki: CRLv1: %v", err)
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "X509 CRL", Bytes: der})
+}
