@@ -125,7 +125,6 @@ func TestParsePrivateKeyEncodings(t *testing.T) {
 			"pem-pkcs8":           pemBytes("PRIVATE KEY", pkcs8DER),
 			"der-pkcs8":           pkcs8DER,
 			"pem-encrypted-pkcs8": encPEM,
-			"der-encrypted-pkcs8": encBlock.Bytes,
 			// A combined file: OpenSSL skips the certificate and finds the key.
 			"pem-cert-then-key": append(pemBytes("CERTIFICATE", selfSigned(t, key, "x").Raw), pemBytes("PRIVATE KEY", pkcs8DER)...),
 		}
@@ -149,6 +148,13 @@ func TestParsePrivateKeyEncodings(t *testing.T) {
 			}
 			cases["pem-legacy-encrypted"] = pem.EncodeToMemory(legacy)
 		}
+		t.Run(name+"/der-encrypted-pkcs8 refused as libpq does", func(t *testing.T) {
+			_, err := ParsePrivateKey(encBlock.Bytes, testPassword, "k.der")
+			fe := wantClass(t, err, failure.ConfigInvalid)
+			if fe.Message != `could not load private key file "k.der": unsupported` {
+				t.Errorf("message %q", fe.Message)
+			}
+		})
 		for enc, data := range cases {
 			t.Run(name+"/"+enc, func(t *testing.T) {
 				got, err := ParsePrivateKey(data, testPassword, "k.pem")
@@ -520,11 +526,25 @@ func TestOpenSSLInterop(t *testing.T) {
 	run("pkey", "-in", ecPlain, "-outform", "DER", "-out", ecDER)
 	encDER := filepath.Join(dir, "enc.der")
 	run("pkcs8", "-topk8", "-in", ecPlain, "-outform", "DER", "-v2", "aes-256-cbc", "-passout", "pass:"+testPassword, "-out", encDER)
-	for _, p := range []string{trad, ecPlain, ecDER, encDER} {
+	for _, p := range []string{trad, ecPlain, ecDER} {
 		os.Chmod(p, 0o600)
 		if _, err := LoadPrivateKey(p, testPassword); err != nil {
 			t.Errorf("%s: %v", filepath.Base(p), err)
 		}
+	}
+	// libpq reads DER keys without a passphrase callback and refuses an
+	// encrypted PKCS#8 DER key ("unsupported"); so does pgtrust, and the
+	// fix it gives produces a key that loads.
+	os.Chmod(encDER, 0o600)
+	_, err = LoadPrivateKey(encDER, testPassword)
+	wantClass(t, err, failure.ConfigInvalid)
+	if e, _ := failure.As(err); e == nil || !strings.HasSuffix(e.Message, ": unsupported") || !strings.Contains(e.Fix, "openssl pkey -inform DER") {
+		t.Fatalf("encrypted DER: %v", err)
+	}
+	run("pkey", "-inform", "DER", "-in", encDER, "-passin", "pass:"+testPassword, "-aes-256-cbc", "-passout", "pass:"+testPassword, "-out", encDER+".pem")
+	os.Chmod(encDER+".pem", 0o600)
+	if _, err := LoadPrivateKey(encDER+".pem", testPassword); err != nil {
+		t.Errorf("the converted key: %v", err)
 	}
 	_, err = LoadPrivateKey(trad, "wrong")
 	wantClass(t, err, failure.KeyDecryptFailed)

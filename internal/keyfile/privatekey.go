@@ -108,7 +108,13 @@ func ParsePrivateKey(data []byte, password, path string) (crypto.Signer, error) 
 			return nil, unreadable(path, err.Error())
 		}
 		if isEncryptedPKCS8(data) {
-			return parseEncryptedPKCS8(data, password, path)
+			// libpq reads a DER key with d2i_PrivateKey, which has no
+			// passphrase callback: OpenSSL answers "unsupported". Decrypting
+			// it here would connect where libpq refuses.
+			return nil, failure.New(failure.ConfigInvalid,
+				"could not load private key file \"%s\": unsupported", path).
+				WithEvidence("%s is an encrypted PKCS#8 key in DER form; libpq decrypts only PEM keys (ENCRYPTED PRIVATE KEY)", path).
+				WithFix("convert it to PEM, keeping it encrypted: openssl pkey -inform DER -in %s -aes-256-cbc -out %s.pem (then chmod 0600 it and point sslkey at it)", shellQuote(path), shellQuote(path))
 		}
 		if _, err := x509.ParseCertificate(data); err == nil {
 			return nil, unreadable(path, "a DER certificate where a private key was expected")
