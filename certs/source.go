@@ -71,6 +71,39 @@ type FileSourceOptions struct {
 	Settle time.Duration
 }
 
+// masked stands for a secret in renderings of option structs.
+const masked = "********"
+
+// redacted is o with its secret replaced, for rendering only.
+func (o FileSourceOptions) redacted() fileSourceOptionsView {
+	v := fileSourceOptionsView{CertFile: o.CertFile, KeyFile: o.KeyFile, CAFile: o.CAFile, Debounce: o.Debounce, Settle: o.Settle}
+	if o.KeyPassword != "" {
+		v.KeyPassword = masked
+	}
+	return v
+}
+
+// fileSourceOptionsView has FileSourceOptions' printable fields and no
+// methods, so formatting it cannot recurse into String.
+type fileSourceOptionsView struct {
+	CertFile, KeyFile, CAFile, KeyPassword string
+	Debounce, Settle                       time.Duration
+}
+
+// String renders the options with KeyPassword masked: options end up in
+// logs and panics, a key's passphrase must not.
+func (o FileSourceOptions) String() string { return fmt.Sprintf("%+v", o.redacted()) }
+
+// GoString is String for %#v.
+func (o FileSourceOptions) GoString() string { return "certs.FileSourceOptions" + o.String() }
+
+// LogValue renders the options for slog with KeyPassword masked.
+func (o FileSourceOptions) LogValue() slog.Value {
+	v := o.redacted()
+	return slog.GroupValue(slog.String("cert_file", v.CertFile), slog.String("key_file", v.KeyFile),
+		slog.String("ca_file", v.CAFile), slog.String("key_password", v.KeyPassword))
+}
+
 type material struct {
 	cert  *tls.Certificate // nil when no certificate is configured
 	roots *x509.CertPool   // nil when no CA file is configured
