@@ -1,7 +1,10 @@
 package pgtls_test
 
 import (
+	"fmt"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -87,4 +90,38 @@ func TestLibpqParityCRL(t *testing.T) {
 			files:  with(map[string]file{"client.crt": {p.client.ChainPEM, 0o644}, "client.key": {p.client.KeyPEM, 0o600}}),
 			want:   per(failure.PgHbaReject, ok, ok, ok, ok, ok)},
 	})
+}
+
+// TestStricterThanLibpqOnRevocation pins the cases where libpq silently
+// checks no CRL and pgtrust refuses instead (docs/tls-semantics.md): the
+// server's certificate is revoked, psql connects, pgtrust does not.
+func TestStricterThanLibpqOnRevocation(t *testing.T) {
+	p := newPKI(t)
+	v1 := p.ca.CRLv1(t, p.revoked.Cert)
+	hash := opensslCRLHash(t, v1)
+	tgt := sslServer(p, p.revoked.ChainPEM, p.revoked.KeyPEM, nil)(t)
+	dir := t.TempDir()
+	for name, data := range map[string][]byte{"root.crt": p.ca.CertPEM, "crls/" + hash + ".r0": v1, "bad.crl": []byte("not a CRL")} {
+		path := filepath.Join(dir, name)
+		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(path, data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	home := pgtest.EmptyHome(t)
+	for extra, want := range map[string]failure.Class{
+		"sslcrl={dir}/none.crl sslcrldir={dir}/crls": failure.CertRevoked,
+		"sslcrl={dir}/bad.crl":                       failure.ConfigInvalid,
+	} {
+		dsn := fmt.Sprintf("host=%s port=%s user=postgres dbname=postgres sslmode=verify-ca sslrootcert=%s/root.crt %s",
+			tgt.host, tgt.port, dir, strings.ReplaceAll(extra, "{dir}", dir))
+		if lib := pgtest.Psql(t, dsn, map[string]string{"HOME": home}); !lib.OK {
+			t.Errorf("%s: libpq refused (%s); docs/tls-semantics.md says it connects", extra, strings.TrimSpace(lib.Stderr))
+		}
+		if got := connectPgtrust(t, dsn, home); failure.ClassOf(got.err) != want {
+			t.Errorf("%s: pgtrust: %v, want class %s", extra, got.err, want)
+		}
+	}
 }
