@@ -198,10 +198,10 @@ func TestEnsureDevPKI(t *testing.T) {
 	}
 }
 
-// material builds a CA, an intermediate, and leaves in a temp dir.
+// material builds a CA and leaves in a temp dir.
 type fixture struct {
 	dir                  string
-	ca, inter            *KeyPair
+	ca                   *KeyPair
 	caFile               string
 	serverCrt, serverKey string
 }

@@ -17,15 +17,13 @@ import (
 // trustMaterial is what server verification needs, loaded the way libpq's
 // initialize_SSL loads it: after the server agreed to TLS.
 type trustMaterial struct {
-	roots         *x509.CertPool      // nil: no root file, so no chain verification
-	rootFile      string              // the file roots came from ("system" for the system store)
-	extraInterms  []*x509.Certificate // non-self-signed certificates found in the root file
-	crls          []*x509.RevocationList
-	crlDir        string // sslcrldir, looked up per issuer at verification
-	verifyChain   bool   // a root file was loaded: verify the chain whatever the sslmode
-	verifyHost    bool   // sslmode=verify-full
-	clientCert    *tls.Certificate
-	getClientCert func(*tls.CertificateRequestInfo) (*tls.Certificate, error)
+	roots        *x509.CertPool      // nil: no root file, so no chain verification
+	rootFile     string              // the file roots came from ("system" for the system store)
+	extraInterms []*x509.Certificate // non-self-signed certificates found in the root file
+	crls         []*x509.RevocationList
+	crlDir       string // sslcrldir, looked up per issuer at verification
+	verifyChain  bool   // a root file was loaded: verify the chain whatever the sslmode
+	verifyHost   bool   // sslmode=verify-full
 }
 
 // loadTrust applies libpq's root-certificate and CRL rules.
