@@ -26,7 +26,9 @@ const (
 	TLSVersionMismatch Class = "tls_version_mismatch"
 	UnknownCA          Class = "unknown_ca"
 	HostnameMismatch   Class = "hostname_mismatch"
+	PeerMismatch       Class = "peer_mismatch" // requirepeer: the Unix-socket server runs as another OS user
 	CertExpired        Class = "cert_expired"
+	CertExpiring       Class = "cert_expiring" // still valid, but expires soon (a warning, never a refusal)
 	CertNotYetValid    Class = "cert_not_yet_valid"
 	CertRevoked        Class = "cert_revoked"
 	RootCertMissing    Class = "root_cert_missing"
@@ -43,7 +45,7 @@ const (
 // Classes lists every class, in the documented order.
 var Classes = []Class{OK, ConfigInvalid, DNSFailure, ConnectionRefused, Timeout,
 	NoSSLServer, ProtocolError, InjectionDetected, TLSVersionMismatch, UnknownCA,
-	HostnameMismatch, CertExpired, CertNotYetValid, CertRevoked, RootCertMissing,
+	HostnameMismatch, PeerMismatch, CertExpired, CertExpiring, CertNotYetValid, CertRevoked, RootCertMissing,
 	ClientCertRequired, ClientCertRejected, KeyMissing, KeyPermissions, KeyMismatch,
 	KeyDecryptFailed, PgHbaReject, AuthFailed}
 
@@ -87,9 +89,14 @@ func (e *Error) WithFix(format string, args ...any) *Error {
 	return e
 }
 
-// Error renders "message: cause". Evidence and fix are kept apart so that
-// callers can lay them out; Detail renders all of it.
+// Error renders "message: cause", secrets masked (see Redact). Evidence
+// and fix are kept apart so that callers can lay them out: WriteText and
+// Text render all of it.
 func (e *Error) Error() string {
+	return Redact(e.text())
+}
+
+func (e *Error) text() string {
 	msg := e.Message
 	if e.Err != nil && !e.causeInMessage {
 		cause := e.Err.Error()
@@ -102,19 +109,26 @@ func (e *Error) Error() string {
 	return msg
 }
 
-// Detail renders the message, evidence and fix on separate lines.
+// Detail renders the message, evidence and fix on separate lines, without
+// the class. Commands use Text or WriteText, which lay out all four fields.
 func (e *Error) Detail() string {
 	var b strings.Builder
 	b.WriteString(e.Error())
 	if e.Evidence != "" {
 		b.WriteString("\nevidence: ")
-		b.WriteString(e.Evidence)
+		b.WriteString(Redact(e.Evidence))
 	}
 	if e.Fix != "" {
 		b.WriteString("\nfix: ")
 		b.WriteString(e.Fix)
 	}
 	return b.String()
+}
+
+// GoString keeps %#v from printing the fields, and a secret in the cause,
+// unmasked.
+func (e *Error) GoString() string {
+	return fmt.Sprintf("&failure.Error{Class:%q, Message:%q, Evidence:%q, Fix:%q}", e.Class, e.Error(), Redact(e.Evidence), e.Fix)
 }
 
 func (e *Error) Unwrap() error { return e.Err }
@@ -146,7 +160,11 @@ func As(err error) (*Error, bool) {
 	return e, ok
 }
 
-// Report is the JSON form of a failure, shared by every command's --json.
+// Report is the JSON form of a failure, shared by every command's --json:
+//
+//	{"class": "unknown_ca", "message": "...", "evidence": "...", "fix": "..."}
+//
+// class and message are always present, evidence and fix when known.
 type Report struct {
 	Class    Class  `json:"class"`
 	Message  string `json:"message"`
@@ -154,14 +172,16 @@ type Report struct {
 	Fix      string `json:"fix,omitempty"`
 }
 
-// ReportOf returns the Report of err (nil for a nil error). An unclassified
-// error is reported as a protocol_error with its text.
+// ReportOf returns the Report of err (nil for a nil error): the first
+// *Error in its chain, whatever wrapped it on the way. An unclassified error
+// is reported as a protocol_error with its text. Message and evidence are
+// masked (see Redact); the fix is pgtrust's own advice and left as is.
 func ReportOf(err error) *Report {
 	if err == nil {
 		return nil
 	}
 	if e, ok := As(err); ok {
-		return &Report{Class: e.Class, Message: e.Error(), Evidence: e.Evidence, Fix: e.Fix}
+		return &Report{Class: e.Class, Message: e.Error(), Evidence: Redact(e.Evidence), Fix: e.Fix}
 	}
-	return &Report{Class: ProtocolError, Message: err.Error()}
+	return &Report{Class: ProtocolError, Message: Redact(err.Error())}
 }
