@@ -1,6 +1,7 @@
 // Package connstring turns libpq connection settings into a Config, with
-// libpq's exact rules: key/value and URI syntax (conninfo_parse,
-// conninfo_uri_parse), the PG* environment, the compiled-in defaults of
+// libpq 18's exact rules: key/value and URI syntax (conninfo_parse,
+// conninfo_uri_parse), service files (pg_service.conf, parseServiceInfo),
+// the PG* environment, the compiled-in defaults of
 // libpq 15+ on Debian (Unix socket directory /var/run/postgresql, port 5432,
 // ~/.postgresql/{root.crt,postgresql.crt,postgresql.key,root.crl}), value
 // validation with libpq's error texts, and .pgpass lookup.
@@ -131,7 +132,9 @@ type Config struct {
 	// version bounds, as given ("3.0", "3.2" or "latest"; "" when unset).
 	MinProtocolVersion, MaxProtocolVersion string
 
-	// TCP keepalive settings. Unset durations/counts are 0 (OS default).
+	// TCP keepalive settings, applied by pgtls as libpq applies them.
+	// Unset durations/counts are 0 (OS default); whether one was given at
+	// all (an explicit 0 is refused by the kernel, as in libpq) is in Settings.
 	Keepalives         bool // default true; libpq's keepalives=0 turns them off
 	KeepalivesIdle     time.Duration
 	KeepalivesInterval time.Duration
@@ -141,6 +144,7 @@ type Config struct {
 	Replication string
 
 	// SCRAM keys (libpq 18, base64 in the settings), decoded; nil when unset.
+	// pgtls refuses them: pgconn cannot authenticate from keys.
 	ScramClientKey []byte `json:"-"`
 	ScramServerKey []byte `json:"-"`
 
@@ -154,7 +158,7 @@ type Config struct {
 	RuntimeParams map[string]string
 
 	// Settings holds every keyword that was set explicitly (DSN, then the
-	// environment), keyword form, raw values. It contains secrets: never log
+	// service file, then the environment), keyword form, raw values. It contains secrets: never log
 	// it; use Redacted or RedactedSettings.
 	Settings map[string]string `json:"-"`
 
@@ -218,16 +222,10 @@ func ParseWithEnv(dsn string, env map[string]string, home string) (*Config, erro
 		return nil, err
 	}
 
-	// pg_service.conf is not read: refuse rather than silently ignore the
-	// settings the service would have supplied.
-	service, hasService := settings["service"]
-	if !hasService {
-		service, hasService = env["PGSERVICE"]
-	}
-	if hasService {
-		return nil, invalid("service \"%s\" is not supported: pgtrust does not read pg_service.conf", service).
-			WithEvidence("service=%q is set (keyword or PGSERVICE)", service).
-			WithFix("write the service's settings (host, port, dbname, sslmode, ...) into the connection string or PG* variables, and unset service/PGSERVICE")
+	// Service file settings fill what the string did not give, before the
+	// environment (libpq's conninfo_add_defaults).
+	if err := applyService(settings, env, home); err != nil {
+		return nil, err
 	}
 
 	// Environment fallbacks, for keywords not given (an empty variable counts, as in libpq).

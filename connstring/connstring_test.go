@@ -276,8 +276,8 @@ func TestValidationErrors(t *testing.T) {
 		{dsn: "require_auth=none,none", wantErr: `require_auth method "none" is specified more than once`},
 		{dsn: "require_auth=!none,!none", wantErr: `require_auth method "!none" is specified more than once`},
 		{dsn: "scram_client_key=hunter2", wantErr: `invalid SCRAM client key`},
-		{dsn: "service=prod", wantErr: `service "prod" is not supported: pgtrust does not read pg_service.conf`},
-		{env: map[string]string{"PGSERVICE": "prod"}, wantErr: `service "prod" is not supported: pgtrust does not read pg_service.conf`},
+		{dsn: "service=prod", env: map[string]string{"PGSYSCONFDIR": "/nonexistent"}, wantErr: `definition of service "prod" not found`},
+		{env: map[string]string{"PGSERVICE": "prod", "PGSYSCONFDIR": "/nonexistent"}, wantErr: `definition of service "prod" not found`},
 		// Cross-field rules.
 		{dsn: "sslrootcert=system sslmode=require", wantErr: `weak sslmode "require" may not be used with sslrootcert=system (use "verify-full")`},
 		{dsn: "sslrootcert=system", env: map[string]string{"PGSSLMODE": "verify-ca"}, wantErr: `weak sslmode "verify-ca" may not be used with sslrootcert=system (use "verify-full")`},

@@ -361,19 +361,22 @@ func parseURIParams(params string, m map[string]string) error {
 	return nil
 }
 
-// uriDecode is libpq's conninfo_uri_decode: %XY becomes the byte 0xXY;
-// malformed tokens and %00 are errors. When secret is set the error shows
-// Mask instead of the value.
+// uriDecode is libpq 18's conninfo_uri_decode: spaces (only ' ') before
+// and after the value are dropped, a space anywhere else is an error (it
+// must be written %20), %XY becomes the byte 0xXY, and malformed tokens and
+// %00 are errors. When secret is set the error shows Mask instead of the
+// value.
 func uriDecode(s string, secret bool) (string, error) {
-	if strings.IndexByte(s, '%') < 0 {
-		return s, nil
-	}
 	shown := s
 	if secret {
 		shown = Mask
 	}
+	i := 0
+	for i < len(s) && s[i] == ' ' {
+		i++
+	}
 	var b strings.Builder
-	for i := 0; i < len(s); i++ {
+	for ; i < len(s) && s[i] != ' '; i++ {
 		if s[i] != '%' {
 			b.WriteByte(s[i])
 			continue
@@ -393,6 +396,15 @@ func uriDecode(s string, secret bool) (string, error) {
 		}
 		b.WriteByte(c)
 		i += 2
+	}
+	for i < len(s) && s[i] == ' ' {
+		i++
+	}
+	if i < len(s) {
+		// libpq 18 refuses rather than guessing whether the space belongs to the value.
+		return "", invalid("unexpected spaces found in \"%s\", use percent-encoded spaces (%%20) instead", shown).
+			WithEvidence("a URI part contains an unencoded space between other characters").
+			WithFix("write a space inside a URI value as %%20 (spaces before and after a value are dropped)")
 	}
 	return b.String(), nil
 }

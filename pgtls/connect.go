@@ -48,11 +48,18 @@ func Dial(ctx context.Context, cfg *connstring.Config, opts *Options) (net.Conn,
 // kind of channel as the session it cancels (as PQcancelCreate does).
 func DialAddress(ctx context.Context, cfg *connstring.Config, host connstring.Host, address string, method Method, opts *Options) (net.Conn, *Facts, error) {
 	c := &connector{cfg: cfg, opts: opts}
+	if err := checkApplicable(cfg); err != nil {
+		return nil, &Facts{Host: host, Address: address}, err
+	}
 	ctx, cancel := c.attemptContext(ctx)
 	defer cancel()
 	facts := &Facts{Host: host, Address: address}
 	conn, err := c.dial(ctx, host, address)
 	if err != nil {
+		return nil, facts, err
+	}
+	if err := checkPeer(conn, cfg); err != nil {
+		conn.Close()
 		return nil, facts, err
 	}
 	if method == MethodPlaintext {
@@ -111,6 +118,9 @@ func (c *connector) methods(h connstring.Host) []Method {
 }
 
 func (c *connector) run(ctx context.Context) (result, error) {
+	if err := checkApplicable(c.cfg); err != nil {
+		return result{}, err
+	}
 	var attempts []Attempt
 	var lastFacts *Facts
 	hosts := append([]connstring.Host(nil), c.cfg.Hosts...)
@@ -183,6 +193,12 @@ func (c *connector) tryAddress(ctx context.Context, h connstring.Host, network, 
 				cancel()
 				record(Attempt{Host: h, Address: addr, Method: m, Err: err})
 				return result{facts: facts}, &attemptFailure{} // next address
+			}
+			if err := checkPeer(conn, c.cfg); err != nil {
+				conn.Close()
+				cancel()
+				record(Attempt{Host: h, Address: addr, Method: m, Err: err})
+				return result{facts: facts}, &attemptFailure{err: err} // fatal, like libpq's error_return
 			}
 		}
 		facts = &Facts{Host: h, Address: addr}
@@ -305,16 +321,26 @@ func (c *connector) dial(ctx context.Context, h connstring.Host, addr string) (n
 	if h.IsUnixSocket() && h.HostAddr == "" {
 		network = "unix"
 	}
-	dial := (&net.Dialer{KeepAlive: 30 * time.Second}).DialContext
-	if c.opts != nil && c.opts.DialContext != nil {
+	so := socketOptions(c.cfg)
+	dial := so.dialFunc()
+	custom := c.opts != nil && c.opts.DialContext != nil
+	if custom {
 		dial = c.opts.DialContext
 	}
 	start := time.Now()
 	conn, err := dial(ctx, network, addr)
+	if err == nil && custom {
+		if err = so.applyAfterDial(conn); err != nil {
+			conn.Close()
+		}
+	}
 	if tr := c.opts.trace(); tr.ConnectDone != nil {
 		tr.ConnectDone(network, addr, err, time.Since(start))
 	}
 	if err != nil {
+		if _, ok := err.(*failure.Error); ok {
+			return nil, err // a socket option the OS refused: libpq's words already
+		}
 		return nil, classifyDial(ctx, err, network, addr)
 	}
 	if tc, ok := conn.(*net.TCPConn); ok {

@@ -47,6 +47,9 @@ type Trace struct {
 	AuthRequest func(method string, mechanisms []string)
 	// AttemptDone is called when one connection attempt ends.
 	AttemptDone func(a Attempt)
+	// Warning is called with each of libpq's non-fatal warnings (e.g. an
+	// sslkeylogfile that cannot be written), as libpq prints them on stderr.
+	Warning func(msg string)
 }
 
 // Method is the encryption a connection attempt uses.
@@ -94,6 +97,10 @@ type Facts struct {
 	ChannelBound bool
 
 	Attempts []Attempt
+
+	// Warnings are the non-fatal problems libpq would print on stderr while
+	// connecting, e.g. "could not open SSL key logging file ...".
+	Warnings []string
 }
 
 // TLSVersionName returns the version as libpq and pg_stat_ssl print it.

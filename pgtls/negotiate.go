@@ -71,6 +71,14 @@ func negotiateTLS(ctx context.Context, raw net.Conn, cfg *connstring.Config, hos
 		MaxVersion:         cfg.SSLMaxProtocolVersion,
 		Renegotiation:      tls.RenegotiateNever,
 	}
+	if cfg.SSLKeyLogFile != "" {
+		tlsCfg.KeyLogWriter = &keyLogFile{path: cfg.SSLKeyLogFile, warn: func(w string) {
+			facts.Warnings = append(facts.Warnings, w)
+			if tr.Warning != nil {
+				tr.Warning(w)
+			}
+		}}
+	}
 	if tlsCfg.MinVersion == 0 {
 		tlsCfg.MinVersion = tls.VersionTLS12
 	}

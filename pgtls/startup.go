@@ -72,6 +72,7 @@ func (c *connector) runStartup(ctx context.Context, conn net.Conn, h connstring.
 		pc.ChannelBinding = "prefer"
 	}
 	pc.RequireAuth = c.cfg.RequireAuth
+	pc.MinProtocolVersion, pc.MaxProtocolVersion = ProtocolVersions(c.cfg)
 	pc.ConnectTimeout = 0
 	pc.ValidateConnect = nil
 	pc.AfterConnect = nil
@@ -89,8 +90,7 @@ func (c *connector) runStartup(ctx context.Context, conn net.Conn, h connstring.
 		if facts.Encrypted {
 			method = MethodSSL
 		}
-		nc, _, err := DialAddress(ctx, c.cfg, h, facts.Address, method, c.opts)
-		return nc, err
+		return dialCancel(ctx, c.cfg, h, facts.Address, method, c.opts)
 	}
 	watcher := &authWatcher{facts: facts, trace: c.opts.trace()}
 	pc.BuildFrontend = func(r io.Reader, w io.Writer) *pgproto3.Frontend {
@@ -123,6 +123,22 @@ func (c *connector) runStartup(ctx context.Context, conn net.Conn, h connstring.
 		}
 	}
 	return pg, nil
+}
+
+// ProtocolVersions returns libpq 18's protocol version bounds: min 3.0 by
+// default; max 3.0 by default, or latest when min asks for more than 3.0.
+func ProtocolVersions(cfg *connstring.Config) (lo, hi string) {
+	lo, hi = cfg.MinProtocolVersion, cfg.MaxProtocolVersion
+	if lo == "" {
+		lo = "3.0"
+	}
+	if hi == "" {
+		hi = "3.0"
+		if lo != "3.0" {
+			hi = "latest"
+		}
+	}
+	return lo, hi
 }
 
 func parsePort(s string) (uint16, error) {
