@@ -148,9 +148,13 @@ func versionOrUnset(v uint16, def string) string {
 	return VersionName(v)
 }
 
+// tlsReason is the TLS library's reason without its package prefixes:
+// libpq says "SSL error: <reason>", and a certificate the TLS layer could
+// not even parse ("tls: failed to parse certificate from server: x509:
+// ...") is said without crypto/x509's prefix.
 func tlsReason(err error) string {
 	s := unwrapOp(err).Error()
-	return strings.TrimPrefix(s, "tls: ")
+	return strings.ReplaceAll(strings.TrimPrefix(s, "tls: "), "x509: ", "")
 }
 
 // classifyTLSAlert maps TLS alerts and version errors, sent by either side.

@@ -139,19 +139,28 @@ func classify(err error, presented []*x509.Certificate, o Options) error {
 	for _, c := range presented {
 		if o.Now.After(c.NotAfter) {
 			days := int(o.Now.Sub(c.NotAfter).Hours() / 24)
-			return failure.Wrap(failure.CertExpired, err, VerifyFailed).
+			return failure.Wrap(failure.CertExpired, err, VerifyFailed).CauseInMessage().
 				WithEvidence("%s expired %s (%d days ago)", Describe(c, c == leaf, o.Role), c.NotAfter.UTC().Format("2006-01-02 15:04:05 MST"), days).
 				WithFix("renew the certificate (for a server: replace ssl_cert_file and run SELECT pg_reload_conf()); inspect it with: pgtrust certs inspect")
 		}
 		if o.Now.Before(c.NotBefore) {
-			return failure.Wrap(failure.CertNotYetValid, err, VerifyFailed).
+			return failure.Wrap(failure.CertNotYetValid, err, VerifyFailed).CauseInMessage().
 				WithEvidence("%s is not valid until %s", Describe(c, c == leaf, o.Role), c.NotBefore.UTC().Format("2006-01-02 15:04:05 MST")).
 				WithFix("check the clocks of both machines (timedatectl), or reissue the certificate with an earlier notBefore")
 		}
 	}
 	var ua x509.UnknownAuthorityError
 	var ci x509.CertificateInvalidError
-	e := failure.Wrap(failure.UnknownCA, err, VerifyFailed)
+	// The cause stays reachable (errors.As) but is not rendered: the
+	// evidence says it in our words, and the message is libpq's.
+	e := failure.Wrap(failure.UnknownCA, err, VerifyFailed).CauseInMessage()
+	if errors.As(err, &ua) {
+		if s, ok := sameNameOtherKey(presented, o); ok {
+			e.Evidence = s.Evidence(o.RootFile, Describe(s.Child, s.Child == leaf, o.Role))
+			e.Fix = s.Fix(o.RootFile, o.Role)
+			return e
+		}
+	}
 	switch {
 	case errors.As(err, &ua):
 		issuer := presented[len(presented)-1].Issuer.String()
@@ -161,10 +170,10 @@ func classify(err error, presented []*x509.Certificate, o Options) error {
 		}
 		e.Fix = "use the CA that issued the certificate as the root file (only self-signed roots are trust anchors); intermediates belong after the leaf in the certificate file (for a server: ssl_cert_file)"
 	case errors.As(err, &ci):
-		e.Evidence = fmt.Sprintf("%s: %v", Describe(ci.Cert, ci.Cert == leaf, o.Role), err)
+		e.Evidence = reason(ci, leaf, o.Role)
 		e.Fix = "reissue the certificate with the right extended key usage (serverAuth / clientAuth) from a CA with basicConstraints CA:TRUE"
 	default:
-		e.Evidence = err.Error()
+		e.Evidence = reason(err, leaf, o.Role)
 		e.Fix = "check the chain with: pgtrust certs verify --ca CA --cert CERT"
 	}
 	return e

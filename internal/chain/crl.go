@@ -12,6 +12,7 @@ import (
 	"math/big"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/pgtrust/pgtrust/failure"
@@ -35,10 +36,18 @@ func ParseCRL(der []byte) (*x509.RevocationList, error) {
 		return nil, err
 	}
 	if !v1 {
-		return x509.ParseRevocationList(der)
+		crl, err := x509.ParseRevocationList(der)
+		if err != nil {
+			// crypto/x509's words stay the cause; the text is ours.
+			return nil, fmt.Errorf("malformed CRL (%s): %w", strings.TrimPrefix(err.Error(), "x509: "), errCRLSyntax)
+		}
+		return crl, nil
 	}
 	return parseV1CRL(der)
 }
+
+// errCRLSyntax marks a CRL that does not parse.
+var errCRLSyntax = errors.New("not a valid X.509 CRL")
 
 // isV1CRL reports whether the TBSCertList has no version field: its first
 // element is then the signature AlgorithmIdentifier (a SEQUENCE) rather than

@@ -31,6 +31,7 @@ type configCheck struct {
 	rootFile   string
 	interms    []*x509.Certificate
 	crls       []*x509.RevocationList
+	crlDir     string // sslcrldir, looked up per issuer during verification
 	clientLeaf *x509.Certificate
 }
 
@@ -123,7 +124,18 @@ func (c *configCheck) checkRoot(cfg *connstring.Config, now time.Time, warnDays 
 }
 
 func (c *configCheck) checkCRL(cfg *connstring.Config) {
-	if cfg.SSLCRL == "" || c.rootFile == "" || c.rootFile == "system" {
+	if c.rootFile == "" || c.rootFile == "system" {
+		return
+	}
+	if cfg.SSLCRLDir != "" {
+		c.crlDir = cfg.SSLCRLDir
+		if st, err := os.Stat(cfg.SSLCRLDir); err != nil || !st.IsDir() {
+			c.notes = append(c.notes, "sslcrldir="+cfg.SSLCRLDir+" is not a readable directory, but setting it turns revocation checking on: every issuer then lacks a CRL and verification fails")
+		} else {
+			c.notes = append(c.notes, "sslcrldir="+cfg.SSLCRLDir+": revocation is checked; each issuer's CRL is looked up as HASH.r0, HASH.r1, … (openssl rehash names)")
+		}
+	}
+	if cfg.SSLCRL == "" {
 		return
 	}
 	data, err := os.ReadFile(cfg.SSLCRL)

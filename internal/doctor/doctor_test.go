@@ -11,8 +11,10 @@ import (
 	"time"
 
 	"github.com/pgtrust/pgtrust/failure"
+	"github.com/pgtrust/pgtrust/internal/chain"
 	"github.com/pgtrust/pgtrust/internal/doctor"
 	"github.com/pgtrust/pgtrust/internal/pgtest"
+	"github.com/pgtrust/pgtrust/internal/secretscan"
 	"github.com/pgtrust/pgtrust/internal/testpki"
 )
 
@@ -79,6 +81,16 @@ func newWorld(t *testing.T) *world {
 	write("foreign.crt", w.foreign.ChainPEM, 0o644)
 	write("foreign.key", w.foreign.KeyPEM, 0o600)
 	write("other.key", w.foreign.KeyPEM, 0o600)
+	// A hashed CRL directory holding a version 1 CRL that revokes the server.
+	v1 := w.ca.CRLv1(t, w.server.Cert)
+	hash, err := chain.NameHash(w.ca.Cert.RawSubject)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Mkdir(filepath.Join(w.dir, "crls"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	write("crls/"+hash+".r0", v1, 0o644)
 	if err := os.Mkdir(filepath.Join(w.dir, "adir"), 0o755); err != nil {
 		t.Fatal(err)
 	}
@@ -103,7 +115,11 @@ func (w *world) diagnose(t *testing.T, dsn string) *doctor.Report {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	return doctor.Diagnose(ctx, dsn, w.opts())
+	r := doctor.Diagnose(ctx, dsn, w.opts())
+	var text strings.Builder
+	r.WriteText(&text, doctor.Style{})
+	secretscan.Record(t, "doctor report", text.String()+jsonOf(t, r))
+	return r
 }
 
 func stage(r *doctor.Report, name string) doctor.Stage {
@@ -130,6 +146,8 @@ func TestDoctor(t *testing.T) {
 	t.Run("successful connections", func(t *testing.T) { testSuccess(t, w) })
 	t.Run("verdict equals psql", func(t *testing.T) { testParity(t, w) })
 	t.Run("matrix", func(t *testing.T) { testMatrix(t, w) })
+	t.Run("pgx's cancel request is not part of the report", func(t *testing.T) { testCancelNotInReport(t, w) })
+	t.Run("explanations in our own words", func(t *testing.T) { testOwnWords(t, w) })
 }
 
 // testFailureClasses runs doctor against every failure class the harness
@@ -163,6 +181,7 @@ func testFailureClasses(t *testing.T, w *world) {
 			failure.HostnameMismatch, doctor.StageServerCertificate, []string{"db.example.com", "localhost"}, 1},
 		{"expired server certificate", "{old} user=postgres sslmode=verify-ca " + root, failure.CertExpired, doctor.StageServerCertificate, []string{"expired", "days ago"}, 1},
 		{"revoked server certificate", "{main} user=postgres sslmode=verify-ca sslcrl={dir}/root.crl " + root, failure.CertRevoked, doctor.StageServerCertificate, []string{"revoked"}, 1},
+		{"server revoked by a version 1 CRL in sslcrldir", "{main} user=postgres sslmode=verify-ca sslcrldir={dir}/crls " + root, failure.CertRevoked, doctor.StageServerCertificate, []string{"revoked"}, 1},
 		{"root certificate missing", "{main} user=postgres sslmode=verify-ca sslrootcert={dir}/none.crt", failure.RootCertMissing, doctor.StageConfiguration, []string{"none.crt"}, 1},
 		{"client certificate required", "{main} " + root + "sslmode=verify-full user=alice", failure.ClientCertRequired, doctor.StageClientCertificate, []string{"client certificate"}, 1},
 		{"client certificate from a foreign CA", "{main} " + root + "sslmode=verify-full user=alice sslcert={dir}/foreign.crt sslkey={dir}/foreign.key", failure.ClientCertRejected, doctor.StageClientCertificate, nil, 1},

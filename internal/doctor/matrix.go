@@ -6,6 +6,7 @@ import (
 	"regexp"
 	"sort"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/pgtrust/pgtrust/connstring"
@@ -103,10 +104,12 @@ func matrixRow(ctx context.Context, base *connstring.Config, mode connstring.SSL
 	if cfg.ConnectTimeout == 0 {
 		cfg.ConnectTimeout = o.DefaultConnectTimeout
 	}
-	accepted := false
+	// Atomic: the hook runs on pgtls's goroutine, and pgx abandons a
+	// session from its own.
+	var sawALPN atomic.Bool
 	tr := &pgtls.Trace{TLSHandshakeDone: func(_ string, st *tls.ConnectionState, err error, _ time.Duration) {
 		if err == nil && st != nil && st.NegotiatedProtocol == pgtls.ALPNProtocol {
-			accepted = true
+			sawALPN.Store(true)
 		}
 	}}
 	pg, facts, err := pgtls.Connect(ctx, cfg, &pgtls.Options{Trace: tr, Now: o.Now})
@@ -117,6 +120,7 @@ func matrixRow(ctx context.Context, base *connstring.Config, mode connstring.SSL
 		pg.Close(context.Background())
 	}
 	row.DurationMS = ms(time.Since(start))
+	accepted := sawALPN.Load()
 	if err != nil {
 		rep := failure.ReportOf(err)
 		row.Class, row.Message = rep.Class, summaryLine(rep.Message)

@@ -39,11 +39,15 @@ func Run(ctx context.Context, cfg *connstring.Config, opts *Options) *Report {
 	r.Warnings = append(r.Warnings, cc.warnings...)
 
 	o.OnStage(StageDNS)
-	rec := newRecorder(o.OnStage)
+	rec := newRecorder(cfg, o.OnStage)
 	popts := &pgtls.Options{Trace: rec.trace(), DialContext: rec.dial, Now: o.Now}
 	connStart := time.Now()
 	pg, facts, err := pgtls.Connect(ctx, cfg, popts)
 	connDur := time.Since(connStart)
+	if testHookConnected != nil {
+		testHookConnected()
+	}
+	obs := rec.stop()
 
 	var queryDur time.Duration
 	var queryErr error
@@ -54,7 +58,7 @@ func Run(ctx context.Context, cfg *connstring.Config, opts *Options) *Report {
 		queryDur = time.Since(qs)
 		pg.Close(context.Background())
 	}
-	d := &diagnosis{cfg: cfg, o: o, now: now, cc: cc, rec: rec, facts: facts, err: err, queryErr: queryErr, r: r}
+	d := &diagnosis{cfg: cfg, o: o, now: now, cc: cc, rec: obs, facts: facts, err: err, queryErr: queryErr, r: r}
 	d.build(configDur, connDur, queryDur)
 	r.DurationMS = ms(time.Since(start))
 	return r
@@ -66,7 +70,7 @@ type diagnosis struct {
 	o        Options
 	now      time.Time
 	cc       *configCheck
-	rec      *recorder
+	rec      *observations // frozen: nothing writes to it any more
 	facts    *pgtls.Facts
 	err      error
 	queryErr error
@@ -374,7 +378,7 @@ func (d *diagnosis) handshakeStage() {
 		total += e.d
 		if e.err != nil {
 			st.Status = worse(st.Status, StatusWarn)
-			lines = append(lines, fmt.Sprintf("%s: handshake failed: %v", e.address, unwrapOp(e.err)))
+			lines = append(lines, fmt.Sprintf("%s: handshake failed: %s", e.address, handshakeProblem(e.err)))
 			continue
 		}
 		s := e.state
@@ -400,6 +404,21 @@ func (d *diagnosis) handshakeStage() {
 	}
 	st.DurationMS = ms(total)
 	st.Detail = strings.Join(lines, "\n")
+}
+
+// handshakeProblem says why a handshake stopped. A refused server
+// certificate is explained by the server-certificate stage; here it is
+// named, not repeated.
+func handshakeProblem(err error) string {
+	if fe, ok := failure.As(err); ok {
+		switch fe.Class {
+		case failure.UnknownCA, failure.HostnameMismatch, failure.CertExpired, failure.CertNotYetValid, failure.CertRevoked:
+			return fmt.Sprintf("the server certificate was refused (%s; see %s)", fe.Class, StageTitle(StageServerCertificate))
+		}
+		return fe.Error()
+	}
+	// Not classified: the TLS library's words, without crypto/x509's prefix.
+	return strings.ReplaceAll(strings.TrimPrefix(unwrapOp(err).Error(), "tls: "), "x509: ", "")
 }
 
 func (d *diagnosis) requested(address string) bool {
@@ -460,7 +479,7 @@ func (d *diagnosis) serverCertStage() {
 		v := &Verdict{Class: failure.RootCertMissing, Detail: "no root certificate: set sslrootcert to the CA that issued the server certificate"}
 		sc.VerifyCA, sc.VerifyFull = v, v
 	} else {
-		vo := pgtls.VerifyOptions{Roots: d.cc.roots, RootFile: d.cc.rootFile, Intermediates: d.cc.interms, CRLs: d.cc.crls, Host: host, Now: d.now}
+		vo := pgtls.VerifyOptions{Roots: d.cc.roots, RootFile: d.cc.rootFile, Intermediates: d.cc.interms, CRLs: d.cc.crls, CRLDir: d.cc.crlDir, Host: host, Now: d.now}
 		_, err := pgtls.VerifyServer(chain, vo)
 		sc.VerifyCA = verdict(err)
 		vo.CheckHost = true
@@ -690,9 +709,7 @@ func (d *diagnosis) hbaLine() string {
 		}
 	}
 	addr := "<client-address>/32"
-	rec.mu.Lock()
 	local := rec.locals[att.a.Address]
-	rec.mu.Unlock()
 	if h, _, err := net.SplitHostPort(local); err == nil {
 		if ip := net.ParseIP(h); ip != nil {
 			if ip.To4() != nil {

@@ -8,15 +8,31 @@ import (
 	"sync"
 	"time"
 
+	"github.com/pgtrust/pgtrust/connstring"
 	"github.com/pgtrust/pgtrust/failure"
 	"github.com/pgtrust/pgtrust/pgtls"
 )
 
-// recorder collects the Trace events of one pgtls.Connect call.
+// recorder collects the Trace events of one pgtls.Connect call. pgx may
+// still be working in the background when Connect returns (a CancelRequest
+// after a failed read, sent from its own goroutine), so every hook takes
+// the lock and does nothing once stop has handed out the observations.
 type recorder struct {
+	// base is pgtls's own dialer for the configuration (libpq's keepalive
+	// and tcp_user_timeout settings applied before connect).
+	base    func(ctx context.Context, network, address string) (net.Conn, error)
 	mu      sync.Mutex
 	onStage func(string)
+	stopped bool
+	obs     observations
 
+	cur       progress
+	connected time.Time // when the current socket connected
+}
+
+// observations are what one connection produced: the recorder's events,
+// frozen by stop, read without a lock by the diagnosis.
+type observations struct {
 	dns        []dnsEvent
 	connects   []connectEvent
 	ssl        []sslEvent
@@ -25,10 +41,7 @@ type recorder struct {
 	clientReqs []clientReqEvent
 	auth       []authEvent
 	attempts   []attemptRecord
-
-	cur       progress
-	connected time.Time // when the current socket connected
-	locals    map[string]string
+	locals     map[string]string // address → local address of our socket
 }
 
 type dnsEvent struct {
@@ -83,88 +96,118 @@ type attemptRecord struct {
 	p progress
 }
 
-func newRecorder(onStage func(string)) *recorder {
-	return &recorder{onStage: onStage, locals: map[string]string{}}
+// Test seams: testHookDial sees (and may wrap) each socket doctor opens;
+// testHookConnected runs after pgtls.Connect returns, before the recording
+// stops.
+var (
+	testHookDial      func(ctx context.Context, c net.Conn) net.Conn
+	testHookConnected func()
+)
+
+func newRecorder(cfg *connstring.Config, onStage func(string)) *recorder {
+	return &recorder{base: pgtls.DefaultDial(cfg), onStage: onStage, obs: observations{locals: map[string]string{}}}
+}
+
+// stop ends the recording and returns what was observed; hooks that fire
+// later (pgx's background cancel) change nothing.
+func (r *recorder) stop() *observations {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.stopped = true
+	obs := r.obs
+	return &obs
 }
 
 // dial is pgtls's default dialer plus a note of the local address, which
-// is the client address the server matches against pg_hba.conf.
+// is the client address the server matches against pg_hba.conf. The
+// socket of a CancelRequest is not the user's connection: not recorded.
 func (r *recorder) dial(ctx context.Context, network, address string) (net.Conn, error) {
-	c, err := (&net.Dialer{KeepAlive: 30 * time.Second}).DialContext(ctx, network, address)
-	if err == nil && network != "unix" {
-		r.mu.Lock()
-		r.locals[address] = c.LocalAddr().String()
-		r.mu.Unlock()
+	c, err := r.base(ctx, network, address)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if testHookDial != nil && err == nil {
+		c = testHookDial(ctx, c)
+	}
+	switch {
+	case r.stopped:
+	case pgtls.IsCancelDial(ctx):
+	case err == nil && network != "unix":
+		r.obs.locals[address] = c.LocalAddr().String()
 	}
 	return c, err
+}
+
+// hook runs f under the lock unless the recording has stopped.
+func (r *recorder) hook(f func()) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if !r.stopped {
+		f()
+	}
 }
 
 func (r *recorder) trace() *pgtls.Trace {
 	return &pgtls.Trace{
 		DNSDone: func(host string, addrs []string, err error, d time.Duration) {
-			r.mu.Lock()
-			defer r.mu.Unlock()
-			r.dns = append(r.dns, dnsEvent{host, addrs, err, d})
-			r.onStage(StageTCP)
+			r.hook(func() {
+				r.obs.dns = append(r.obs.dns, dnsEvent{host, addrs, err, d})
+				r.onStage(StageTCP)
+			})
 		},
 		ConnectDone: func(network, address string, err error, d time.Duration) {
-			r.mu.Lock()
-			defer r.mu.Unlock()
-			r.connects = append(r.connects, connectEvent{network: network, address: address, local: r.locals[address], err: err, d: d})
-			r.cur = progress{connected: err == nil}
-			r.connected = time.Now()
-			if err == nil {
-				r.onStage(StageSSLNegotiation)
-			}
+			r.hook(func() {
+				r.obs.connects = append(r.obs.connects, connectEvent{network: network, address: address, local: r.obs.locals[address], err: err, d: d})
+				r.cur = progress{connected: err == nil}
+				r.connected = time.Now()
+				if err == nil {
+					r.onStage(StageSSLNegotiation)
+				}
+			})
 		},
 		SSLResponse: func(address string, response byte) {
-			r.mu.Lock()
-			defer r.mu.Unlock()
-			r.ssl = append(r.ssl, sslEvent{address, response, time.Since(r.connected)})
-			r.cur.answered, r.cur.response = true, response
-			r.onStage(StageTLSHandshake)
+			r.hook(func() {
+				r.obs.ssl = append(r.obs.ssl, sslEvent{address, response, time.Since(r.connected)})
+				r.cur.answered, r.cur.response = true, response
+				r.onStage(StageTLSHandshake)
+			})
 		},
 		TLSHandshakeDone: func(address string, state *tls.ConnectionState, err error, d time.Duration) {
-			r.mu.Lock()
-			defer r.mu.Unlock()
-			r.handshakes = append(r.handshakes, handshakeEvent{address, state, err, d})
-			r.cur.handshook = err == nil
-			if err == nil {
-				r.onStage(StageAuthentication)
-			}
+			r.hook(func() {
+				r.obs.handshakes = append(r.obs.handshakes, handshakeEvent{address, state, err, d})
+				r.cur.handshook = err == nil
+				if err == nil {
+					r.onStage(StageAuthentication)
+				}
+			})
 		},
 		ServerCertificates: func(address string, chain []*x509.Certificate) {
-			r.mu.Lock()
-			defer r.mu.Unlock()
-			r.chains = append(r.chains, chainEvent{address, chain})
+			r.hook(func() { r.obs.chains = append(r.obs.chains, chainEvent{address, chain}) })
 		},
 		ClientCertificateRequested: func(address string, sent bool) {
-			r.mu.Lock()
-			defer r.mu.Unlock()
-			r.clientReqs = append(r.clientReqs, clientReqEvent{address, sent})
+			r.hook(func() { r.obs.clientReqs = append(r.obs.clientReqs, clientReqEvent{address, sent}) })
 		},
 		AuthRequest: func(method string, mechanisms []string) {
-			r.mu.Lock()
-			defer r.mu.Unlock()
-			r.auth = append(r.auth, authEvent{method, mechanisms})
-			r.cur.authStarted = true
+			r.hook(func() {
+				r.obs.auth = append(r.obs.auth, authEvent{method, mechanisms})
+				r.cur.authStarted = true
+			})
 		},
 		AttemptDone: func(a pgtls.Attempt) {
-			r.mu.Lock()
-			defer r.mu.Unlock()
-			r.attempts = append(r.attempts, attemptRecord{a, r.cur})
-			next := progress{}
-			// After an 'N' libpq goes on in plaintext on the same socket.
-			if a.Method == pgtls.MethodSSL && failure.ClassOf(a.Err) == failure.NoSSLServer {
-				next.connected = true
-			}
-			r.cur = next
+			r.hook(func() {
+				r.obs.attempts = append(r.obs.attempts, attemptRecord{a, r.cur})
+				next := progress{}
+				// After an 'N' libpq goes on in plaintext on the same socket.
+				if a.Method == pgtls.MethodSSL && failure.ClassOf(a.Err) == failure.NoSSLServer {
+					next.connected = true
+				}
+				r.cur = next
+			})
 		},
 	}
 }
 
 // attemptFor returns the last attempt that failed with class c.
-func (r *recorder) attemptFor(c failure.Class) (attemptRecord, bool) {
+func (r *observations) attemptFor(c failure.Class) (attemptRecord, bool) {
 	for i := len(r.attempts) - 1; i >= 0; i-- {
 		if a := r.attempts[i]; a.a.Err != nil && failure.ClassOf(a.a.Err) == c {
 			return a, true

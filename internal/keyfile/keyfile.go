@@ -72,7 +72,7 @@ func ParseCertificates(data []byte) ([]*x509.Certificate, error) {
 		}
 		c, err := x509.ParseCertificate(block.Bytes)
 		if err != nil {
-			return nil, fmt.Errorf("certificate %d: %w", len(certs)+1, err)
+			return nil, &malformedCertificate{n: len(certs) + 1, cause: err}
 		}
 		certs = append(certs, c)
 	}
@@ -82,12 +82,26 @@ func ParseCertificates(data []byte) ([]*x509.Certificate, error) {
 	if !sawPEM && looksLikeDER(data) {
 		c, err := x509.ParseCertificate(data)
 		if err != nil {
-			return nil, err
+			return nil, &malformedCertificate{n: 1, cause: err}
 		}
 		return []*x509.Certificate{c}, nil
 	}
 	return nil, errNoCertificate
 }
+
+// malformedCertificate says which certificate of a file did not parse, in
+// pgtrust's words: crypto/x509's text ("x509: malformed …") is kept as the
+// wrapped cause, not shown.
+type malformedCertificate struct {
+	n     int
+	cause error
+}
+
+func (e *malformedCertificate) Error() string {
+	return fmt.Sprintf("certificate %d is malformed (%s)", e.n, strings.TrimPrefix(e.cause.Error(), "x509: "))
+}
+
+func (e *malformedCertificate) Unwrap() error { return e.cause }
 
 // KeyMatches reports whether key is the private key for cert's public key.
 func KeyMatches(cert *x509.Certificate, key crypto.Signer) bool {
