@@ -110,7 +110,7 @@ func checkFile(path string, warn time.Duration, now time.Time, named bool) []Exp
 			r.Status, r.Class = ExpiryNotYet, failure.CertNotYetValid
 			r.Fix = "check the clock, or wait until " + c.NotBefore.UTC().Format(time.RFC3339)
 		case c.NotAfter.Sub(now) <= warn:
-			r.Status = ExpiryWarning
+			r.Status, r.Class = ExpiryWarning, failure.CertExpiring
 			r.Fix = "renew before " + c.NotAfter.UTC().Format(time.RFC3339)
 		}
 		out = append(out, r)

@@ -119,22 +119,22 @@ func InitDevPKI(dir string, opts DevPKIOptions) (*DevPKI, error) {
 	if err != nil {
 		return nil, err
 	}
-	// Keys first, CA certificate last: a reader that sees ca.crt sees a
-	// complete set (and EnsureDevPKI treats a partial set as an error).
+	// All six files or none (a full disk must not leave a new key beside an
+	// old certificate); renamed keys first, CA certificate last, so a
+	// reader that sees the new ca.crt sees a complete set.
+	var files []keyfile.File
 	for _, w := range []struct {
 		pair      *KeyPair
 		cert, key string
 	}{{server, p.ServerCert, p.ServerKey}, {client, p.ClientCert, p.ClientKey}, {ca, p.CACert, p.CAKey}} {
-		keyPEM, err := w.pair.KeyPEM("")
+		fs, err := w.pair.files(w.cert, w.key, "")
 		if err != nil {
 			return nil, err
 		}
-		if err := keyfile.WriteFileAtomic(w.key, keyPEM, 0o600); err != nil {
-			return nil, err
-		}
-		if err := keyfile.WriteFileAtomic(w.cert, w.pair.CertPEM(), 0o644); err != nil {
-			return nil, err
-		}
+		files = append(files, fs...)
+	}
+	if err := keyfile.WriteFilesAtomic(files); err != nil {
+		return nil, err
 	}
 	p.Hosts, p.User, p.Generated = opts.Hosts, opts.User, true
 	p.CA, p.Server, p.Client = ca.Cert, server.Cert, client.Cert

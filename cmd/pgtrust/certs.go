@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -28,23 +27,20 @@ func newCertsCmd() *cobra.Command {
 	return cmd
 }
 
-// failWith prints err's message, evidence and fix (or its JSON report) and
+// failWith prints err in failure's shared layout (or its JSON report) and
 // returns the exit error for code.
 func failWith(cmd *cobra.Command, asJSON bool, code int, err error) error {
 	if asJSON {
 		writeJSON(cmd.OutOrStdout(), map[string]any{"ok": false, "error": failure.ReportOf(err)})
 	} else {
-		fmt.Fprintln(cmd.ErrOrStderr(), "pgtrust: "+detail(err))
+		failure.WriteText(cmd.ErrOrStderr(), "pgtrust: ", err)
 	}
 	return exitCode(code)
 }
 
-func detail(err error) string {
-	if fe, ok := failure.As(err); ok {
-		return fe.Detail()
-	}
-	return err.Error()
-}
+// detail is err in failure's shared layout (message, class, evidence, fix)
+// without the final newline, for a caller's own headline.
+func detail(err error) string { return failure.Text(err) }
 
 func writeJSON(w io.Writer, v any) {
 	enc := json.NewEncoder(w)
@@ -164,9 +160,10 @@ Exit status: 0 issued, 2 invalid options, unreadable CA or unwritable files.`,
 		Args:      cobra.ExactArgs(1),
 		ValidArgs: []string{"server", "client"},
 		RunE: func(cmd *cobra.Command, args []string) error {
-			role := args[0]
-			if role != "server" && role != "client" {
-				return failWith(cmd, asJSON, 2, failure.New(failure.ConfigInvalid, "unknown certificate kind %q", role).WithFix("use: pgtrust certs issue server ... or pgtrust certs issue client ..."))
+			o := certs.IssueFilesOptions{Role: args[0], Dir: dir, Name: name, Force: force,
+				Options: certs.Options{Validity: time.Duration(days) * 24 * time.Hour, Hosts: splitList(hosts), CommonName: user}}
+			if err := o.Check(); err != nil {
+				return failWith(cmd, asJSON, 2, err)
 			}
 			kt, err := certs.ParseKeyType(keyType)
 			if err != nil {
@@ -184,41 +181,13 @@ Exit status: 0 issued, 2 invalid options, unreadable CA or unwritable files.`,
 			if err != nil {
 				return failWith(cmd, asJSON, 2, err)
 			}
-			if name == "" {
-				name = role
-			}
-			certPath, keyPath := filepath.Join(dir, name+".crt"), filepath.Join(dir, name+".key")
-			if !force {
-				for _, p := range []string{certPath, keyPath} {
-					if _, err := os.Lstat(p); err == nil {
-						return failWith(cmd, asJSON, 2, failure.New(failure.ConfigInvalid, "refusing to overwrite %s", p).
-							WithFix("pass --force to replace it, or choose another --name or --dir"))
-					}
-				}
-			}
-			opts := certs.Options{KeyType: kt, Validity: time.Duration(days) * 24 * time.Hour}
-			var pair *certs.KeyPair
-			if role == "server" {
-				opts.Hosts = splitList(hosts)
-				pair, err = certs.IssueServer(ca, opts)
-			} else {
-				opts.CommonName = user
-				pair, err = certs.IssueClient(ca, opts)
-			}
+			o.Options.KeyType, o.KeyPassword = kt, keyPw
+			issued, err := certs.IssueFiles(ca, o)
 			if err != nil {
 				return failWith(cmd, asJSON, 2, err)
 			}
-			keyPEM, err := pair.KeyPEM(keyPw)
-			if err != nil {
-				return failWith(cmd, asJSON, 2, err)
-			}
-			if err := keyfile.WriteFileAtomic(keyPath, keyPEM, 0o600); err != nil {
-				return failWith(cmd, asJSON, 2, err)
-			}
-			if err := keyfile.WriteFileAtomic(certPath, pair.CertPEM(), 0o644); err != nil {
-				return failWith(cmd, asJSON, 2, err)
-			}
-			info := certs.Describe(pair.Cert, time.Now())
+			role, certPath, keyPath := o.Role, issued.CertPath, issued.KeyPath
+			info := certs.Describe(issued.Pair.Cert, time.Now())
 			if asJSON {
 				writeJSON(cmd.OutOrStdout(), map[string]any{"ok": true, "cert": certPath, "key": keyPath, "key_encrypted": keyPw != "", "certificate": info})
 				return nil

@@ -147,13 +147,7 @@ Exit status: 0 all checks hold, 1 a check failed, 2 invalid options.`,
 					mark := map[string]string{"ok": "ok  ", "fail": "FAIL", "skip": "skip"}[f.Status]
 					fmt.Fprintf(out, "%s %-16s %s\n", mark, f.Check, f.Message)
 					if f.Status == "fail" {
-						fmt.Fprintf(out, "     class:    %s\n", f.Class)
-						if f.Evidence != "" {
-							fmt.Fprintf(out, "     evidence: %s\n", f.Evidence)
-						}
-						if f.Fix != "" {
-							fmt.Fprintf(out, "     fix:      %s\n", f.Fix)
-						}
+						(&failure.Report{Class: f.Class, Message: f.Message, Evidence: f.Evidence, Fix: f.Fix}).WriteDetails(out, "     ")
 					}
 				}
 			}
@@ -220,10 +214,7 @@ Exit status: 0 all fine, 1 something expires within --warn-days,
 				tw.Flush()
 				for _, r := range results {
 					if r.Status == certs.ExpiryUnreadable {
-						fmt.Fprintf(cmd.ErrOrStderr(), "pgtrust: %s: %s (class %s)\n", r.Path, r.Message, r.Class)
-						if r.Fix != "" {
-							fmt.Fprintf(cmd.ErrOrStderr(), "  fix: %s\n", r.Fix)
-						}
+						(&failure.Report{Class: r.Class, Message: r.Message, Fix: r.Fix}).WriteText(cmd.ErrOrStderr(), "pgtrust: "+r.Path+": ")
 					}
 				}
 				if len(results) == 0 {

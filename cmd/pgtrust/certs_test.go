@@ -9,6 +9,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/pgtrust/pgtrust/internal/secretscan"
 )
 
 // runCerts runs pgtrust in-process and returns stdout, stderr and the exit code.
@@ -33,6 +35,7 @@ func runCerts(t *testing.T, args ...string) (string, string, int) {
 		code = 2
 		errOut.WriteString(err.Error())
 	}
+	secretscan.Record(t, "pgtrust command output", out.String()+errOut.String())
 	return out.String(), errOut.String(), code
 }
 

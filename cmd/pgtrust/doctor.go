@@ -146,10 +146,7 @@ func writeMatrix(out io.Writer, m *doctor.Matrix, f doctorFlags, style doctor.St
 		enc.SetIndent("", "  ")
 		_ = enc.Encode(m)
 	case m.Error != nil:
-		fmt.Fprintf(out, "fail: %s: %s\n", m.Error.Class, m.Error.Message)
-		if m.Error.Fix != "" {
-			fmt.Fprintf(out, "  fix: %s\n", m.Error.Fix)
-		}
+		m.Error.WriteText(out, "fail: ")
 	case f.quiet:
 		for _, r := range m.Rows {
 			res := "ok"

@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/pgtrust/pgtrust/internal/pgtest"
+	"github.com/pgtrust/pgtrust/internal/ping"
 )
 
 // TestPingAgainstCertsInit configures a real server with `certs init`
@@ -44,7 +45,7 @@ func TestPingAgainstCertsInit(t *testing.T) {
 		s.Port, filepath.Join(dir, "ca.crt"), filepath.Join(dir, "client.crt"), filepath.Join(dir, "client.key"))
 
 	out, errOut, code = runCerts(t, "ping", "--json", dsn)
-	var res pingResult
+	var res ping.Result
 	if err := json.Unmarshal([]byte(out), &res); err != nil {
 		t.Fatalf("ping output %q: %v (%s)", out, err, errOut)
 	}
@@ -58,7 +59,7 @@ func TestPingAgainstCertsInit(t *testing.T) {
 	// Without the client certificate the server refuses, and both agree.
 	noCert := strings.Replace(dsn, "sslcert=", "sslcert=/nonexistent/", 1)
 	out, _, code = runCerts(t, "ping", "--json", noCert)
-	res = pingResult{}
+	res = ping.Result{}
 	json.Unmarshal([]byte(out), &res)
 	if code != 1 || res.OK || res.Class != "client_cert_required" {
 		t.Fatalf("ping without certificate: exit %d %+v", code, res)

@@ -56,41 +56,96 @@ func EncryptPrivateKeyPEM(key crypto.Signer, password string) ([]byte, error) {
 // never exposed), write, fsync, chmod mode, rename, fsync the directory.
 // Errors are failure.ConfigInvalid with a fix for the usual causes
 // (permission, full disk, read-only file system).
-func WriteFileAtomic(path string, data []byte, mode os.FileMode) (err error) {
-	dir := filepath.Dir(path)
-	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return writeError(path, dir, err)
+func WriteFileAtomic(path string, data []byte, mode os.FileMode) error {
+	return WriteFilesAtomic([]File{{Path: path, Data: data, Mode: mode}})
+}
+
+// File is one file for WriteFilesAtomic.
+type File struct {
+	Path string
+	Data []byte
+	Mode os.FileMode
+}
+
+// WriteFilesAtomic writes a set of files that belong together (a
+// certificate and its key, a whole development PKI) all or nothing: every
+// temp file is written and fsynced first, and only when all are complete
+// are they renamed into place, in the order given. A full disk or a
+// read-only directory therefore changes none of the files, so a key can
+// never end up beside a certificate it does not match. (A rename cannot
+// run out of space; should one fail anyway, the error names the files
+// already replaced.)
+func WriteFilesAtomic(files []File) (err error) {
+	temps := make([]string, 0, len(files))
+	defer func() {
+		if err != nil {
+			for _, t := range temps {
+				os.Remove(t)
+			}
+		}
+	}()
+	for _, f := range files {
+		tmp, err := writeTemp(f)
+		if err != nil {
+			return err
+		}
+		temps = append(temps, tmp)
 	}
-	tmpName := tmp.Name()
+	dirs := map[string]bool{}
+	for i, f := range files {
+		if err := os.Rename(temps[i], f.Path); err != nil {
+			e := writeError(f.Path, filepath.Dir(f.Path), err).(*failure.Error)
+			if i > 0 {
+				done := make([]string, i)
+				for j := range done {
+					done[j] = files[j].Path
+				}
+				e.Evidence += fmt.Sprintf("; already replaced: %v", done)
+			}
+			temps = temps[i:]
+			return e
+		}
+		dirs[filepath.Dir(f.Path)] = true
+	}
+	temps = nil
+	// Make the renames durable. Some file systems cannot fsync a directory;
+	// the data is already safe then, so that is not an error.
+	for dir := range dirs {
+		if d, derr := os.Open(dir); derr == nil {
+			_ = d.Sync()
+			d.Close()
+		}
+	}
+	return nil
+}
+
+// writeTemp writes f's data to a synced temp file beside f.Path, with
+// f.Mode, and returns its name; on error nothing is left behind.
+func writeTemp(f File) (name string, err error) {
+	dir := filepath.Dir(f.Path)
+	tmp, err := os.CreateTemp(dir, "."+filepath.Base(f.Path)+".tmp-*")
+	if err != nil {
+		return "", writeError(f.Path, dir, err)
+	}
 	defer func() {
 		if err != nil {
 			tmp.Close()
-			os.Remove(tmpName)
+			os.Remove(tmp.Name())
 		}
 	}()
-	if _, err = tmp.Write(data); err != nil {
-		return writeError(path, dir, err)
+	if _, err = tmp.Write(f.Data); err != nil {
+		return "", writeError(f.Path, dir, err)
 	}
 	if err = tmp.Sync(); err != nil {
-		return writeError(path, dir, err)
+		return "", writeError(f.Path, dir, err)
 	}
-	if err = tmp.Chmod(mode); err != nil {
-		return writeError(path, dir, err)
+	if err = tmp.Chmod(f.Mode); err != nil {
+		return "", writeError(f.Path, dir, err)
 	}
 	if err = tmp.Close(); err != nil {
-		return writeError(path, dir, err)
+		return "", writeError(f.Path, dir, err)
 	}
-	if err = os.Rename(tmpName, path); err != nil {
-		return writeError(path, dir, err)
-	}
-	// Make the rename itself durable. Some file systems cannot fsync a
-	// directory; the data is already safe then, so that is not an error.
-	if d, derr := os.Open(dir); derr == nil {
-		_ = d.Sync()
-		d.Close()
-	}
-	return nil
+	return tmp.Name(), nil
 }
 
 func writeError(path, dir string, err error) error {
