@@ -25,10 +25,13 @@ func newConfigCmd() *cobra.Command {
 the file parses (unknown keys are errors), every upstream's connection settings
 resolve (sslmode defaults to verify-full), the CA, client certificate and key
 files exist and load (libpq's key permission rule, key decrypts and matches),
-no certificate has expired (a warning within 30 days), listen and health
-addresses parse, and Unix socket and certificate directories are writable.
-The PGTRUST_* and DB_SSL_* environment variables apply, as they would to
-pgtrust proxy.
+no certificate has expired (a cert_expiring warning within 30 days), listen
+and health addresses parse, Unix socket and certificate directories are
+writable (and an existing socket directory is this user's and not group- or
+world-writable). The PGTRUST_* and DB_SSL_* environment variables apply, as
+they would to pgtrust proxy: one that weakens an sslmode the file writes is a
+failure, a PG* or DB_SSL_MODE variable that weakens the verify-full default a
+warning.
 
 Exit status: 0 no problem (warnings allowed), 1 problems found,
 2 the file cannot be read or is not a valid configuration.`,
@@ -74,13 +77,7 @@ func printFindings(w io.Writer, file string, findings []config.Finding) {
 		}
 		fmt.Fprintf(w, "%s %s: %s\n", label, fd.Check, fd.Message)
 		if fd.Status != config.StatusOK {
-			fmt.Fprintf(w, "     class:    %s\n", fd.Class)
-			if fd.Evidence != "" {
-				fmt.Fprintf(w, "     evidence: %s\n", fd.Evidence)
-			}
-			if fd.Fix != "" {
-				fmt.Fprintf(w, "     fix:      %s\n", fd.Fix)
-			}
+			(&failure.Report{Class: fd.Class, Evidence: fd.Evidence, Fix: fd.Fix}).WriteDetails(w, "     ")
 		}
 	}
 	if fails == 0 {

@@ -42,8 +42,9 @@ Configuration comes from --config FILE (TOML, see docs/proxy.md), then the
 PGTRUST_* and DB_SSL_* environment variables, then these flags. Without a file,
 --upstream DSN (or PGTRUST_UPSTREAM) is enough.
 
-Signals: SIGTERM/SIGINT turn /readyz to 503, stop accepting, let sessions
-finish for up to --drain-timeout and exit; a second signal exits at once.
+Signals: SIGTERM/SIGINT turn /readyz to 503, keep serving for --drain-delay,
+stop accepting, let sessions finish for up to --drain-timeout and exit; a
+second signal exits at once.
 SIGHUP reloads the configuration and certificates; a reload that does not
 validate is logged and the running configuration stays.
 
@@ -118,11 +119,7 @@ func failureText(err error) string {
 	}
 	out := ""
 	for _, e := range parts {
-		if fe, ok := failure.As(e); ok {
-			out += fmt.Sprintf("%s\n  class: %s\n", fe.Detail(), fe.Class)
-		} else {
-			out += e.Error() + "\n"
-		}
+		out += failure.Text(e) + "\n"
 	}
 	return out
 }

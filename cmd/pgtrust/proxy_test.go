@@ -20,6 +20,7 @@ import (
 	"github.com/pgtrust/pgtrust/internal/health"
 	"github.com/pgtrust/pgtrust/internal/pgtest"
 	"github.com/pgtrust/pgtrust/internal/proxy"
+	"github.com/pgtrust/pgtrust/internal/secretscan"
 	"github.com/pgtrust/pgtrust/pgtls"
 )
 
@@ -169,6 +170,7 @@ func startProxyCmd(t *testing.T, path string, flags map[string]string) *runningP
 			rp.sigs <- syscall.SIGTERM
 			_ = rp.wait()
 		}
+		secretscan.Record(t, "proxy command log", rp.log.String())
 	})
 	return rp
 }
@@ -290,4 +292,47 @@ func exitCodeOf(err error) int {
 		return ee.code
 	}
 	return -1
+}
+
+// TestEnvironmentCannotWeakenSSLMode: DB_SSL_MODE=disable over a DSN that
+// says verify-full used to start the proxy with one WARN line; now the
+// proxy refuses to start (exit 2, config_invalid with the fix), and
+// `pgtrust config validate` reports it. A PGSSLMODE that weakens an
+// unwritten sslmode draws a warning in both.
+func TestEnvironmentCannotWeakenSSLMode(t *testing.T) {
+	dir := t.TempDir()
+	pki, err := certs.InitDevPKI(filepath.Join(dir, "pki"), certs.DevPKIOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dsn := pki.ConnString() // writes sslmode=verify-full
+	t.Setenv("DB_SSL_MODE", "disable")
+	var errOut strings.Builder
+	err = runProxy(context.Background(), "", map[string]string{"upstream": dsn, "listen": "127.0.0.1:0", "health-listen": ""}, &errOut, nil)
+	if code := exitCodeOf(err); code != 2 || !strings.Contains(errOut.String(), "DB_SSL_MODE=disable would weaken it") ||
+		!strings.Contains(errOut.String(), "class:    config_invalid") || !strings.Contains(errOut.String(), "allow_weaker_env_sslmode") {
+		t.Fatalf("exit %d: %s", code, errOut.String())
+	}
+	t.Logf("pgtrust proxy: %s", errOut.String())
+	file := filepath.Join(dir, "p.toml")
+	if err := os.WriteFile(file, []byte(fmt.Sprintf("[upstreams.main]\nlisten = \"127.0.0.1:6432\"\ndsn = %q\n", dsn)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, _, code := runCerts(t, "config", "validate", file)
+	if code != 1 || !strings.Contains(out, "FAIL upstreams.main.dsn") || !strings.Contains(out, "would weaken it") {
+		t.Fatalf("validate: %d\n%s", code, out)
+	}
+
+	// Nothing written, PGSSLMODE weaker than the verify-full default: a
+	// warning, at start and in validate.
+	t.Setenv("DB_SSL_MODE", "")
+	t.Setenv("PGSSLMODE", "require")
+	unwritten := filepath.Join(dir, "u.toml")
+	if err := os.WriteFile(unwritten, []byte(fmt.Sprintf("[upstreams.main]\nlisten = \"127.0.0.1:6432\"\ndsn = %q\n", strings.Replace(pki.ConnString(), "sslmode=verify-full ", "", 1))), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, _, code = runCerts(t, "config", "validate", unwritten)
+	if code != 0 || !strings.Contains(out, "WARN upstreams.main.sslmode: the environment variable PGSSLMODE weakens") {
+		t.Fatalf("validate with PGSSLMODE: %d\n%s", code, out)
+	}
 }

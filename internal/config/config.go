@@ -33,6 +33,9 @@ const (
 	DefaultProbeInterval  = 30 * time.Second
 	DefaultDrainTimeout   = 30 * time.Second
 	DefaultStartupTimeout = 5 * time.Second
+	DefaultConnectTimeout = 5 * time.Second
+	DefaultAuthTimeout    = 10 * time.Second
+	DefaultRefusalLog     = 10 * time.Second
 	DefaultMaxConnections = 100
 	DefaultLogFormat      = "text"
 	DefaultLogLevel       = "info"
@@ -63,6 +66,9 @@ type File struct {
 type Log struct {
 	Format string `toml:"format"` // "text" or "json"
 	Level  string `toml:"level"`  // debug, info, warn, error
+	// RefusalInterval aggregates repeated refusals of one kind into one
+	// summary line per interval.
+	RefusalInterval Duration `toml:"refusal_interval"`
 }
 
 // Health is the [health] table.
@@ -76,8 +82,14 @@ type Health struct {
 // Proxy is the [proxy] table.
 type Proxy struct {
 	DrainTimeout     Duration `toml:"drain_timeout"`
+	DrainDelay       Duration `toml:"drain_delay"` // /readyz 503 this long before the listeners close
 	StartupTimeout   Duration `toml:"startup_timeout"`
+	ConnectTimeout   Duration `toml:"connect_timeout"`
+	AuthTimeout      Duration `toml:"auth_timeout"`
 	MaxStartupPacket int      `toml:"max_startup_packet"` // 0: the proxy's default
+	// AllowWeakerEnvSSLMode lets DB_SSL_MODE (or PGSSLMODE) weaken an
+	// sslmode the configuration writes; otherwise that is config_invalid.
+	AllowWeakerEnvSSLMode bool `toml:"allow_weaker_env_sslmode"`
 }
 
 // Upstream is one [upstreams.NAME] table: a local listener and the
@@ -87,6 +99,12 @@ type Upstream struct {
 	UnixSocketDir  string `toml:"unix_socket_dir"`  // optional directory for .s.PGSQL.PORT
 	UnixSocketPort int    `toml:"unix_socket_port"` // port in the socket name; default the listen port, else 5432
 	MaxConnections int    `toml:"max_connections"`
+	// ReservedConnections: slots of max_connections only the Unix-socket
+	// listener may use (default 3 with unix_socket_dir; -1 = none).
+	ReservedConnections        int  `toml:"reserved_connections"`
+	MaxAuthenticating          int  `toml:"max_authenticating"`            // default max_connections/4
+	MaxAuthenticatingPerSource int  `toml:"max_authenticating_per_source"` // default max_authenticating
+	PlaintextIntended          bool `toml:"plaintext_intended"`            // health reports a plaintext upstream "healthy", not "insecure"
 
 	// DSN is a libpq key/value string or postgres:// URI. Settings is the
 	// alternative: a table of libpq keywords. Exactly one may be given.
@@ -203,6 +221,15 @@ func (f *File) fillDefaults() {
 	if f.Proxy.StartupTimeout == 0 {
 		f.Proxy.StartupTimeout = Duration(DefaultStartupTimeout)
 	}
+	if f.Proxy.ConnectTimeout == 0 {
+		f.Proxy.ConnectTimeout = Duration(DefaultConnectTimeout)
+	}
+	if f.Proxy.AuthTimeout == 0 {
+		f.Proxy.AuthTimeout = Duration(DefaultAuthTimeout)
+	}
+	if f.Log.RefusalInterval == 0 {
+		f.Log.RefusalInterval = Duration(DefaultRefusalLog)
+	}
 	if f.Upstreams == nil {
 		f.Upstreams = map[string]*Upstream{}
 	}
@@ -254,6 +281,17 @@ func (f *File) check() error {
 		}
 		if u.MaxConnections < 0 {
 			return f.invalid(key+".max_connections", "must not be negative").WithFix("set a positive limit, or remove the key for the default %d", DefaultMaxConnections)
+		}
+		if u.MaxAuthenticating < 0 || u.MaxAuthenticatingPerSource < 0 {
+			return f.invalid(key+".max_authenticating", "must not be negative").WithFix("set a positive limit, or remove the key for the default")
+		}
+		if u.ReservedConnections >= max(u.MaxConnections, 1) {
+			return f.invalid(key+".reserved_connections", "%d leaves no slot of max_connections %d for TCP clients", u.ReservedConnections, u.MaxConnections).
+				WithFix("make reserved_connections smaller than max_connections")
+		}
+		if u.ReservedConnections > 0 && u.UnixSocketDir == "" {
+			return f.invalid(key+".reserved_connections", "only the Unix-socket listener may use reserved slots, and %s has no unix_socket_dir", key).
+				WithFix("set %s.unix_socket_dir (the operator's way in), or remove reserved_connections", key)
 		}
 		if u.UnixSocketPort < 0 || u.UnixSocketPort > 65535 {
 			return f.invalid(key+".unix_socket_port", "%d is not a port number", u.UnixSocketPort).WithFix("use a port number between 1 and 65535")

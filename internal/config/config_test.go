@@ -381,7 +381,7 @@ func TestValidateProblems(t *testing.T) {
 		{"upstreams.mismatch.sslcert.key", StatusFail, failure.KeyMismatch},
 		{"upstreams.expired.sslcert", StatusFail, failure.CertExpired},
 		{"upstreams.expired.sslmode", StatusWarn, failure.ConfigInvalid},
-		{"upstreams.soon.client_tls", StatusWarn, failure.CertExpired},
+		{"upstreams.soon.client_tls", StatusWarn, failure.CertExpiring}, // still valid: expiring, not expired
 		{"upstreams.soon.sslcert", StatusWarn, failure.ClientCertRequired},
 		{"upstreams.soon.unix_socket_dir", StatusFail, failure.ConfigInvalid},
 	} {

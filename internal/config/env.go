@@ -39,8 +39,23 @@ var Overrides = []Override{
 		apply: durationSetter(func(f *File) *Duration { return &f.Health.ProbeInterval })},
 	{Env: "PGTRUST_DRAIN_TIMEOUT", Flag: "drain-timeout", Key: "proxy.drain_timeout", Help: "how long a shutdown waits for sessions to end",
 		apply: durationSetter(func(f *File) *Duration { return &f.Proxy.DrainTimeout })},
-	{Env: "PGTRUST_STARTUP_TIMEOUT", Flag: "startup-timeout", Key: "proxy.startup_timeout", Help: "limit on a client's startup (TLS + startup packet)",
+	{Env: "PGTRUST_STARTUP_TIMEOUT", Flag: "startup-timeout", Key: "proxy.startup_timeout", Help: "limit on a client's own startup phase (TLS + startup packet)",
 		apply: durationSetter(func(f *File) *Duration { return &f.Proxy.StartupTimeout })},
+	{Env: "PGTRUST_CONNECT_TIMEOUT", Flag: "connect-timeout", Key: "proxy.connect_timeout", Help: "limit on opening the upstream connection (TCP + TLS)",
+		apply: durationSetter(func(f *File) *Duration { return &f.Proxy.ConnectTimeout })},
+	{Env: "PGTRUST_AUTH_TIMEOUT", Flag: "auth-timeout", Key: "proxy.auth_timeout", Help: "limit on a client's authentication exchange",
+		apply: durationSetter(func(f *File) *Duration { return &f.Proxy.AuthTimeout })},
+	{Env: "PGTRUST_DRAIN_DELAY", Flag: "drain-delay", Key: "proxy.drain_delay", Help: "how long /readyz is 503 before the listeners close on shutdown",
+		apply: durationSetter(func(f *File) *Duration { return &f.Proxy.DrainDelay })},
+	{Env: "PGTRUST_ALLOW_WEAKER_ENV_SSLMODE", Flag: "allow-weaker-env-sslmode", Key: "proxy.allow_weaker_env_sslmode", Help: "let DB_SSL_MODE weaken an sslmode the configuration writes (true/false)",
+		apply: func(f *File, v, origin string) error {
+			b, err := strconv.ParseBool(v)
+			if err != nil {
+				return overrideError(origin, v, "true or false")
+			}
+			f.Proxy.AllowWeakerEnvSSLMode = b
+			return nil
+		}},
 	{Env: "PGTRUST_UPSTREAM", Flag: "upstream", Key: "upstreams.<single>.dsn", Help: `libpq DSN of the single upstream (named "default" when the file has none)`,
 		apply: func(f *File, v, origin string) error {
 			u, err := f.single(origin, true)

@@ -24,6 +24,42 @@ func (f *File) Upstream(name string) (*connstring.Config, error) {
 }
 
 func (f *File) upstream(name string, env map[string]string) (*connstring.Config, error) {
+	r, err := f.resolve(name, env)
+	if err != nil {
+		return nil, err
+	}
+	return r.cfg, nil
+}
+
+// resolved is an upstream's settings and where its sslmode came from.
+type resolved struct {
+	cfg *connstring.Config
+	// written is the sslmode the DSN or [settings] table states ("" when
+	// it states none), before the environment.
+	written connstring.SSLMode
+	// weakenedBy names the environment variable that made the sslmode
+	// weaker than written (or than the verify-full default), "" if none.
+	weakenedBy string
+}
+
+// sslStrength orders sslmodes by what they guarantee.
+func sslStrength(m connstring.SSLMode) int {
+	switch m {
+	case connstring.SSLDisable:
+		return 0
+	case connstring.SSLAllow:
+		return 1
+	case connstring.SSLPrefer:
+		return 2
+	case connstring.SSLRequire:
+		return 3
+	case connstring.SSLVerifyCA:
+		return 4
+	}
+	return 5
+}
+
+func (f *File) resolve(name string, env map[string]string) (*resolved, error) {
 	u, ok := f.Upstreams[name]
 	if !ok {
 		return nil, failure.New(failure.ConfigInvalid, "%s has no upstream %q", f.where(), name).
@@ -56,6 +92,7 @@ func (f *File) upstream(name string, env map[string]string) (*connstring.Config,
 			settings[k] = s
 		}
 	}
+	written := writtenSSLMode(settings)
 	for k, v := range u.overrides {
 		settings[k] = v
 	}
@@ -80,6 +117,29 @@ func (f *File) upstream(name string, env map[string]string) (*connstring.Config,
 	if err != nil {
 		return nil, wrapConn(err, source)
 	}
+	r := &resolved{cfg: cfg, written: written}
+	base := written
+	if base == "" {
+		base = connstring.SSLVerifyFull // pgtrust's default
+	}
+	if sslStrength(cfg.SSLMode) < sslStrength(base) {
+		switch {
+		case u.overrides["sslmode"] != "":
+			r.weakenedBy = "DB_SSL_MODE"
+		case env["PGSSLMODE"] != "":
+			r.weakenedBy = "PGSSLMODE"
+		default:
+			r.weakenedBy = "PGREQUIRESSL"
+		}
+	}
+	if written != "" && r.weakenedBy != "" && !f.Proxy.AllowWeakerEnvSSLMode {
+		// The environment is easy to change and hard to see: it must not
+		// undo what the configuration states.
+		return nil, failure.New(failure.ConfigInvalid, "%s: sslmode=%s is written in the configuration, but %s=%s would weaken it",
+			source, written, r.weakenedBy, cfg.SSLMode).
+			WithEvidence("upstream %q: the configuration says sslmode=%s; the environment variable %s says %s", name, written, r.weakenedBy, cfg.SSLMode).
+			WithFix("unset %s, or change sslmode in the configuration itself; to let the environment weaken it on purpose, set proxy.allow_weaker_env_sslmode = true (or PGTRUST_ALLOW_WEAKER_ENV_SSLMODE=true)", r.weakenedBy)
+	}
 	if f.sslRequired {
 		switch cfg.SSLMode {
 		case connstring.SSLDisable, connstring.SSLAllow, connstring.SSLPrefer:
@@ -88,7 +148,28 @@ func (f *File) upstream(name string, env map[string]string) (*connstring.Config,
 				WithFix("set sslmode=verify-full (with sslrootcert) for upstream %q, or unset DB_SSL_REQUIRED", name)
 		}
 	}
-	return cfg, nil
+	return r, nil
+}
+
+// writtenSSLMode is the sslmode the configuration's own keywords state, by
+// libpq's rules (sslmode, else requiressl=1), without the environment.
+func writtenSSLMode(settings map[string]string) connstring.SSLMode {
+	_, hasMode := settings["sslmode"]
+	_, hasReq := settings["requiressl"]
+	if !hasMode && !hasReq {
+		return ""
+	}
+	parts := []string{}
+	for _, k := range []string{"sslmode", "requiressl"} {
+		if v, ok := settings[k]; ok {
+			parts = append(parts, k+"="+connstring.QuoteValue(v))
+		}
+	}
+	c, err := connstring.ParseWithEnv(strings.Join(parts, " "), map[string]string{}, "")
+	if err != nil || !c.SSLModeExplicit {
+		return ""
+	}
+	return c.SSLMode
 }
 
 // homeOf mirrors connstring's choice of home directory.
@@ -126,12 +207,16 @@ func (f *File) ProxyConfig(logger *slog.Logger, reg prometheus.Registerer) (*pro
 			WithFix("add an [upstreams.NAME] table with listen and dsn, or pass --upstream DSN --listen ADDR (PGTRUST_UPSTREAM, PGTRUST_LISTEN)")
 	}
 	pc := &proxy.Config{
-		DrainTimeout:     f.Proxy.DrainTimeout.D(),
-		StartupTimeout:   f.Proxy.StartupTimeout.D(),
-		MaxStartupPacket: f.Proxy.MaxStartupPacket,
-		ProbeInterval:    f.Health.ProbeInterval.D(),
-		Logger:           logger,
-		Registerer:       reg,
+		DrainTimeout:       f.Proxy.DrainTimeout.D(),
+		DrainDelay:         f.Proxy.DrainDelay.D(),
+		StartupTimeout:     f.Proxy.StartupTimeout.D(),
+		ConnectTimeout:     f.Proxy.ConnectTimeout.D(),
+		AuthTimeout:        f.Proxy.AuthTimeout.D(),
+		MaxStartupPacket:   f.Proxy.MaxStartupPacket,
+		ProbeInterval:      f.Health.ProbeInterval.D(),
+		RefusalLogInterval: f.Log.RefusalInterval.D(),
+		Logger:             logger,
+		Registerer:         reg,
 	}
 	env := Environ()
 	for _, name := range f.UpstreamNames() {
@@ -147,6 +232,11 @@ func (f *File) ProxyConfig(logger *slog.Logger, reg prometheus.Registerer) (*pro
 			UnixSocketPort: u.UnixSocketPort,
 			Conn:           conn,
 			MaxConnections: u.MaxConnections,
+
+			ReservedConnections:        u.ReservedConnections,
+			MaxAuthenticating:          u.MaxAuthenticating,
+			MaxAuthenticatingPerSource: u.MaxAuthenticatingPerSource,
+			PlaintextIntended:          u.PlaintextIntended,
 		}
 		if t := u.ClientTLS; t != nil {
 			uc.ClientTLS = &proxy.ClientTLS{CertFile: t.CertFile, KeyFile: t.KeyFile, AutoCertDir: t.AutoCertDir, Require: t.Require}

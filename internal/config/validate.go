@@ -9,13 +9,13 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
-	"syscall"
 	"time"
 
 	"github.com/pgtrust/pgtrust/certs"
 	"github.com/pgtrust/pgtrust/connstring"
 	"github.com/pgtrust/pgtrust/failure"
 	"github.com/pgtrust/pgtrust/internal/keyfile"
+	"github.com/pgtrust/pgtrust/internal/proxy"
 )
 
 // ExpiryWarning is how close to its notAfter a certificate draws a warning.
@@ -106,14 +106,26 @@ func validate(f *File, env map[string]string, now time.Time) []Finding {
 			}
 		}
 		if u.UnixSocketDir != "" {
-			v.writableDir(key+".unix_socket_dir", u.UnixSocketDir, true) // the proxy creates it
+			if v.writableDir(key+".unix_socket_dir", u.UnixSocketDir, true) { // the proxy creates it
+				v.socketDir(key+".unix_socket_dir", u.UnixSocketDir)
+			}
 		}
-		cfg, err := f.upstream(name, env)
+		r, err := f.resolve(name, env)
 		if err != nil {
 			v.fail(key+".dsn", err)
 		} else {
-			v.ok(key+".dsn", "%s", cfg.Redacted())
-			v.upstreamTLS(key, cfg)
+			v.ok(key+".dsn", "%s", r.cfg.Redacted())
+			if r.weakenedBy != "" {
+				from := "pgtrust's default verify-full"
+				if r.written != "" {
+					from = "sslmode=" + string(r.written) + " in the configuration (allowed by proxy.allow_weaker_env_sslmode)"
+				}
+				v.warn(key+".sslmode", failure.ConfigInvalid,
+					fmt.Sprintf("the environment variable %s weakens the upstream's sslmode to %s", r.weakenedBy, r.cfg.SSLMode),
+					fmt.Sprintf("%s=%s in the proxy's environment overrides %s", r.weakenedBy, envValue(env, u, r.weakenedBy), from),
+					fmt.Sprintf("unset %s in the proxy's environment, or write the sslmode you want in the configuration", r.weakenedBy))
+			}
+			v.upstreamTLS(key, r.cfg)
 		}
 		if t := u.ClientTLS; t != nil {
 			if t.CertFile != "" {
@@ -229,7 +241,7 @@ func (v *validator) expiry(check, path string, c *x509.Certificate) {
 			WithEvidence("%s (subject %q) is valid from %s", path, subject, c.NotBefore.UTC().Format(time.RFC3339)).
 			WithFix("check this machine's clock, or wait until notBefore"))
 	case c.NotAfter.Sub(v.now) < ExpiryWarning:
-		v.warn(check, failure.CertExpired, "certificate "+certs.ExpiryText(c, v.now),
+		v.warn(check, failure.CertExpiring, "certificate "+certs.ExpiryText(c, v.now),
 			fmt.Sprintf("%s (subject %q) notAfter %s", path, subject, c.NotAfter.UTC().Format(time.RFC3339)),
 			fmt.Sprintf("renew %s before it expires", path))
 	default:
@@ -272,38 +284,56 @@ func (v *validator) pair(check, certPath, keyPath, password string) {
 	v.ok(check+".key", "%s matches the certificate", keyPath)
 }
 
+// envValue is the value of the variable that weakened an sslmode.
+func envValue(env map[string]string, u *Upstream, name string) string {
+	if name == "DB_SSL_MODE" {
+		return u.overrides["sslmode"]
+	}
+	return env[name]
+}
+
+// socketDir checks an existing Unix-socket directory as the proxy will at
+// start: owned by this user, writable by no one else.
+func (v *validator) socketDir(check, dir string) {
+	if err := proxy.CheckSocketDir(dir); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		v.fail(check, err)
+	}
+}
+
 // writableDir checks that dir exists (or, with mayCreate, that its parent
-// lets it be created) and that this process can create files in it.
-func (v *validator) writableDir(check, dir string, mayCreate bool) {
+// lets it be created) and that this process can create files in it; it
+// reports whether it did.
+func (v *validator) writableDir(check, dir string, mayCreate bool) bool {
 	fi, err := os.Stat(dir)
 	switch {
 	case err == nil && !fi.IsDir():
 		v.fail(check, failure.New(failure.ConfigInvalid, "%s is not a directory", dir).
 			WithEvidence("%s is set to %s", check, dir).WithFix("point %s at a directory", check))
-		return
+		return false
 	case errors.Is(err, fs.ErrNotExist) && mayCreate:
 		parent := filepath.Dir(dir)
-		if accessErr := syscall.Access(parent, 2|1); accessErr != nil { // W_OK|X_OK
+		if accessErr := canCreateIn(parent); accessErr != nil {
 			v.fail(check, failure.Wrap(failure.ConfigInvalid, accessErr, "cannot create directory %s", dir).
 				WithEvidence("%s does not exist and %s is not writable by uid %d", dir, parent, os.Getuid()).
 				WithFix("create it: mkdir -p %s && chmod 700 %s (owned by the proxy's user)", dir, dir))
-			return
+			return false
 		}
 		v.ok(check, "%s will be created", dir)
-		return
+		return true
 	case err != nil:
 		v.fail(check, failure.Wrap(failure.ConfigInvalid, err, "directory %s is not usable", dir).
 			WithEvidence("%v", err).
 			WithFix("create it: mkdir -p %s, owned by the proxy's user", dir))
-		return
+		return false
 	}
-	if err := syscall.Access(dir, 2|1); err != nil {
+	if err := canCreateIn(dir); err != nil {
 		v.fail(check, failure.Wrap(failure.ConfigInvalid, err, "directory %s is not writable", dir).
 			WithEvidence("uid %d cannot create files in %s (mode %s)", os.Getuid(), dir, fi.Mode().Perm()).
 			WithFix("chown the directory to the proxy's user, or choose another directory"))
-		return
+		return false
 	}
 	v.ok(check, "%s is writable", dir)
+	return true
 }
 
 // checkAddr checks a host:port listen address.

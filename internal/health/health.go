@@ -2,12 +2,17 @@
 //
 //	/livez                 200 "ok" while the process serves
 //	/readyz                200, or 503 with the reason (draining, a listener
-//	                       or certificate unusable); never opens a database
-//	                       connection
+//	                       or certificate unusable, an upstream saturated);
+//	                       never opens a database connection, and stays 200
+//	                       while an upstream is down (the proxy still answers
+//	                       every client with the class and fix; a database
+//	                       outage must not empty the load balancer)
 //	/health/database/ssl   the TLS state of the upstream connections, in the
 //	                       shape existing health checks expect
 //	                       (ssl_enabled, ssl_mode, ssl_version, ssl_cipher,
-//	                       certificate_validation, status), per upstream
+//	                       certificate_validation, status), per upstream;
+//	                       status "insecure" (503) for a plaintext upstream
+//	                       not declared intended
 //	/metrics               Prometheus metrics
 //
 // Every handler answers from state the proxy already holds (its last

@@ -17,26 +17,43 @@ import (
 const (
 	DefaultDrainTimeout     = 30 * time.Second
 	DefaultStartupTimeout   = 5 * time.Second
+	DefaultConnectTimeout   = 5 * time.Second
+	DefaultAuthTimeout      = 10 * time.Second
+	DefaultRefusalLogEvery  = 10 * time.Second
 	DefaultMaxStartupPacket = 10000 // PostgreSQL's MAX_STARTUP_PACKET_LENGTH
 	DefaultMaxConnections   = 100
 	DefaultListen           = "127.0.0.1:6432"
 	defaultSocketPort       = 5432
-
-	// authTimeout bounds the authentication exchange that follows the
-	// startup packet: PostgreSQL's own authentication_timeout default,
-	// because a password prompt may sit in it.
-	authTimeout = 60 * time.Second
+	// DefaultReservedConnections is reserved_connections when the upstream
+	// has a Unix-socket listener (the operator's way in), as PostgreSQL's
+	// superuser_reserved_connections; without one nobody could use them.
+	DefaultReservedConnections = 3
 )
 
 // Config configures a Proxy.
 type Config struct {
-	Upstreams        []UpstreamConfig
-	DrainTimeout     time.Duration // default 30s: max time to drain sessions on Shutdown
-	StartupTimeout   time.Duration // default 5s: deadline for the whole pre-auth phase (negotiation + startup packet + upstream dial)
+	Upstreams      []UpstreamConfig
+	DrainTimeout   time.Duration // default 30s: max time to drain sessions on Shutdown
+	StartupTimeout time.Duration // default 5s: the client's phase (TLS negotiation + startup packet); the client's clock only
+	ConnectTimeout time.Duration // default 5s: opening the upstream transport (TCP + TLS), counted from the dial's start
+	// AuthTimeout (default 10s) bounds the authentication exchange, from the
+	// forwarded startup packet to ReadyForQuery. A client that has not
+	// answered by then is refused and its upstream backend released; it is
+	// well under PostgreSQL's 60 s authentication_timeout because every
+	// half-authenticated client holds a slot and a backend.
+	AuthTimeout time.Duration
+	// DrainDelay is how long Shutdown keeps the listeners open after Ready
+	// turns false, so that load balancers stop sending first. Default 0.
+	DrainDelay       time.Duration
 	MaxStartupPacket int           // default 10000 bytes (PostgreSQL's own limit)
-	ProbeInterval    time.Duration // 0 = no background probe; else dial each upstream (pgtls.Dial, no startup) at this interval
-	Logger           *slog.Logger
-	Registerer       prometheus.Registerer // where metrics are registered (nil = none)
+	ProbeInterval    time.Duration // 0 = no periodic probe; else dial each upstream (pgtls.Dial, no startup) at this interval
+	// RefusalLogInterval aggregates repeated refusals: the first of a kind
+	// (upstream, reason) is logged, later ones within the interval are
+	// counted and reported in one summary line. Default 10s. Metrics count
+	// every refusal.
+	RefusalLogInterval time.Duration
+	Logger             *slog.Logger
+	Registerer         prometheus.Registerer // where metrics are registered (nil = none)
 }
 
 // UpstreamConfig is one named upstream server and its local listeners.
@@ -54,8 +71,24 @@ type UpstreamConfig struct {
 	// configuration loaders default it to verify-full.
 	Conn *connstring.Config
 	// MaxConnections bounds the sessions of this upstream over all its
-	// listeners; 0 = 100.
+	// listeners, authenticating or established; 0 = 100.
 	MaxConnections int
+	// ReservedConnections of MaxConnections are kept for the operator:
+	// sessions arriving on the Unix-socket listener, which file permissions
+	// protect. Default 3 with a Unix socket, 0 without; -1 = none.
+	ReservedConnections int
+	// MaxAuthenticating bounds the TCP sessions still authenticating (startup
+	// packet forwarded, no ReadyForQuery yet), each of which holds an
+	// upstream backend; 0 = MaxConnections/4 (at least 1).
+	MaxAuthenticating int
+	// MaxAuthenticatingPerSource bounds them per client IP address; 0 =
+	// MaxAuthenticating (no further limit: on loopback every client has the
+	// same address).
+	MaxAuthenticatingPerSource int
+	// PlaintextIntended declares that an upstream sslmode that may connect
+	// without TLS is on purpose: health then reports such a connection
+	// "healthy" rather than "insecure".
+	PlaintextIntended bool
 	// ClientTLS, when set, offers TLS to local clients; nil = plaintext only.
 	ClientTLS *ClientTLS
 	// Auth, when set, makes the proxy authenticate to the upstream itself.
@@ -97,6 +130,18 @@ func (cfg Config) withDefaults() (Config, error) {
 	}
 	if cfg.StartupTimeout <= 0 {
 		cfg.StartupTimeout = DefaultStartupTimeout
+	}
+	if cfg.ConnectTimeout <= 0 {
+		cfg.ConnectTimeout = DefaultConnectTimeout
+	}
+	if cfg.AuthTimeout <= 0 {
+		cfg.AuthTimeout = DefaultAuthTimeout
+	}
+	if cfg.DrainDelay < 0 {
+		cfg.DrainDelay = 0
+	}
+	if cfg.RefusalLogInterval <= 0 {
+		cfg.RefusalLogInterval = DefaultRefusalLogEvery
 	}
 	if cfg.MaxStartupPacket <= 0 {
 		cfg.MaxStartupPacket = DefaultMaxStartupPacket
@@ -167,6 +212,26 @@ func (cfg Config) withDefaults() (Config, error) {
 		}
 		if u.MaxConnections <= 0 {
 			u.MaxConnections = DefaultMaxConnections
+		}
+		switch {
+		case u.ReservedConnections < 0:
+			u.ReservedConnections = 0
+		case u.ReservedConnections == 0 && u.UnixSocketDir != "":
+			u.ReservedConnections = min(DefaultReservedConnections, u.MaxConnections-1)
+		}
+		if u.ReservedConnections >= u.MaxConnections {
+			return cfg, configError("upstream %q: reserved_connections %d leaves no slot of max_connections %d for TCP clients", u.Name, u.ReservedConnections, u.MaxConnections).
+				WithFix("make reserved_connections smaller than max_connections")
+		}
+		if u.ReservedConnections > 0 && u.UnixSocketDir == "" {
+			return cfg, configError("upstream %q: reserved_connections %d, but no unix_socket_dir: only the Unix-socket listener may use reserved slots", u.Name, u.ReservedConnections).
+				WithFix("set unix_socket_dir for the operator's way in, or remove reserved_connections")
+		}
+		if u.MaxAuthenticating <= 0 {
+			u.MaxAuthenticating = max(1, u.MaxConnections/4)
+		}
+		if u.MaxAuthenticatingPerSource <= 0 || u.MaxAuthenticatingPerSource > u.MaxAuthenticating {
+			u.MaxAuthenticatingPerSource = u.MaxAuthenticating
 		}
 		if t := u.ClientTLS; t != nil {
 			if (t.CertFile == "") != (t.KeyFile == "") {

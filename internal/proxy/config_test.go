@@ -149,13 +149,13 @@ func TestReload(t *testing.T) {
 func TestUpstreamErrorResponse(t *testing.T) {
 	err := fmt.Errorf("dial: %w", failure.New(failure.UnknownCA, "certificate verify failed").
 		WithEvidence("issuer CN=x not in root.crt").WithFix("set sslrootcert to the CA"))
-	msg := upstreamErrorResponse("main", err)
+	msg := upstreamErrorResponse("main", err, false, "")
 	er := decodeError(t, msg)
 	if er.Severity != "FATAL" || er.Code != "08006" || er.Message != "pgtrust: upstream main: unknown_ca: certificate verify failed" ||
 		er.Detail != "issuer CN=x not in root.crt" || er.Hint != "set sslrootcert to the CA" {
 		t.Fatalf("%+v", er)
 	}
-	if er := decodeError(t, upstreamErrorResponse("m", errors.New("boom"))); er.Message != "pgtrust: upstream m: protocol_error: boom" {
+	if er := decodeError(t, upstreamErrorResponse("m", errors.New("boom"), false, "")); er.Message != "pgtrust: upstream m: protocol_error: boom" {
 		t.Fatalf("%+v", er)
 	}
 }

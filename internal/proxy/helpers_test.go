@@ -19,6 +19,7 @@ import (
 
 	"github.com/pgtrust/pgtrust/connstring"
 	"github.com/pgtrust/pgtrust/internal/pgtest"
+	"github.com/pgtrust/pgtrust/internal/secretscan"
 	"github.com/pgtrust/pgtrust/internal/testpki"
 )
 
@@ -119,6 +120,7 @@ func startProxy(t *testing.T, cfg Config) *running {
 	}
 	t.Cleanup(func() {
 		p.Close()
+		secretscan.Record(t, "proxy log", logs.String())
 		if t.Failed() {
 			t.Logf("proxy log:\n%s", logs.String())
 		}

@@ -8,13 +8,17 @@ import (
 
 // Client rejection reasons (label values of pgtrust_client_rejections_total).
 const (
-	rejectTooMany        = "too_many_connections"
-	rejectStartupTimeout = "startup_timeout"
-	rejectTooLarge       = "startup_too_large"
-	rejectInjection      = "injection"
-	rejectTLSRequired    = "tls_required"
-	rejectProtocol       = "protocol"
-	rejectShuttingDown   = "shutting_down"
+	rejectTooMany           = "too_many_connections"
+	rejectTooManyAuth       = "too_many_authenticating"
+	rejectTooManyAuthSource = "too_many_authenticating_per_source"
+	rejectStartupTimeout    = "startup_timeout" // the client's phase: never an upstream failure
+	rejectAuthTimeout       = "auth_timeout"    // the client did not finish authenticating in time
+	rejectNoUser            = "no_user"
+	rejectTooLarge          = "startup_too_large"
+	rejectInjection         = "injection"
+	rejectTLSRequired       = "tls_required"
+	rejectProtocol          = "protocol"
+	rejectShuttingDown      = "shutting_down"
 )
 
 // Certificate kinds (label values of pgtrust_certificate_expiry_timestamp_seconds).

@@ -15,7 +15,9 @@ package proxy
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/subtle"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -50,7 +52,7 @@ type UpstreamStatus struct {
 	SSLVersion            string          `json:"ssl_version"` // "TLSv1.3" from the latest upstream handshake or probe
 	SSLCipher             string          `json:"ssl_cipher"`
 	CertificateValidation string          `json:"certificate_validation"` // "enabled" or "disabled"
-	Status                string          `json:"status"`                 // "healthy" | "unhealthy" | "unknown" (no handshake yet)
+	Status                string          `json:"status"`                 // "healthy" | "unhealthy" | "insecure" (plaintext not declared intended) | "unknown" (no handshake yet)
 	LastHandshake         time.Time       `json:"last_handshake,omitzero"`
 	LastError             *failure.Report `json:"last_error,omitempty"`
 	ClientCertNotAfter    *time.Time      `json:"client_certificate_not_after,omitempty"`
@@ -60,8 +62,16 @@ type UpstreamStatus struct {
 // tuning holds the settings a reload may change outside the upstreams.
 type tuning struct {
 	DrainTimeout     time.Duration
+	DrainDelay       time.Duration
 	StartupTimeout   time.Duration
+	ConnectTimeout   time.Duration
+	AuthTimeout      time.Duration
 	MaxStartupPacket int
+}
+
+func tuningOf(cfg Config) *tuning {
+	return &tuning{DrainTimeout: cfg.DrainTimeout, DrainDelay: cfg.DrainDelay, StartupTimeout: cfg.StartupTimeout,
+		ConnectTimeout: cfg.ConnectTimeout, AuthTimeout: cfg.AuthTimeout, MaxStartupPacket: cfg.MaxStartupPacket}
 }
 
 // Proxy is a running (or ready to start) set of listeners and upstreams.
@@ -71,6 +81,8 @@ type Proxy struct {
 	upstreams []*upstream
 	probeIvl  time.Duration
 	tune      atomic.Pointer[tuning]
+	refusals  *sampledLog // repeated refusals, aggregated
+	nonce     string      // prefix of correlation ids, distinct per process
 
 	ctx    context.Context // lives until Close: certificate watchers, probes, dials
 	cancel context.CancelFunc
@@ -82,11 +94,13 @@ type Proxy struct {
 	sessions  map[*session]struct{}
 	reloadMu  sync.Mutex
 
-	draining atomic.Bool
+	draining atomic.Bool // Ready is false: load balancers should stop sending
+	refusing atomic.Bool // new sessions are refused (after DrainDelay)
 	forced   atomic.Bool // sessions are being closed by Close
 	nextID   atomic.Uint64
 	sessWG   sync.WaitGroup
-	loopWG   sync.WaitGroup // accept loops and the probe
+	loopWG   sync.WaitGroup // accept loops, the probe and the log flusher
+	kickWG   sync.WaitGroup // immediate probes
 
 	cancelMu   sync.Mutex
 	cancelKeys map[uint32][]*session
@@ -94,11 +108,12 @@ type Proxy struct {
 
 // listener is one TCP or Unix listener of an upstream.
 type listener struct {
-	up   *upstream
-	ln   net.Listener
-	addr string
-	unix bool
-	err  atomic.Pointer[error] // the latest Accept failure, nil while healthy
+	up     *upstream
+	ln     net.Listener
+	addr   string
+	unix   bool
+	public bool                  // a TCP listener not bound to loopback: upstream evidence stays in the log
+	err    atomic.Pointer[error] // the latest Accept failure, nil while healthy
 }
 
 // New validates cfg, loads the certificate material (upstream client
@@ -116,7 +131,11 @@ func New(cfg Config) (*Proxy, error) {
 	}
 	p := &Proxy{log: cfg.Logger, metrics: m, probeIvl: cfg.ProbeInterval,
 		sessions: map[*session]struct{}{}, cancelKeys: map[uint32][]*session{}}
-	p.tune.Store(&tuning{DrainTimeout: cfg.DrainTimeout, StartupTimeout: cfg.StartupTimeout, MaxStartupPacket: cfg.MaxStartupPacket})
+	p.tune.Store(tuningOf(cfg))
+	p.refusals = newSampledLog(cfg.Logger, cfg.RefusalLogInterval)
+	var nonce [3]byte
+	_, _ = rand.Read(nonce[:])
+	p.nonce = hex.EncodeToString(nonce[:])
 	p.ctx, p.cancel = context.WithCancel(context.Background())
 	for _, uc := range cfg.Upstreams {
 		u := &upstream{name: uc.Name, cfg: uc, metrics: m.forUpstream(uc.Name)}
@@ -164,11 +183,14 @@ func (p *Proxy) Start(ctx context.Context) error {
 				return fail(failure.Wrap(failure.ConfigInvalid, err, "upstream %s: cannot listen on %s", u.name, u.cfg.Listen).
 					WithFix("choose a free address for the upstream's listen setting, or stop the process that holds %s", u.cfg.Listen))
 			}
-			opened = append(opened, &listener{up: u, ln: ln, addr: ln.Addr().String()})
+			opened = append(opened, &listener{up: u, ln: ln, addr: ln.Addr().String(), public: !isLoopback(ln.Addr())})
 		}
 		if dir := u.cfg.UnixSocketDir; dir != "" {
 			path := socketPath(dir, u.cfg.UnixSocketPort)
 			ln, err := listenUnix(ctx, dir, path)
+			if fe, ok := failure.As(err); ok {
+				return fail(wrapUpstream(u.name, "unix_socket_dir", fe))
+			}
 			if err != nil {
 				return fail(failure.Wrap(failure.ConfigInvalid, err, "upstream %s: cannot listen on %s", u.name, path).
 					WithFix("make sure %s is a directory this user can create and write, and that no other server uses %s", dir, path))
@@ -187,13 +209,31 @@ func (p *Proxy) Start(ctx context.Context) error {
 		p.loopWG.Add(1)
 		go p.probeLoop()
 	}
+	p.loopWG.Add(1)
+	go func() {
+		defer p.loopWG.Done()
+		p.refusals.run(p.ctx)
+	}()
 	return nil
+}
+
+// isLoopback reports whether a listener address is reachable only from
+// this machine.
+func isLoopback(a net.Addr) bool {
+	ta, ok := a.(*net.TCPAddr)
+	return ok && ta.IP.IsLoopback()
 }
 
 // listenUnix creates dir (0700) and listens on path, replacing a stale
 // socket left by a process that died (but never a live one or a non-socket).
+// An existing directory must belong to this user and be writable by no one
+// else: whoever can write there can replace the socket and receive the
+// clients' passwords.
 func listenUnix(ctx context.Context, dir, path string) (net.Listener, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, err
+	}
+	if err := CheckSocketDir(dir); err != nil {
 		return nil, err
 	}
 	if fi, err := os.Lstat(path); err == nil {
@@ -232,6 +272,9 @@ func (p *Proxy) acceptLoop(l *listener) {
 			_ = tc.SetNoDelay(true)
 		}
 		s := &session{p: p, up: l.up, set: l.up.settings.Load(), ln: l, id: p.nextID.Add(1), start: time.Now(), raw: c}
+		if ta, ok := c.RemoteAddr().(*net.TCPAddr); ok {
+			s.source = ta.IP.String()
+		}
 		p.mu.Lock()
 		if p.closed {
 			p.mu.Unlock()
@@ -247,8 +290,9 @@ func (p *Proxy) acceptLoop(l *listener) {
 
 // sessionDone releases what a session held.
 func (p *Proxy) sessionDone(s *session) {
+	s.endAuth()
 	if s.counted {
-		s.up.active.Add(-1)
+		s.up.release()
 		s.up.metrics.active.Dec()
 	}
 	p.unregisterCancel(s)
@@ -288,11 +332,25 @@ func (p *Proxy) Addrs() map[string][]net.Addr {
 	return out
 }
 
-// Shutdown stops accepting, marks the proxy draining (Ready turns false
-// first), waits for the sessions to end up to DrainTimeout or ctx, and then
-// closes what is left.
+// Shutdown marks the proxy draining (Ready turns false first), keeps
+// serving for DrainDelay (or until ctx ends) so that load balancers stop
+// sending, then stops accepting, waits for the sessions to end up to
+// DrainTimeout or ctx, and closes what is left.
 func (p *Proxy) Shutdown(ctx context.Context) error {
 	p.draining.Store(true)
+	if d := p.tuning().DrainDelay; d > 0 {
+		// Ready is false now; keep serving while load balancers notice.
+		p.log.Info("not ready; listeners close after the drain delay", "drain_delay", d)
+		t := time.NewTimer(d)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+		case <-p.ctx.Done():
+			t.Stop()
+		}
+	}
+	p.refusing.Store(true)
 	p.log.Info("draining", "sessions", p.sessionCount(), "drain_timeout", p.tuning().DrainTimeout)
 	p.closeListeners()
 	ctx, cancel := context.WithTimeout(ctx, p.tuning().DrainTimeout)
@@ -334,6 +392,7 @@ func (p *Proxy) closeListeners() {
 // certificate watchers and probes, and waits for the goroutines to end.
 func (p *Proxy) Close() error {
 	p.draining.Store(true)
+	p.refusing.Store(true)
 	p.mu.Lock()
 	already := p.closed
 	p.closed = true
@@ -353,6 +412,7 @@ func (p *Proxy) Close() error {
 	p.cancel()
 	p.loopWG.Wait()
 	p.sessWG.Wait()
+	p.kickWG.Wait()
 	for _, u := range p.upstreams {
 		if set := u.settings.Load(); set != nil {
 			set.close()
@@ -442,7 +502,7 @@ func (p *Proxy) reload(cfgNew *Config) error {
 		// their current material stays usable.
 		old.close()
 	}
-	p.tune.Store(&tuning{DrainTimeout: cfg.DrainTimeout, StartupTimeout: cfg.StartupTimeout, MaxStartupPacket: cfg.MaxStartupPacket})
+	p.tune.Store(tuningOf(cfg))
 	return nil
 }
 
@@ -482,8 +542,13 @@ func (p *Proxy) HealthStatus() HealthStatus {
 }
 
 // Ready is false before Start, while draining, when a listener fails to
-// accept, or when certificate material in use has expired; the string says
-// why. It never opens a database connection.
+// accept, when an upstream is saturated (max_connections reached for TCP
+// clients), or when certificate material in use has expired; the string
+// says why. It never opens a database connection, and an upstream that is
+// down does not make it false: the proxy still answers every client with
+// the failure's class and fix, and a shared database outage must not empty
+// a load balancer of every sidecar at once (/health/database/ssl reports
+// the upstream).
 func (p *Proxy) Ready() (bool, string) {
 	if p.draining.Load() {
 		return false, "draining"
@@ -497,6 +562,11 @@ func (p *Proxy) Ready() (bool, string) {
 	for _, l := range listeners {
 		if e := l.err.Load(); e != nil {
 			return false, fmt.Sprintf("upstream %s: listener %s cannot accept: %v", l.up.name, l.addr, *e)
+		}
+	}
+	for _, u := range p.upstreams {
+		if full, limit := u.saturated(); full {
+			return false, fmt.Sprintf("upstream %s: saturated: %d sessions open, max_connections reached for TCP clients", u.name, limit)
 		}
 	}
 	now := time.Now()
@@ -569,14 +639,15 @@ func (p *Proxy) forwardCancel(req *pgproto3.CancelRequest, from *session) {
 	target := p.lookupCancel(req.ProcessID, req.SecretKey)
 	if target == nil {
 		p.metrics.cancels.WithLabelValues("unknown").Inc()
-		p.log.Warn("cancel request for an unknown session", "client", from.raw.RemoteAddr().String(), "upstream", from.up.name)
+		p.refusals.Log(slog.LevelWarn, "cancel request for an unknown session", []any{"upstream", from.up.name},
+			"client", from.raw.RemoteAddr().String())
 		return
 	}
 	method := pgtls.MethodPlaintext
 	if target.facts.Encrypted {
 		method = pgtls.MethodSSL
 	}
-	ctx, cancel := context.WithTimeout(p.ctx, p.tuning().StartupTimeout)
+	ctx, cancel := context.WithTimeout(p.ctx, p.tuning().ConnectTimeout)
 	defer cancel()
 	conn, _, err := pgtls.DialAddress(ctx, target.set.conn, target.facts.Host, target.facts.Address, method, target.set.opts)
 	if err == nil {
@@ -593,9 +664,79 @@ func (p *Proxy) forwardCancel(req *pgproto3.CancelRequest, from *session) {
 	}
 	if err != nil {
 		p.metrics.cancels.WithLabelValues("failed").Inc()
-		p.log.Warn("cancel request not delivered", "id", target.id, "upstream", target.up.name, "class", failure.ClassOf(err), "error", err.Error())
+		p.refusals.Log(slog.LevelWarn, "cancel request not delivered", []any{"upstream", target.up.name, "class", string(failure.ClassOf(err))},
+			"id", target.id, "error", err.Error())
 		return
 	}
 	p.metrics.cancels.WithLabelValues("forwarded").Inc()
 	p.log.Info("cancel request forwarded", "id", target.id, "upstream", target.up.name, "upstream_address", target.facts.Address)
+}
+
+// kickProbe probes u now, in the background, unless a probe of u is already
+// under way: a failed dial or a dropped upstream should show in health at
+// once, not at the next probe interval. After a dropped upstream (dropped
+// true) a successful probe is repeated a few times over the next seconds:
+// a server going down closes its sessions first and may still complete a
+// TLS handshake for a moment.
+func (p *Proxy) kickProbe(u *upstream, dropped bool) {
+	if !u.probing.CompareAndSwap(false, true) {
+		return
+	}
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		u.probing.Store(false)
+		return
+	}
+	p.kickWG.Add(1)
+	p.mu.Unlock()
+	go func() {
+		defer p.kickWG.Done()
+		defer u.probing.Store(false)
+		waits := []time.Duration{0}
+		if dropped {
+			waits = append(waits, 500*time.Millisecond, time.Second, 2*time.Second)
+		}
+		for _, w := range waits {
+			if w > 0 {
+				t := time.NewTimer(w)
+				select {
+				case <-p.ctx.Done():
+					t.Stop()
+					return
+				case <-t.C:
+				}
+			}
+			if !p.probe(p.ctx, u) {
+				return
+			}
+		}
+	}()
+}
+
+// CheckSocketDir refuses an existing Unix-socket directory that another
+// user owns or that group or others may write (a peer could replace the
+// socket and receive the clients' connections). A missing directory is an error wrapping
+// fs.ErrNotExist (the proxy then creates it 0700).
+func CheckSocketDir(dir string) error {
+	fi, err := os.Stat(dir)
+	if err != nil {
+		return err
+	}
+	if !fi.IsDir() {
+		return failure.New(failure.ConfigInvalid, "%s is not a directory", dir).
+			WithFix("point unix_socket_dir at a directory owned by the proxy's user, mode 0700")
+	}
+	owner, ok := fileOwner(fi)
+	if ok && owner != os.Getuid() {
+		return failure.New(failure.ConfigInvalid, "unix socket directory %s belongs to another user", dir).
+			WithEvidence("%s is owned by uid %d; the proxy runs as uid %d", dir, owner, os.Getuid()).
+			WithFix("use a directory of the proxy's own (e.g. /run/pgtrust created by the service manager), or chown %d %s && chmod 0700 %s", os.Getuid(), dir, dir)
+	}
+	if perm := fi.Mode().Perm(); perm&0o022 != 0 {
+		return failure.New(failure.ConfigInvalid, "unix socket directory %s is writable by group or others", dir).
+			WithEvidence("%s has mode %04o: another user could replace the socket and receive the clients' connections", dir, perm).
+			WithFix("chmod 0700 %s (or 0750 to let a group connect), or use a directory of the proxy's own", dir)
+	}
+	return nil
 }

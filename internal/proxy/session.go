@@ -21,6 +21,9 @@ import (
 	"github.com/pgtrust/pgtrust/pgtls"
 )
 
+// terminateMessage is the frontend's Terminate ('X', length 4).
+const terminateMessage = "X\x00\x00\x00\x04"
+
 // copyBufferSize is the size of the pooled buffers a direction borrows
 // while data streams (a large result, COPY).
 const copyBufferSize = 32 << 10
@@ -30,6 +33,10 @@ const copyBufferSize = 32 << 10
 // blocked in Read must not pin 32 KiB (the benchmark measured 89 KiB per
 // idle session with two pooled buffers held).
 const idleBufferSize = 2 << 10
+
+// upstreamCloseGrace is how long the upstream may stay silent after the
+// client's EOF was passed on before the session is closed anyway.
+const upstreamCloseGrace = 10 * time.Second
 
 var copyBuffers = sync.Pool{New: func() any { b := make([]byte, copyBufferSize); return &b }}
 
@@ -50,10 +57,19 @@ type session struct {
 	upConn   net.Conn // the upstream transport, once dialed
 	closed   bool
 	facts    *pgtls.Facts
-	counted  bool   // holds one of the upstream's connection slots
+	counted  bool // holds one of the upstream's connection slots
+	authHeld bool // holds an authentication-phase slot (TCP sessions until ReadyForQuery)
+
+	source   string // client IP address ("" for the Unix socket)
 	pid      uint32 // BackendKeyData, for cancel routing
 	secret   []byte
 	clientTL string // client-side TLS version, "" when plaintext
+
+	// authDeadline ends the client's part of authentication; each upstream
+	// answer gets at least upWait, so that a client that used up the
+	// budget never makes the upstream look slow.
+	authDeadline time.Time
+	upWait       time.Duration
 
 	user, database, application string
 
@@ -72,12 +88,18 @@ func (r *rejection) Error() string { return r.reason + ": " + r.err.Error() }
 func (s *session) logger() *slog.Logger { return s.p.log }
 
 // run handles the connection to its end. It owns raw and the upstream.
+//
+// Three phases have three clocks: the client's negotiation and startup
+// packet (StartupTimeout, the client's time only), the upstream dial
+// (ConnectTimeout, from the dial's start) and the authentication exchange
+// (AuthTimeout). Only a failure of the upstream's own phase or answers
+// counts against the upstream; a slow or silent client is a client refusal.
 func (s *session) run() {
 	defer s.p.sessionDone(s)
 	defer s.closeAll()
 
-	deadline := s.start.Add(s.p.tuning().StartupTimeout)
-	_ = s.raw.SetDeadline(deadline)
+	tune := s.p.tuning()
+	_ = s.raw.SetDeadline(s.start.Add(tune.StartupTimeout))
 	s.client = s.raw
 
 	startup, err := s.negotiate()
@@ -97,42 +119,41 @@ func (s *session) run() {
 			err: errors.New("plaintext client on a TLS-only listener")})
 		return
 	}
-	if s.p.draining.Load() {
+	if s.p.refusing.Load() {
 		s.refuse(&rejection{reason: rejectShuttingDown,
 			msg: errorResponse(sqlstateCannotConnectNow, "pgtrust: the proxy is shutting down", "", "retry against another instance"),
 			err: errors.New("draining")})
 		return
 	}
-	if !s.up.acquire(s.set.maxConns) {
-		s.refuse(&rejection{reason: rejectTooMany,
-			msg: errorResponse(sqlstateTooManyClients, "sorry, too many clients already",
-				fmt.Sprintf("pgtrust: upstream %s has max_connections=%d sessions open", s.up.name, s.set.maxConns),
-				"raise max_connections for this upstream, or use a connection pool in the application"),
-			err: errors.New("connection limit reached")})
+	if reason := s.up.admit(s.set, s.ln.unix, s.source); reason != "" {
+		s.refuse(s.slotRejection(reason))
 		return
 	}
-	s.counted = true
+	s.counted, s.authHeld = true, !s.ln.unix
 	s.up.metrics.total.Inc()
 	s.up.metrics.active.Inc()
 
-	if err := s.dialUpstream(deadline); err != nil {
-		s.up.metrics.failure(string(failure.ClassOf(err)))
-		_, _ = s.client.Write(upstreamErrorResponse(s.up.name, err))
-		s.logger().Warn("upstream connection failed", s.baseAttrs(slog.String("class", string(failure.ClassOf(err))), slog.String("error", err.Error()))...)
+	if err := s.dialUpstream(tune.ConnectTimeout); err != nil {
+		if s.p.ctx.Err() != nil {
+			return // the proxy is closing: not the upstream's failure
+		}
+		s.upstreamFailed("connect", err)
 		return
 	}
 
-	authDeadline := time.Now().Add(authTimeout)
-	_ = s.raw.SetDeadline(authDeadline)
-	_ = s.upConn.SetDeadline(authDeadline)
+	s.authDeadline = time.Now().Add(tune.AuthTimeout)
+	s.upWait = tune.ConnectTimeout
+	_ = s.raw.SetDeadline(s.authDeadline)
+	_ = s.upConn.SetDeadline(s.authDeadline)
 	if _, err := s.upConn.Write(startup); err != nil {
-		s.closeReason("forward startup packet", err)
+		s.upstreamFailed("forward startup packet", upstreamIOError(err, "sending the startup packet"))
 		return
 	}
 	if err := s.relayAuth(); err != nil {
-		s.closeReason("authentication", err)
+		s.authFailed(err)
 		return
 	}
+	s.endAuth()
 	_ = s.raw.SetDeadline(time.Time{})
 	_ = s.upConn.SetDeadline(time.Time{})
 	s.p.registerCancel(s)
@@ -144,7 +165,12 @@ func (s *session) run() {
 		slog.String("upstream_tls", orNone(s.facts.TLSVersionName())),
 		slog.String("upstream_cipher", s.facts.CipherName()),
 	)...)
-	reason := s.pipe()
+	reason, upstreamDropped := s.pipe()
+	if upstreamDropped {
+		// The server may be gone: find out now rather than at the next
+		// probe interval or the next client.
+		s.p.kickProbe(s.up, true)
+	}
 	s.logger().Info("session closed", s.baseAttrs(
 		slog.String("client_tls", orNone(s.clientTL)),
 		slog.String("upstream_tls", orNone(s.facts.TLSVersionName())),
@@ -155,6 +181,118 @@ func (s *session) run() {
 		slog.String("reason", reason),
 	)...)
 }
+
+// endAuth releases the authentication-phase slot (not the connection slot).
+func (s *session) endAuth() {
+	if s.authHeld {
+		s.authHeld = false
+		s.up.authDone(s.source)
+	}
+}
+
+// slotRejection is the answer to a client refused for lack of a slot.
+func (s *session) slotRejection(reason string) *rejection {
+	r := &rejection{reason: reason}
+	switch reason {
+	case rejectTooManyAuth:
+		r.msg = errorResponse(sqlstateTooManyClients, "sorry, too many clients already",
+			fmt.Sprintf("pgtrust: upstream %s has max_authenticating=%d sessions still authenticating", s.up.name, s.set.maxAuth),
+			"retry shortly; raise max_authenticating if legitimate clients authenticate slowly")
+		r.err = errors.New("authenticating-session limit reached")
+	case rejectTooManyAuthSource:
+		r.msg = errorResponse(sqlstateTooManyClients, "sorry, too many clients already",
+			fmt.Sprintf("pgtrust: upstream %s has max_authenticating_per_source=%d sessions from this address still authenticating", s.up.name, s.set.maxAuthSrc),
+			"retry shortly; raise max_authenticating_per_source if this address hosts many clients")
+		r.err = errors.New("authenticating-session limit per source address reached")
+	default:
+		r.msg = errorResponse(sqlstateTooManyClients, "sorry, too many clients already",
+			fmt.Sprintf("pgtrust: upstream %s has max_connections=%d sessions open (%d reserved for the Unix-socket listener)", s.up.name, s.set.maxConns, s.set.reserved),
+			"raise max_connections for this upstream, or use a connection pool in the application")
+		r.err = errors.New("connection limit reached")
+	}
+	return r
+}
+
+// clientSideError and upstreamSideError say which peer broke the
+// authentication exchange: only the upstream's breakage is its failure.
+type clientSideError struct{ err error }
+
+func (e *clientSideError) Error() string { return "client: " + e.err.Error() }
+func (e *clientSideError) Unwrap() error { return e.err }
+
+type upstreamSideError struct{ err error }
+
+func (e *upstreamSideError) Error() string { return "upstream: " + e.err.Error() }
+func (e *upstreamSideError) Unwrap() error { return e.err }
+
+// answeredError is an authentication end the client has already been told
+// about (the upstream's own ErrorResponse, or the proxy's).
+type answeredError struct{ err error }
+
+func (e *answeredError) Error() string { return e.err.Error() }
+
+// authFailed ends a session whose authentication exchange broke.
+func (s *session) authFailed(err error) {
+	var ce *clientSideError
+	var ue *upstreamSideError
+	var ae *answeredError
+	switch {
+	case errors.As(err, &ae):
+		s.closeReason("authentication", err)
+	case errors.As(err, &ue):
+		s.upstreamFailed("authentication", upstreamIOError(ue.err, "the authentication exchange"))
+	case errors.As(err, &ce) && errors.Is(err, os.ErrDeadlineExceeded):
+		s.refuse(&rejection{reason: rejectAuthTimeout,
+			msg: errorResponse(sqlstateQueryCanceled, "canceling authentication due to timeout",
+				fmt.Sprintf("pgtrust: the client did not complete authentication within auth_timeout (%s)", s.p.tuning().AuthTimeout), ""),
+			err: errors.New("the client did not complete authentication within auth_timeout")})
+	default:
+		s.closeReason("authentication", err)
+	}
+}
+
+// upstreamIOError classifies a read or write failure on an open upstream
+// connection in libpq's terms.
+func upstreamIOError(err error, during string) error {
+	if _, ok := failure.As(err); ok {
+		return err
+	}
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		return failure.Wrap(failure.Timeout, err, "timeout expired").CauseInMessage().
+			WithEvidence("the upstream server did not answer during %s", during).
+			WithFix("check the server's load and its authentication methods (an LDAP/RADIUS backend may hang); raise proxy.auth_timeout only if the server is merely slow")
+	}
+	if errors.Is(err, pgwire.ErrProtocol) {
+		return failure.Wrap(failure.ProtocolError, err, "invalid message from server").CauseInMessage().
+			WithEvidence("%v during %s", err, during).
+			WithFix("make sure the upstream address is a PostgreSQL server")
+	}
+	return failure.Wrap(failure.ProtocolError, err, "server closed the connection unexpectedly\n\tThis probably means the server terminated abnormally\n\tbefore or while processing the request.").CauseInMessage().
+		WithEvidence("%v during %s", err, during).
+		WithFix("check the server's log and that it is running")
+}
+
+// upstreamFailed reports an upstream failure to the client as an
+// ErrorResponse and to the log, counts it, and asks for an immediate probe.
+func (s *session) upstreamFailed(stage string, err error) {
+	class := failure.ClassOf(err)
+	s.up.metrics.failure(string(class))
+	ref := s.ref()
+	s.sendToClient(upstreamErrorResponse(s.up.name, err, s.ln.public, ref))
+	s.logger().Warn("upstream connection failed", s.baseAttrs(slog.String("stage", stage), slog.String("class", string(class)),
+		slog.String("ref", ref), slog.String("error", err.Error()))...)
+	s.p.kickProbe(s.up, false)
+}
+
+// sendToClient writes a last message with a write deadline of its own: the
+// phase's deadline may already have passed, and the answer must still go.
+func (s *session) sendToClient(msg []byte) {
+	_ = s.raw.SetWriteDeadline(time.Now().Add(errorWriteTimeout))
+	_, _ = s.client.Write(msg)
+}
+
+// ref is the correlation id a client sees in place of upstream evidence.
+func (s *session) ref() string { return fmt.Sprintf("%s-%d", s.p.nonce, s.id) }
 
 func orNone(s string) string {
 	if s == "" {
@@ -187,10 +325,11 @@ func (s *session) refuse(err error) {
 		return
 	}
 	if r.msg != nil {
-		_, _ = s.client.Write(r.msg)
+		s.sendToClient(r.msg)
 	}
 	s.up.metrics.reject(r.reason)
-	s.logger().Warn("client refused", s.baseAttrs(slog.String("reason", r.reason), slog.String("error", r.err.Error()))...)
+	s.p.refusals.Log(slog.LevelWarn, "client refused", []any{"upstream", s.up.name, "reason", r.reason},
+		slog.Uint64("id", s.id), slog.String("client", s.raw.RemoteAddr().String()), slog.String("error", r.err.Error()))
 }
 
 // classifyClientError turns a read error of the pre-auth phase into a
@@ -210,15 +349,19 @@ func classifyClientError(err error) *rejection {
 // returns for forwarding. It reads exactly each packet and nothing more.
 func (s *session) negotiate() ([]byte, error) {
 	maxPacket := s.p.tuning().MaxStartupPacket
+	// As PostgreSQL's ProcessStartupPacket: one SSLRequest and one
+	// GSSENCRequest at most; a repeated one falls through to the protocol
+	// version check and is refused as an unsupported protocol.
+	sslDone, gssDone := false, false
 	var hdr [4]byte
 	for first := true; ; first = false {
 		if err := pgwire.ReadExact(s.client, hdr[:]); err != nil {
-			if !first && errors.Is(err, io.EOF) {
-				err = io.ErrUnexpectedEOF
-			}
+			// A close at a packet boundary is not worth a line, also after
+			// an 'N' (pgx then retries on a new connection), as PostgreSQL
+			// logs nothing either.
 			return nil, err
 		}
-		if hdr[0] == pgwire.TLSHandshakeRecord && s.clientTL == "" {
+		if first && hdr[0] == pgwire.TLSHandshakeRecord {
 			if err := s.handshake(&pgwire.PrefixConn{Conn: s.raw, Prefix: append([]byte(nil), hdr[:]...)}, true); err != nil {
 				return nil, err
 			}
@@ -246,13 +389,14 @@ func (s *session) negotiate() ([]byte, error) {
 		}
 		body := pkt[4:]
 		code := binary.BigEndian.Uint32(body)
-		switch code {
-		case pgwire.SSLRequestCode:
+		switch {
+		case code == pgwire.SSLRequestCode && !sslDone:
 			var req pgproto3.SSLRequest
-			if err := req.Decode(body); err != nil || s.clientTL != "" {
-				return nil, protocolRejection("SSLRequest on an encrypted connection or malformed")
+			if err := req.Decode(body); err != nil {
+				return nil, protocolRejection("malformed SSLRequest")
 			}
-			if s.set.serverTLS == nil || s.ln.unix {
+			sslDone = true
+			if s.set.serverTLS == nil || s.ln.unix || s.clientTL != "" {
 				if _, err := s.client.Write([]byte{'N'}); err != nil {
 					return nil, err
 				}
@@ -272,33 +416,43 @@ func (s *session) negotiate() ([]byte, error) {
 			if err := s.handshake(s.raw, false); err != nil {
 				return nil, err
 			}
-		case pgwire.GSSEncRequestCode:
+			gssDone = true
+		case code == pgwire.GSSEncRequestCode && !gssDone:
 			var req pgproto3.GSSEncRequest
-			if err := req.Decode(body); err != nil || s.clientTL != "" {
-				return nil, protocolRejection("GSSENCRequest on an encrypted connection or malformed")
+			if err := req.Decode(body); err != nil {
+				return nil, protocolRejection("malformed GSSENCRequest")
 			}
+			gssDone = true
 			if _, err := s.client.Write([]byte{'N'}); err != nil {
 				return nil, err
 			}
-		case pgwire.CancelRequestCode:
+		case code == pgwire.CancelRequestCode:
 			var req pgproto3.CancelRequest
 			if err := req.Decode(body); err != nil {
 				return nil, protocolRejection("malformed CancelRequest")
 			}
 			s.p.forwardCancel(&req, s)
 			return nil, nil
+		case code>>16 != 3:
+			// Also a second SSLRequest (1234.5679) or GSSENCRequest, as in
+			// PostgreSQL.
+			return nil, &rejection{reason: rejectProtocol,
+				msg: errorResponse(sqlstateFeatureNotSupported,
+					fmt.Sprintf("unsupported frontend protocol %d.%d: server supports 3.0 to 3.2", code>>16, code&0xffff), "", ""),
+				err: fmt.Errorf("unsupported frontend protocol %d.%d", code>>16, code&0xffff)}
 		default:
-			if code>>16 != 3 {
-				return nil, &rejection{reason: rejectProtocol,
-					msg: errorResponse(sqlstateProtocolViolation,
-						fmt.Sprintf("unsupported frontend protocol %d.%d: server supports 3.0 to 3.2", code>>16, code&0xffff), "", ""),
-					err: fmt.Errorf("unsupported frontend protocol %d.%d", code>>16, code&0xffff)}
-			}
 			// Any 3.x passes through: the upstream negotiates minor versions
 			// (NegotiateProtocolVersion), and its answer reaches the client.
 			var msg pgproto3.StartupMessage
 			if msg.Decode(body) == nil {
 				s.user, s.database, s.application = msg.Parameters["user"], msg.Parameters["database"], msg.Parameters["application_name"]
+			}
+			if s.user == "" {
+				// PostgreSQL's own answer, given here: forwarding would cost
+				// a TLS dial and a backend fork for a certain refusal.
+				return nil, &rejection{reason: rejectNoUser,
+					msg: errorResponse(sqlstateInvalidAuthSpec, "no PostgreSQL user name specified in startup packet", "", ""),
+					err: errors.New("no PostgreSQL user name specified in startup packet")}
 			}
 			return pkt, nil
 		}
@@ -331,14 +485,18 @@ func (s *session) handshake(c net.Conn, direct bool) error {
 	return nil
 }
 
-// dialUpstream opens the upstream transport with libpq's semantics.
-func (s *session) dialUpstream(deadline time.Time) error {
-	ctx, cancel := context.WithDeadline(s.p.ctx, deadline)
+// dialUpstream opens the upstream transport with libpq's semantics, within
+// its own timeout (never what is left of the client's).
+func (s *session) dialUpstream(timeout time.Duration) error {
+	ctx, cancel := context.WithTimeout(s.p.ctx, timeout)
 	defer cancel()
 	t0 := time.Now()
 	conn, facts, err := pgtls.Dial(ctx, s.set.conn, s.set.opts)
 	if err == nil {
 		s.up.metrics.dial.Observe(time.Since(t0).Seconds())
+	}
+	if err != nil && s.p.ctx.Err() != nil {
+		return err // the proxy is closing: no verdict on the upstream
 	}
 	s.up.recordHandshake(facts, err)
 	if err != nil {
@@ -362,22 +520,25 @@ func (s *session) relayAuth() error {
 	buf := make([]byte, 0, 1024)
 	strippedPlus := false
 	for {
+		if dl := time.Now().Add(s.upWait); dl.After(s.authDeadline) {
+			_ = s.upConn.SetReadDeadline(dl)
+		}
 		msg, err := pgwire.ReadMessage(s.upConn, buf, maxBackendMessage)
 		buf = msg[:0]
 		if err != nil {
-			return fmt.Errorf("read from upstream: %w", err)
+			return &upstreamSideError{fmt.Errorf("read from upstream: %w", err)}
 		}
 		needsReply := false
 		switch msg[0] {
 		case 'R':
 			if len(msg) < 9 {
-				return fmt.Errorf("%w: short authentication request", pgwire.ErrProtocol)
+				return &upstreamSideError{fmt.Errorf("%w: short authentication request", pgwire.ErrProtocol)}
 			}
 			switch binary.BigEndian.Uint32(msg[5:9]) {
 			case 10: // AuthenticationSASL
 				var sasl pgproto3.AuthenticationSASL
 				if err := sasl.Decode(msg[5:]); err != nil {
-					return fmt.Errorf("%w: %v", pgwire.ErrProtocol, err)
+					return &upstreamSideError{fmt.Errorf("%w: %v", pgwire.ErrProtocol, err)}
 				}
 				kept := sasl.AuthMechanisms[:0]
 				for _, m := range sasl.AuthMechanisms {
@@ -410,10 +571,10 @@ func (s *session) relayAuth() error {
 			case "28000":
 				s.up.metrics.failure(string(failure.PgHbaReject))
 			}
-			return fmt.Errorf("upstream refused: %s %s", e.Code, e.Message)
+			return &answeredError{fmt.Errorf("upstream refused: %s %s", e.Code, e.Message)}
 		}
 		if _, err := s.client.Write(msg); err != nil {
-			return fmt.Errorf("write to client: %w", err)
+			return &clientSideError{fmt.Errorf("write to client: %w", err)}
 		}
 		if msg[0] == 'Z' {
 			return nil
@@ -431,10 +592,10 @@ func (s *session) relayAuth() error {
 func (s *session) relayClientAuth(strippedPlus bool) error {
 	msg, err := pgwire.ReadMessage(s.client, nil, maxAuthMessage)
 	if err != nil {
-		return fmt.Errorf("read from client: %w", err)
+		return &clientSideError{fmt.Errorf("read from client: %w", err)}
 	}
 	if msg[0] != 'p' {
-		return fmt.Errorf("%w: client sent %q during authentication", pgwire.ErrProtocol, msg[0])
+		return &clientSideError{fmt.Errorf("%w: client sent %q during authentication", pgwire.ErrProtocol, msg[0])}
 	}
 	if strippedPlus {
 		var ir pgproto3.SASLInitialResponse
@@ -446,47 +607,79 @@ func (s *session) relayClientAuth(strippedPlus bool) error {
 				"the client connected to the proxy over TLS and offered channel binding; the upstream's TLS session ends at the proxy",
 				"connect to the proxy with channel_binding=disable, or over the Unix socket / plaintext local listener"))
 			s.up.metrics.failure(string(failure.AuthFailed))
-			return errors.New("client asked for channel binding, which cannot cross the proxy")
+			return &answeredError{errors.New("client asked for channel binding, which cannot cross the proxy")}
 		}
 	}
 	if _, err := s.upConn.Write(msg); err != nil {
-		return fmt.Errorf("write to upstream: %w", err)
+		return &upstreamSideError{fmt.Errorf("write to upstream: %w", err)}
 	}
 	return nil
 }
 
-// pipe copies both ways until both end, and says why the session closed.
-func (s *session) pipe() string {
-	var first atomic.Int32 // 1: client ended first, 2: upstream ended first
+// pipe copies both ways until both end, and says why the session closed
+// and whether the upstream ended it (its server may be gone).
+func (s *session) pipe() (string, bool) {
+	var first atomic.Int32     // 1: client ended first, 2: upstream ended first
+	var terminated atomic.Bool // the client's last bytes were a Terminate message
 	clientDone := make(chan error, 1)
+	upDone := make(chan struct{})
 	go func() {
-		err := copyCounted(s.upConn, s.client, &s.bytesIn, s.up.metrics.bytesIn)
+		err := copyCounted(s.upConn, s.client, &s.bytesIn, s.up.metrics.bytesIn, &terminated)
 		first.CompareAndSwap(0, 1)
 		if err == nil {
 			// The client finished: let the upstream see EOF and end the
 			// backend, while its last bytes still flow back.
 			_ = pgwire.CloseWrite(s.upConn)
+			s.awaitUpstreamEOF(upDone)
 		} else {
 			s.closeAll()
 		}
 		clientDone <- err
 	}()
-	upErr := copyCounted(s.client, s.upConn, &s.bytesOut, s.up.metrics.bytesOut)
+	upErr := copyCounted(s.client, s.upConn, &s.bytesOut, s.up.metrics.bytesOut, nil)
+	close(upDone)
 	first.CompareAndSwap(0, 2)
 	// Nothing can flow once the upstream is gone.
 	s.closeAll()
 	clientErr := <-clientDone
 	switch {
 	case s.p.forced.Load():
-		return "proxy shutdown"
+		return "proxy shutdown", false
 	case first.Load() == 1 && clientErr == nil:
-		return "client closed"
+		return "client closed", false
 	case first.Load() == 1:
-		return "client error: " + clientErr.Error()
+		return "client error: " + clientErr.Error(), false
+	case upErr == nil && terminated.Load():
+		return "client terminated", false
 	case upErr == nil:
-		return "upstream closed"
+		return "upstream closed", true
 	}
-	return "upstream error: " + upErr.Error()
+	return "upstream error: " + upErr.Error(), true
+}
+
+// awaitUpstreamEOF waits for the upstream to end once the client's EOF was
+// passed on. An upstream silent for upstreamCloseGrace (a hung server, a
+// stuck middlebox: its kernel still acknowledges, so TCP never notices)
+// would otherwise pin the session, its sockets and its connection slot
+// forever; a result still streaming back keeps the session.
+func (s *session) awaitUpstreamEOF(upDone <-chan struct{}) {
+	tick := time.NewTicker(upstreamCloseGrace)
+	defer tick.Stop()
+	last := s.bytesOut.Load()
+	for {
+		select {
+		case <-upDone:
+			return
+		case <-tick.C:
+		}
+		if n := s.bytesOut.Load(); n != last {
+			last = n
+			continue
+		}
+		s.logger().Warn("upstream silent after the client closed; closing the session", s.baseAttrs(slog.Duration("grace", upstreamCloseGrace))...)
+		s.closeAll()
+		return
+	}
 }
 
 // copyCounted copies src to dst, counting bytes with atomics: no
@@ -495,7 +688,11 @@ func (s *session) pipe() string {
 // the small one (streaming), and gives it back after a short read, so an
 // idle session holds 2 KiB per direction instead of 32. A clean EOF
 // returns nil.
-func copyCounted(dst, src net.Conn, n *atomic.Int64, total interface{ Add(float64) }) error {
+//
+// With terminated set, it records whether the latest chunk ended with a
+// Terminate message, so that the server closing after the client's
+// goodbye is not taken for a dropped upstream.
+func copyCounted(dst, src net.Conn, n *atomic.Int64, total interface{ Add(float64) }, terminated *atomic.Bool) error {
 	small := make([]byte, idleBufferSize)
 	buf := small
 	var pooled *[]byte
@@ -512,6 +709,9 @@ func copyCounted(dst, src net.Conn, n *atomic.Int64, total interface{ Add(float6
 			}
 			n.Add(int64(r))
 			total.Add(float64(r))
+			if terminated != nil {
+				terminated.Store(r >= 5 && string(buf[r-5:r]) == terminateMessage)
+			}
 		}
 		if err != nil {
 			if errors.Is(err, io.EOF) {

@@ -4,7 +4,9 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"log/slog"
 	"os"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -22,8 +24,13 @@ type upstream struct {
 	cfg      UpstreamConfig // as configured at New (listeners)
 	settings atomic.Pointer[upstreamSettings]
 	metrics  *upstreamMetrics
-	active   atomic.Int64
+	active   atomic.Int64 // sessions holding a slot (changed under slotMu, read freely)
 	last     atomic.Pointer[handshakeStatus]
+	probing  atomic.Bool // an immediate probe is under way
+
+	slotMu         sync.Mutex
+	authenticating int            // TCP sessions between startup and ReadyForQuery
+	authBySource   map[string]int // the same, per client IP address
 }
 
 // upstreamSettings is what a new session needs, built and validated as a
@@ -36,6 +43,10 @@ type upstreamSettings struct {
 	serverTLS  *tls.Config
 	requireTLS bool
 	maxConns   int
+	reserved   int // slots only the Unix-socket listener may take
+	maxAuth    int
+	maxAuthSrc int
+	plainOK    bool   // plaintext upstream declared intended
 	validation string // "enabled" or "disabled"
 }
 
@@ -59,7 +70,8 @@ func (s *upstreamSettings) close() {
 
 // buildSettings loads and validates the certificate material of u.
 func (p *Proxy) buildSettings(u UpstreamConfig) (_ *upstreamSettings, err error) {
-	s := &upstreamSettings{conn: u.Conn, opts: &pgtls.Options{}, maxConns: u.MaxConnections, validation: validationOf(u.Conn)}
+	s := &upstreamSettings{conn: u.Conn, opts: &pgtls.Options{}, maxConns: u.MaxConnections, validation: validationOf(u.Conn),
+		reserved: u.ReservedConnections, maxAuth: u.MaxAuthenticating, maxAuthSrc: u.MaxAuthenticatingPerSource, plainOK: u.PlaintextIntended}
 	defer func() {
 		if err != nil {
 			s.close()
@@ -151,17 +163,61 @@ func validationOf(c *connstring.Config) string {
 	return "disabled"
 }
 
-// acquire takes a connection slot unless max are in use.
-func (u *upstream) acquire(max int) bool {
-	for {
-		n := u.active.Load()
-		if n >= int64(max) {
-			return false
-		}
-		if u.active.CompareAndSwap(n, n+1) {
-			return true
-		}
+// admit takes a connection slot for a session about to authenticate, or
+// says which limit refuses it. Operator sessions (the Unix-socket
+// listener) may use the reserved slots and are not subject to the
+// authentication caps; everyone else is.
+func (u *upstream) admit(set *upstreamSettings, operator bool, source string) string {
+	u.slotMu.Lock()
+	defer u.slotMu.Unlock()
+	limit := int64(set.maxConns)
+	if !operator {
+		limit -= int64(set.reserved)
 	}
+	if u.active.Load() >= limit {
+		return rejectTooMany
+	}
+	if !operator {
+		if u.authenticating >= set.maxAuth {
+			return rejectTooManyAuth
+		}
+		if u.authBySource[source] >= set.maxAuthSrc {
+			return rejectTooManyAuthSource
+		}
+		u.authenticating++
+		if u.authBySource == nil {
+			u.authBySource = map[string]int{}
+		}
+		u.authBySource[source]++
+	}
+	u.active.Add(1)
+	return ""
+}
+
+// authDone ends a TCP session's authentication phase.
+func (u *upstream) authDone(source string) {
+	u.slotMu.Lock()
+	defer u.slotMu.Unlock()
+	u.authenticating--
+	if n := u.authBySource[source] - 1; n > 0 {
+		u.authBySource[source] = n
+	} else {
+		delete(u.authBySource, source)
+	}
+}
+
+// release gives a slot back.
+func (u *upstream) release() {
+	u.slotMu.Lock()
+	u.active.Add(-1)
+	u.slotMu.Unlock()
+}
+
+// saturated says whether a TCP client would be refused for lack of a slot.
+func (u *upstream) saturated() (bool, int) {
+	set := u.settings.Load()
+	limit := set.maxConns - set.reserved
+	return u.active.Load() >= int64(limit), limit
 }
 
 // recordHandshake keeps the outcome of a dial for HealthStatus.
@@ -178,25 +234,35 @@ func (u *upstream) recordHandshake(f *pgtls.Facts, err error) {
 	u.last.Store(st)
 }
 
-// probe dials the upstream transport (no startup) to refresh its status.
-func (p *Proxy) probe(ctx context.Context, u *upstream) {
+// probe dials the upstream transport (no startup) to refresh its status,
+// and reports whether it succeeded.
+func (p *Proxy) probe(ctx context.Context, u *upstream) bool {
 	set := u.settings.Load()
-	ctx, cancel := context.WithTimeout(ctx, p.tuning().StartupTimeout)
+	ctx, cancel := context.WithTimeout(ctx, p.tuning().ConnectTimeout)
 	defer cancel()
 	t0 := time.Now()
 	conn, facts, err := pgtls.Dial(ctx, set.conn, set.opts)
 	if errors.Is(ctx.Err(), context.Canceled) && err != nil {
-		return // the proxy is closing
+		return false // the proxy is closing
 	}
 	if err == nil {
 		u.metrics.dial.Observe(time.Since(t0).Seconds())
 		conn.Close()
 	} else {
 		u.metrics.failure(string(failure.ClassOf(err)))
-		p.log.Warn("upstream probe failed", "upstream", u.name, "class", failure.ClassOf(err), "error", err.Error())
+		p.refusals.Log(slog.LevelWarn, "upstream probe failed", []any{"upstream", u.name, "class", string(failure.ClassOf(err))}, "error", err.Error())
 	}
 	u.recordHandshake(facts, err)
+	return err == nil
 }
+
+// Upstream statuses in HealthStatus.
+const (
+	StatusHealthy   = "healthy"
+	StatusUnhealthy = "unhealthy"
+	StatusUnknown   = "unknown"  // no handshake yet
+	StatusInsecure  = "insecure" // connected without TLS, and plaintext_intended is not set
+)
 
 // status renders the upstream for HealthStatus.
 func (u *upstream) status(listen []string) UpstreamStatus {
@@ -206,7 +272,7 @@ func (u *upstream) status(listen []string) UpstreamStatus {
 		Listen:                listen,
 		SSLMode:               string(set.conn.SSLMode),
 		CertificateValidation: set.validation,
-		Status:                "unknown",
+		Status:                StatusUnknown,
 		ActiveConnections:     u.active.Load(),
 	}
 	switch set.conn.SSLMode {
@@ -216,12 +282,16 @@ func (u *upstream) status(listen []string) UpstreamStatus {
 	if h := u.last.Load(); h != nil {
 		st.LastHandshake = h.at
 		if h.err != nil {
-			st.Status = "unhealthy"
+			st.Status = StatusUnhealthy
 			st.LastError = h.err
 		} else {
-			st.Status = "healthy"
+			st.Status = StatusHealthy
 			st.SSLEnabled = h.encrypted
 			st.SSLVersion, st.SSLCipher = h.version, h.cipher
+			if !h.encrypted && !set.plainOK {
+				// Reachable, but in plaintext and nobody said that is fine.
+				st.Status = StatusInsecure
+			}
 		}
 	}
 	if set.clientCert != nil {

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"fmt"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgproto3"
 
@@ -19,12 +20,17 @@ const (
 
 // SQLSTATEs the proxy sends itself.
 const (
-	sqlstateConnectionFailure = "08006"
-	sqlstateProtocolViolation = "08P01"
-	sqlstateTooManyClients    = "53300"
-	sqlstateCannotConnectNow  = "57P03"
-	sqlstateInvalidAuthSpec   = "28000"
+	sqlstateConnectionFailure   = "08006"
+	sqlstateProtocolViolation   = "08P01"
+	sqlstateTooManyClients      = "53300"
+	sqlstateCannotConnectNow    = "57P03"
+	sqlstateInvalidAuthSpec     = "28000"
+	sqlstateFeatureNotSupported = "0A000"
+	sqlstateQueryCanceled       = "57014"
 )
+
+// errorWriteTimeout bounds the write of a last ErrorResponse to a client.
+const errorWriteTimeout = 2 * time.Second
 
 // errorResponse encodes a FATAL ErrorResponse.
 func errorResponse(code, message, detail, hint string) []byte {
@@ -37,9 +43,16 @@ func errorResponse(code, message, detail, hint string) []byte {
 
 // upstreamErrorResponse renders an upstream failure for the client:
 // "pgtrust: upstream NAME: <class>: <message>", the evidence as Detail and
-// the fix as Hint.
-func upstreamErrorResponse(name string, err error) []byte {
+// the fix as Hint. With hide (a listener reachable from other machines) the
+// client has not authenticated yet and gets only the class, a generic
+// message and the correlation id ref; the evidence (file paths, internal
+// addresses) goes to the log line carrying the same ref.
+func upstreamErrorResponse(name string, err error, hide bool, ref string) []byte {
 	r := failure.ReportOf(err)
+	if hide {
+		return errorResponse(sqlstateFor(r.Class), fmt.Sprintf("pgtrust: upstream %s: %s: the connection to the database server failed (ref %s)", name, r.Class, ref),
+			"", fmt.Sprintf("the proxy's log has the evidence and the fix under ref=%s", ref))
+	}
 	return errorResponse(sqlstateFor(r.Class), fmt.Sprintf("pgtrust: upstream %s: %s: %s", name, r.Class, r.Message), r.Evidence, r.Fix)
 }
 
