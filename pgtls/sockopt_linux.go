@@ -109,26 +109,12 @@ func (o sockOpts) applyAfterDial(conn net.Conn) error {
 	return serr
 }
 
-// peerUID reads the user ID of the process at the other end of a Unix
-// socket (SO_PEERCRED, what getpeereid does on Linux).
-func peerUID(conn net.Conn) (uint32, error) {
-	sc, ok := conn.(syscall.Conn)
-	if !ok {
-		return 0, errPeerUnsupported
-	}
-	raw, err := sc.SyscallConn()
+// peerUIDOf reads the peer's user ID of a Unix socket (SO_PEERCRED, what
+// getpeereid does on Linux).
+func peerUIDOf(fd int) (uint32, error) {
+	cred, err := syscall.GetsockoptUcred(fd, syscall.SOL_SOCKET, syscall.SO_PEERCRED)
 	if err != nil {
 		return 0, err
-	}
-	var cred *syscall.Ucred
-	var cerr error
-	if err := raw.Control(func(fd uintptr) {
-		cred, cerr = syscall.GetsockoptUcred(int(fd), syscall.SOL_SOCKET, syscall.SO_PEERCRED)
-	}); err != nil {
-		return 0, err
-	}
-	if cerr != nil {
-		return 0, cerr
 	}
 	return cred.Uid, nil
 }
