@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/pgtrust/pgtrust/failure"
 	"github.com/pgtrust/pgtrust/internal/pgtest"
@@ -62,6 +63,8 @@ func TestLibpqParityCRL(t *testing.T) {
 			files: with(map[string]file{"v1.crl": {v1, 0o644}}), want: allOK},
 		{name: "v1 CRL file, server revoked", start: revoked, client: opts + "sslcrl={dir}/v1.crl",
 			files: with(map[string]file{"v1.crl": {v1, 0o644}}), want: revokedFails},
+		{name: "sslcrl: an older CRL, still valid, before the current one", start: revoked, client: opts + "sslcrl={dir}/both.crl",
+			files: with(map[string]file{"both.crl": {append(p.ca.CRLAt(t, time.Now().Add(-3*time.Hour), time.Now().Add(24*time.Hour)), v2...), 0o644}}), want: revokedFails},
 		{name: "v1 CRL in sslcrldir, server not revoked", start: good, client: opts + "sslcrldir={dir}/crls",
 			files: with(map[string]file{"crls/" + hash + ".r0": {v1, 0o644}}), want: allOK},
 		{name: "v1 CRL in sslcrldir, server revoked", start: revoked, client: opts + "sslcrldir={dir}/crls",

@@ -286,28 +286,9 @@ func CheckRevocationWithDir(chain []*x509.Certificate, crls []*x509.RevocationLi
 			}
 			candidates = append(append([]*x509.RevocationList(nil), crls...), fromDir...)
 		}
-		var found *x509.RevocationList
-		sameName := 0
-		for _, crl := range candidates {
-			if !sameDistinguishedName(crl.RawIssuer, issuer.RawSubject) {
-				continue
-			}
-			sameName++
-			if crl.CheckSignatureFrom(issuer) == nil {
-				found = crl
-				break
-			}
-		}
-		if found == nil {
-			where := "the CRL file (sslcrl) or directory (sslcrldir, after openssl rehash)"
-			if sameName > 0 {
-				return failure.New(failure.UnknownCA, VerifyFailed).
-					WithEvidence("revocation checking is on and %d CRL(s) name %q as issuer, but none is signed by the key of that CA, the issuer of %s (CRL signature failure): the CA was probably regenerated under the same name", sameName, issuer.Subject, Describe(cert, i == 0, role)).
-					WithFix("publish a CRL from the current CA (openssl ca -gencrl) into %s", where)
-			}
-			return failure.New(failure.UnknownCA, VerifyFailed).
-				WithEvidence("revocation checking is on (a CRL is loaded) but there is no CRL from %q, the issuer of %s; OpenSSL then rejects the chain (unable to get certificate CRL)", issuer.Subject, Describe(cert, i == 0, role)).
-				WithFix("add the CRL of %q to %s", issuer.Subject, where)
+		found, err := selectCRL(candidates, cert, issuer, now)
+		if err != nil {
+			return err.withChain(issuer, Describe(cert, i == 0, role))
 		}
 		if now.Before(found.ThisUpdate) {
 			return failure.New(failure.CertNotYetValid, VerifyFailed).
@@ -328,6 +309,167 @@ func CheckRevocationWithDir(chain []*x509.Certificate, crls []*x509.RevocationLi
 		}
 	}
 	return nil
+}
+
+// crlSelectionError is why no CRL of an issuer can be used; withChain
+// renders it for the certificate being checked.
+type crlSelectionError struct {
+	kind    string // "none", "signature", "critical"
+	matched int    // CRLs that name the issuer
+}
+
+func (e *crlSelectionError) withChain(issuer *x509.Certificate, what string) error {
+	where := "the CRL file (sslcrl) or directory (sslcrldir, after openssl rehash)"
+	switch e.kind {
+	case "signature":
+		return failure.New(failure.UnknownCA, VerifyFailed).
+			WithEvidence("revocation checking is on and the CRL naming %q as issuer was not issued by the key of that CA, the issuer of %s (CRL signature failure, or an authority key id of another key): the CA was probably regenerated under the same name", issuer.Subject, what).
+			WithFix("publish a CRL from the current CA (openssl ca -gencrl) into %s", where)
+	case "critical":
+		return failure.New(failure.UnknownCA, VerifyFailed).
+			WithEvidence("the current CRL from %q, the issuer of %s, carries a critical extension that OpenSSL does not handle (unhandled critical CRL extension)", issuer.Subject, what).
+			WithFix("publish a CRL without that critical extension into %s", where)
+	}
+	evidence := fmt.Sprintf("revocation checking is on (a CRL is loaded) but there is no CRL from %q, the issuer of %s; OpenSSL then rejects the chain (unable to get certificate CRL)", issuer.Subject, what)
+	if e.matched > 0 {
+		evidence += fmt.Sprintf("; %d CRL(s) name that issuer but none can serve as its complete CRL (delta CRLs, CRLs scoped by an issuing distribution point, or another key's authority key id are not used)", e.matched)
+	}
+	return failure.New(failure.UnknownCA, VerifyFailed).WithEvidence("%s", evidence).
+		WithFix("add the complete CRL of %q to %s", issuer.Subject, where)
+}
+
+// OIDs of the CRL extensions that OpenSSL handles when critical.
+var (
+	oidExtAuthorityKeyID = asn1.ObjectIdentifier{2, 5, 29, 35}
+	oidExtDeltaCRL       = asn1.ObjectIdentifier{2, 5, 29, 27}
+	oidExtIssuingDP      = asn1.ObjectIdentifier{2, 5, 29, 28}
+	oidExtCertIssuer     = asn1.ObjectIdentifier{2, 5, 29, 29}
+)
+
+// selectCRL picks the CRL that OpenSSL's get_crl_sk would use for cert,
+// issued by issuer: among the CRLs that name the issuer, are complete (not
+// a delta CRL, no issuing distribution point narrowing their scope), and
+// whose authority key id (if any) is the issuer's key, the one with the
+// best score (no unhandled critical extension, then currently valid), and
+// among equals the newest (latest thisUpdate). Taking the first match
+// instead would let an older CRL, still valid, hide a later revocation.
+// The chosen CRL must then be signed by the issuer and carry no unhandled
+// critical extension, as in OpenSSL's check_crl.
+func selectCRL(candidates []*x509.RevocationList, cert, issuer *x509.Certificate, now time.Time) (*x509.RevocationList, *crlSelectionError) {
+	var best *x509.RevocationList
+	bestScore, matched, otherKey := -1, 0, 0
+	for _, crl := range candidates {
+		if !sameDistinguishedName(crl.RawIssuer, issuer.RawSubject) {
+			continue
+		}
+		matched++
+		if !completeFor(crl, cert) {
+			continue
+		}
+		if len(crl.AuthorityKeyId) > 0 && len(issuer.SubjectKeyId) > 0 && !bytes.Equal(crl.AuthorityKeyId, issuer.SubjectKeyId) {
+			otherKey++
+			continue
+		}
+		score := 0
+		if !hasUnhandledCritical(crl) {
+			score |= 2
+		}
+		if !now.Before(crl.ThisUpdate) && (crl.NextUpdate.IsZero() || !now.After(crl.NextUpdate)) {
+			score |= 1
+		}
+		if score > bestScore || score == bestScore && crl.ThisUpdate.After(best.ThisUpdate) {
+			best, bestScore = crl, score
+		}
+	}
+	switch {
+	case best == nil && otherKey > 0 && otherKey == matched:
+		return nil, &crlSelectionError{kind: "signature", matched: matched}
+	case best == nil:
+		return nil, &crlSelectionError{kind: "none", matched: matched}
+	case bestScore&2 == 0:
+		return nil, &crlSelectionError{kind: "critical", matched: matched}
+	case best.CheckSignatureFrom(issuer) != nil:
+		return nil, &crlSelectionError{kind: "signature", matched: matched}
+	}
+	return best, nil
+}
+
+// completeFor reports whether crl can serve as cert's complete CRL: not a
+// delta CRL, and no issuing distribution point that narrows its scope
+// (reasons, indirect, attribute certificates, a distribution point name)
+// or excludes cert (only user or only CA certificates). OpenSSL without
+// extended CRL support (libpq's setting) refuses the same.
+func completeFor(crl *x509.RevocationList, cert *x509.Certificate) bool {
+	for _, ext := range crl.Extensions {
+		switch {
+		case ext.Id.Equal(oidExtDeltaCRL):
+			return false
+		case ext.Id.Equal(oidExtIssuingDP):
+			idp, ok := parseIDP(ext.Value)
+			if !ok || idp.hasName || idp.reasons || idp.indirect || idp.onlyAttr ||
+				idp.onlyUser && cert.IsCA || idp.onlyCA && !cert.IsCA {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+type issuingDP struct {
+	hasName, onlyUser, onlyCA, reasons, indirect, onlyAttr bool
+}
+
+// parseIDP reads an IssuingDistributionPoint (RFC 5280 §5.2.5).
+func parseIDP(der []byte) (issuingDP, bool) {
+	var idp issuingDP
+	in := cryptobyte.String(der)
+	var seq cryptobyte.String
+	if !in.ReadASN1(&seq, cbasn1.SEQUENCE) || !in.Empty() {
+		return idp, false
+	}
+	for !seq.Empty() {
+		var tag cbasn1.Tag
+		var body cryptobyte.String
+		if !seq.ReadAnyASN1(&body, &tag) {
+			return idp, false
+		}
+		flag := len(body) == 1 && body[0] != 0
+		switch tag {
+		case cbasn1.Tag(0).ContextSpecific().Constructed():
+			idp.hasName = true
+		case cbasn1.Tag(1).ContextSpecific():
+			idp.onlyUser = flag
+		case cbasn1.Tag(2).ContextSpecific():
+			idp.onlyCA = flag
+		case cbasn1.Tag(3).ContextSpecific():
+			idp.reasons = true
+		case cbasn1.Tag(4).ContextSpecific():
+			idp.indirect = flag
+		case cbasn1.Tag(5).ContextSpecific():
+			idp.onlyAttr = flag
+		default:
+			return idp, false
+		}
+	}
+	return idp, true
+}
+
+// hasUnhandledCritical reports a critical extension OpenSSL does not
+// process, on the CRL or on any entry (OpenSSL's EXFLAG_CRITICAL).
+func hasUnhandledCritical(crl *x509.RevocationList) bool {
+	for _, ext := range crl.Extensions {
+		if ext.Critical && !ext.Id.Equal(oidExtAuthorityKeyID) && !ext.Id.Equal(oidExtDeltaCRL) && !ext.Id.Equal(oidExtIssuingDP) {
+			return true
+		}
+	}
+	for _, entry := range crl.RevokedCertificateEntries {
+		for _, ext := range entry.Extensions {
+			if ext.Critical && !ext.Id.Equal(oidExtCertIssuer) {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // sameDistinguishedName compares two DER names as OpenSSL's X509_NAME_cmp

@@ -2,7 +2,10 @@ package chain_test
 
 import (
 	"bytes"
+	"crypto/rand"
 	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/asn1"
 	"encoding/pem"
 	"math/big"
 	"os"
@@ -178,5 +181,72 @@ func TestNameHashMatchesOpenSSL(t *testing.T) {
 	want := strings.TrimSpace(openssl(t, dir, "x509", "-in", "go.pem", "-noout", "-subject_hash"))
 	if got, _ := chain.NameHash(ca.Cert.RawSubject); got != want {
 		t.Errorf("Go-written name: NameHash = %s, openssl says %s", got, want)
+	}
+}
+
+// TestCRLSelection: with several CRLs from one issuer, the one OpenSSL
+// would use decides: the newest complete one. An older CRL that is still
+// valid must not hide a later revocation, and a delta CRL or one scoped by
+// an issuing distribution point is no complete CRL.
+func TestCRLSelection(t *testing.T) {
+	ca := testpki.NewRootCA(t, "selection CA")
+	leaf := ca.Server(t)
+	now := time.Now()
+	mk := func(thisUpdate time.Time, revoked bool, exts ...pkix.Extension) *x509.RevocationList {
+		t.Helper()
+		tmpl := &x509.RevocationList{Number: big.NewInt(thisUpdate.Unix()), ThisUpdate: thisUpdate, NextUpdate: now.Add(24 * time.Hour), ExtraExtensions: exts}
+		if revoked {
+			tmpl.RevokedCertificateEntries = []x509.RevocationListEntry{{SerialNumber: leaf.Cert.SerialNumber, RevocationTime: thisUpdate}}
+		}
+		der, err := x509.CreateRevocationList(rand.Reader, tmpl, ca.Cert, ca.Key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		crl, err := chain.ParseCRL(der)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return crl
+	}
+	older := mk(now.Add(-2*time.Hour), false)
+	current := mk(now.Add(-time.Hour), true)
+	deltaExt := pkix.Extension{Id: asn1.ObjectIdentifier{2, 5, 29, 27}, Critical: true, Value: []byte{2, 1, 1}}
+	delta := mk(now.Add(-30*time.Minute), false, deltaExt)
+	// IssuingDistributionPoint { onlyContainsCACerts [2] TRUE }
+	caOnly := mk(now.Add(-30*time.Minute), false, pkix.Extension{Id: asn1.ObjectIdentifier{2, 5, 29, 28}, Critical: true, Value: []byte{0x30, 0x03, 0x82, 0x01, 0xff}})
+	unknownCritical := mk(now.Add(-30*time.Minute), false, pkix.Extension{Id: asn1.ObjectIdentifier{1, 2, 3, 4}, Critical: true, Value: []byte{5, 0}})
+	chainOf := []*x509.Certificate{leaf.Cert, ca.Cert}
+	cases := []struct {
+		name string
+		crls []*x509.RevocationList
+		want failure.Class
+	}{
+		{"current alone", []*x509.RevocationList{current}, failure.CertRevoked},
+		{"older, still valid, listed first", []*x509.RevocationList{older, current}, failure.CertRevoked},
+		{"older listed last", []*x509.RevocationList{current, older}, failure.CertRevoked},
+		{"a newer delta CRL is not the complete CRL", []*x509.RevocationList{delta, current}, failure.CertRevoked},
+		{"a delta CRL alone", []*x509.RevocationList{delta}, failure.UnknownCA},
+		{"a CA-only CRL does not cover a leaf", []*x509.RevocationList{caOnly, current}, failure.CertRevoked},
+		{"a CA-only CRL alone", []*x509.RevocationList{caOnly}, failure.UnknownCA},
+		{"the newest has an unhandled critical extension", []*x509.RevocationList{older, unknownCritical}, ""},
+	}
+	for _, c := range cases {
+		err := chain.CheckRevocation(chainOf, c.crls, now, "server")
+		got := failure.ClassOf(err)
+		if c.want == "" {
+			// OpenSSL prefers a CRL without unhandled critical extensions
+			// (CRL_SCORE_NOCRITICAL): the older one is used, and lists nothing.
+			if err != nil {
+				t.Errorf("%s: %v", c.name, err)
+			}
+			continue
+		}
+		if got != c.want {
+			t.Errorf("%s: %v (class %s), want %s", c.name, err, got, c.want)
+		}
+	}
+	err := chain.CheckRevocation(chainOf, []*x509.RevocationList{unknownCritical}, now, "server")
+	if e, _ := failure.As(err); e == nil || !strings.Contains(e.Evidence, "unhandled critical CRL extension") {
+		t.Errorf("only a CRL with an unhandled critical extension: %v", err)
 	}
 }

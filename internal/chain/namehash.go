@@ -97,9 +97,11 @@ func canonicalValue(elem cryptobyte.String, tag cbasn1.Tag) ([]byte, error) {
 	}
 	var text string
 	switch tag {
-	case tagUTF8String, tagPrintableString, tagIA5String, tagVisibleString:
+	case tagUTF8String:
 		text = string(content)
-	case tagT61String: // OpenSSL treats T61String as Latin-1
+	case tagPrintableString, tagIA5String, tagVisibleString, tagT61String:
+		// One byte per character (OpenSSL's MBSTRING_ASC): a byte above
+		// 0x7f is the Latin-1 code point, re-encoded as UTF-8.
 		var sb strings.Builder
 		for _, c := range content {
 			sb.WriteRune(rune(c))
