@@ -268,6 +268,10 @@ func TestSecretsMasked(t *testing.T) {
 		{"postgres://app@db:5432/x", "postgres://app@db:5432/x"},
 		{"password=********", "password=********"},
 		{"mypassword=x", "mypassword=x"},
+		{`3| password = "se\qcret and more"`, `3| password = ********`},
+		{`Password="hunter2" user="app"`, `Password=******** user="app"`},
+		{`{"user":"app","password":"hunter2"}`, `{"user":"app","password":********}`},
+		{`password = "unterminated`, `password = ********`},
 	}
 	for _, c := range cases {
 		if got := failure.Redact(c.in); got != c.want {

@@ -9,9 +9,11 @@ import (
 const Mask = "********"
 
 // secretSetting matches a secret libpq keyword (or its environment
-// variable) followed by its value: 'quoted' with \' and \\ escapes, or bare
-// up to white space or the next URI query parameter.
-var secretSetting = regexp.MustCompile(`(^|[^A-Za-z0-9_])(password|sslpassword|scram_client_key|scram_server_key|oauth_client_secret|PGPASSWORD)(\s*=\s*)('(?:[^'\\]|\\.)*'?|[^\s&'"]+)`)
+// variable, or a TOML or JSON key of that name, in any case) followed by
+// its value: 'single' or "double" quoted with backslash escapes, or bare up
+// to white space, a quote, a comma, a brace or the next URI query
+// parameter.
+var secretSetting = regexp.MustCompile(`(?i)(^|[^A-Za-z0-9_])(password|sslpassword|scram_client_key|scram_server_key|oauth_client_secret|PGPASSWORD)(\s*=\s*|"\s*:\s*)('(?:[^'\\]|\\.)*'?|"(?:[^"\\]|\\.)*"?|[^\s&'",}]+)`)
 
 // uriPassword matches the password of a URI's user information.
 var uriPassword = regexp.MustCompile(`([A-Za-z][A-Za-z0-9+.-]*://[^:/@\s]*):([^@/\s]*)@`)
@@ -22,12 +24,12 @@ var uriPassword = regexp.MustCompile(`([A-Za-z][A-Za-z0-9+.-]*://[^:/@\s]*):([^@
 // Errors wrap causes pgtrust did not write (a driver's message may quote a
 // connection string), so everything a failure shows goes through it.
 func Redact(s string) string {
-	if !strings.ContainsAny(s, "=@") {
+	if !strings.ContainsAny(s, "=@:") {
 		return s
 	}
 	s = secretSetting.ReplaceAllStringFunc(s, func(m string) string {
 		g := secretSetting.FindStringSubmatch(m)
-		if g[4] == Mask || g[4] == "'"+Mask+"'" {
+		if g[4] == Mask || g[4] == "'"+Mask+"'" || g[4] == `"`+Mask+`"` {
 			return m
 		}
 		return g[1] + g[2] + g[3] + Mask

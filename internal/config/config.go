@@ -368,8 +368,10 @@ func decodeError(path string, err error) error {
 			row, _ := e.Position()
 			keys = append(keys, fmt.Sprintf("%s (line %d)", strings.Join(e.Key(), "."), row))
 		}
+		// The evidence names keys and lines, never the source text: a
+		// misplaced password line would otherwise be printed back.
 		return failure.New(failure.ConfigInvalid, "%s: unknown key %s", where, strings.Join(keys, ", ")).
-			WithEvidence("%s", strings.TrimSpace(strict.String())).
+			WithEvidence("%d key(s) that the configuration format does not have: %s", len(keys), strings.Join(keys, ", ")).
 			WithFix("remove or correct the key; the keys are listed in docs/proxy.md (a misspelt key is never ignored)")
 	}
 	var de *toml.DecodeError
@@ -381,7 +383,7 @@ func decodeError(path string, err error) error {
 			msg += ": key " + key
 		}
 		return failure.Wrap(failure.ConfigInvalid, err, "%s", msg).
-			WithEvidence("%s", strings.TrimSpace(de.String())).
+			WithEvidence("the TOML parser stopped at line %d, column %d (the line's text is not shown: it may hold a secret)", row, col).
 			WithFix("correct the TOML at line %d (see docs/proxy.md for each key's type)", row)
 	}
 	// Errors from UnmarshalText and type mismatches carry no position.
