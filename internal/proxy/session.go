@@ -113,8 +113,8 @@ func (s *session) run() {
 	if s.set.serverTLS != nil && s.set.requireTLS && !s.ln.unix && s.clientTL == "" {
 		s.refuse(&rejection{reason: rejectTLSRequired,
 			msg: errorResponse(sqlstateInvalidAuthSpec,
-				fmt.Sprintf("pgtrust: upstream %s: TLS is required on this listener", s.up.name),
-				fmt.Sprintf("listener %s refuses plaintext clients (client_tls.require)", s.ln.addr),
+				"pgtrust: TLS is required on this listener",
+				"this listener refuses plaintext clients (client_tls.require)",
 				"connect with sslmode=require (or verify-ca / verify-full with the proxy's CA)"),
 			err: errors.New("plaintext client on a TLS-only listener")})
 		return
@@ -190,26 +190,30 @@ func (s *session) endAuth() {
 	}
 }
 
-// slotRejection is the answer to a client refused for lack of a slot.
+// slotRejection is the answer to a client refused for lack of a slot. On a
+// public listener the limits stay in the log: an unauthenticated client
+// learns only that the proxy is full.
 func (s *session) slotRejection(reason string) *rejection {
 	r := &rejection{reason: reason}
+	var detail, hint string
 	switch reason {
 	case rejectTooManyAuth:
-		r.msg = errorResponse(sqlstateTooManyClients, "sorry, too many clients already",
-			fmt.Sprintf("pgtrust: upstream %s has max_authenticating=%d sessions still authenticating", s.up.name, s.set.maxAuth),
-			"retry shortly; raise max_authenticating if legitimate clients authenticate slowly")
+		detail = fmt.Sprintf("pgtrust: upstream %s has max_authenticating=%d sessions still authenticating", s.up.name, s.set.maxAuth)
+		hint = "retry shortly; raise max_authenticating if legitimate clients authenticate slowly"
 		r.err = errors.New("authenticating-session limit reached")
 	case rejectTooManyAuthSource:
-		r.msg = errorResponse(sqlstateTooManyClients, "sorry, too many clients already",
-			fmt.Sprintf("pgtrust: upstream %s has max_authenticating_per_source=%d sessions from this address still authenticating", s.up.name, s.set.maxAuthSrc),
-			"retry shortly; raise max_authenticating_per_source if this address hosts many clients")
+		detail = fmt.Sprintf("pgtrust: upstream %s has max_authenticating_per_source=%d sessions from this address still authenticating", s.up.name, s.set.maxAuthSrc)
+		hint = "retry shortly; raise max_authenticating_per_source if this address hosts many clients"
 		r.err = errors.New("authenticating-session limit per source address reached")
 	default:
-		r.msg = errorResponse(sqlstateTooManyClients, "sorry, too many clients already",
-			fmt.Sprintf("pgtrust: upstream %s has max_connections=%d sessions open (%d reserved for the Unix-socket listener)", s.up.name, s.set.maxConns, s.set.reserved),
-			"raise max_connections for this upstream, or use a connection pool in the application")
+		detail = fmt.Sprintf("pgtrust: upstream %s has max_connections=%d sessions open (%d reserved for the Unix-socket listener)", s.up.name, s.set.maxConns, s.set.reserved)
+		hint = "raise max_connections for this upstream, or use a connection pool in the application"
 		r.err = errors.New("connection limit reached")
 	}
+	if s.ln.public {
+		detail, hint = "", "retry shortly"
+	}
+	r.msg = errorResponse(sqlstateTooManyClients, "sorry, too many clients already", detail, hint)
 	return r
 }
 

@@ -473,3 +473,28 @@ func TestUpstreamSilentDuringAuthentication(t *testing.T) {
 		t.Errorf("the upstream's silence was counted as the client's auth_timeout (%v)", got)
 	}
 }
+
+// TestSlotRefusalOnPublicListener: a client refused for lack of a slot on a
+// public listener learns that the proxy is full, not its limits; on a
+// loopback listener the detail names them.
+func TestSlotRefusalOnPublicListener(t *testing.T) {
+	env := newEnv(t)
+	r := startProxy(t, Config{Upstreams: []UpstreamConfig{{Name: "main", Listen: "127.0.0.1:0", Conn: env.upstream(t), MaxConnections: 1}}})
+	held, err := pgxConnect(t, r.port(t, "main"), "sslmode=disable")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close(context.Background())
+	dsn := fmt.Sprintf("host=127.0.0.1 port=%d user=app sslmode=disable", r.port(t, "main"))
+	loopback := pgtest.Psql(t, dsn, nil)
+	if loopback.OK || !strings.Contains(loopback.Stderr, "max_connections=1") {
+		t.Fatalf("loopback client saw: %s", loopback.Stderr)
+	}
+	r.mu.Lock()
+	r.listeners[0].public = true
+	r.mu.Unlock()
+	public := pgtest.Psql(t, dsn, nil)
+	if public.OK || !strings.Contains(public.Stderr, "too many clients") || strings.Contains(public.Stderr, "max_connections") || strings.Contains(public.Stderr, "main") {
+		t.Fatalf("public client saw: %s", public.Stderr)
+	}
+}
