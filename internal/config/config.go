@@ -104,6 +104,7 @@ type Upstream struct {
 	ReservedConnections        int  `toml:"reserved_connections"`
 	MaxAuthenticating          int  `toml:"max_authenticating"`            // default max_connections/4
 	MaxAuthenticatingPerSource int  `toml:"max_authenticating_per_source"` // default max_authenticating
+	MaxPending                 int  `toml:"max_pending"`                   // default 16 × max_connections: connections before their startup packet
 	PlaintextIntended          bool `toml:"plaintext_intended"`            // health reports a plaintext upstream "healthy", not "insecure"
 
 	// DSN is a libpq key/value string or postgres:// URI. Settings is the
@@ -281,6 +282,9 @@ func (f *File) check() error {
 		}
 		if u.MaxConnections < 0 {
 			return f.invalid(key+".max_connections", "must not be negative").WithFix("set a positive limit, or remove the key for the default %d", DefaultMaxConnections)
+		}
+		if u.MaxPending < 0 {
+			return f.invalid(key+".max_pending", "must not be negative").WithFix("set a positive limit, or remove the key for the default")
 		}
 		if u.MaxAuthenticating < 0 || u.MaxAuthenticatingPerSource < 0 {
 			return f.invalid(key+".max_authenticating", "must not be negative").WithFix("set a positive limit, or remove the key for the default")

@@ -236,6 +236,7 @@ func (f *File) ProxyConfig(logger *slog.Logger, reg prometheus.Registerer) (*pro
 			ReservedConnections:        u.ReservedConnections,
 			MaxAuthenticating:          u.MaxAuthenticating,
 			MaxAuthenticatingPerSource: u.MaxAuthenticatingPerSource,
+			MaxPending:                 u.MaxPending,
 			PlaintextIntended:          u.PlaintextIntended,
 		}
 		if t := u.ClientTLS; t != nil {

@@ -85,6 +85,11 @@ type UpstreamConfig struct {
 	// MaxAuthenticating (no further limit: on loopback every client has the
 	// same address).
 	MaxAuthenticatingPerSource int
+	// MaxPending bounds the TCP connections that have not yet sent their
+	// StartupMessage (negotiating, in the TLS handshake), each holding a
+	// file descriptor until StartupTimeout; 0 = 16 × MaxConnections. Above
+	// it a connection is refused at once ("too many clients").
+	MaxPending int
 	// PlaintextIntended declares that an upstream sslmode that may connect
 	// without TLS is on purpose: health then reports such a connection
 	// "healthy" rather than "insecure".
@@ -229,6 +234,9 @@ func (cfg Config) withDefaults() (Config, error) {
 		}
 		if u.MaxAuthenticating <= 0 {
 			u.MaxAuthenticating = max(1, u.MaxConnections/4)
+		}
+		if u.MaxPending <= 0 {
+			u.MaxPending = 16 * u.MaxConnections
 		}
 		if u.MaxAuthenticatingPerSource <= 0 || u.MaxAuthenticatingPerSource > u.MaxAuthenticating {
 			u.MaxAuthenticatingPerSource = u.MaxAuthenticating

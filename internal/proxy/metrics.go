@@ -11,8 +11,9 @@ const (
 	rejectTooMany           = "too_many_connections"
 	rejectTooManyAuth       = "too_many_authenticating"
 	rejectTooManyAuthSource = "too_many_authenticating_per_source"
-	rejectStartupTimeout    = "startup_timeout" // the client's phase: never an upstream failure
-	rejectAuthTimeout       = "auth_timeout"    // the client did not finish authenticating in time
+	rejectTooManyPending    = "too_many_pending" // TCP connections not yet through their startup packet
+	rejectStartupTimeout    = "startup_timeout"  // the client's phase: never an upstream failure
+	rejectAuthTimeout       = "auth_timeout"     // the client did not finish authenticating in time
 	rejectNoUser            = "no_user"
 	rejectTooLarge          = "startup_too_large"
 	rejectInjection         = "injection"

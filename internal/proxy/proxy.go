@@ -275,9 +275,14 @@ func (p *Proxy) acceptLoop(l *listener) {
 		if ta, ok := c.RemoteAddr().(*net.TCPAddr); ok {
 			s.source = ta.IP.String()
 		}
+		if !l.unix {
+			s.pending = true
+			s.overPending = l.up.pending.Add(1) > int64(s.set.maxPending)
+		}
 		p.mu.Lock()
 		if p.closed {
 			p.mu.Unlock()
+			s.endPending()
 			c.Close()
 			return
 		}
@@ -290,6 +295,7 @@ func (p *Proxy) acceptLoop(l *listener) {
 
 // sessionDone releases what a session held.
 func (p *Proxy) sessionDone(s *session) {
+	s.endPending()
 	s.endAuth()
 	if s.counted {
 		s.up.release()

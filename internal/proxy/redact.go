@@ -23,8 +23,8 @@ func (u UpstreamConfig) String() string {
 	if u.ClientTLS != nil {
 		tls = fmt.Sprintf("%+v", *u.ClientTLS)
 	}
-	return fmt.Sprintf("UpstreamConfig{Name: %q, Listen: %q, UnixSocketDir: %q, UnixSocketPort: %d, Conn: %q, MaxConnections: %d, ReservedConnections: %d, MaxAuthenticating: %d, MaxAuthenticatingPerSource: %d, PlaintextIntended: %t, ClientTLS: %s, Auth: %s}",
-		u.Name, u.Listen, u.UnixSocketDir, u.UnixSocketPort, conn, u.MaxConnections, u.ReservedConnections, u.MaxAuthenticating, u.MaxAuthenticatingPerSource, u.PlaintextIntended, tls, auth)
+	return fmt.Sprintf("UpstreamConfig{Name: %q, Listen: %q, UnixSocketDir: %q, UnixSocketPort: %d, Conn: %q, MaxConnections: %d, ReservedConnections: %d, MaxAuthenticating: %d, MaxAuthenticatingPerSource: %d, MaxPending: %d, PlaintextIntended: %t, ClientTLS: %s, Auth: %s}",
+		u.Name, u.Listen, u.UnixSocketDir, u.UnixSocketPort, conn, u.MaxConnections, u.ReservedConnections, u.MaxAuthenticating, u.MaxAuthenticatingPerSource, u.MaxPending, u.PlaintextIntended, tls, auth)
 }
 
 // GoString is String, so that %#v shows no secret.

@@ -53,6 +53,10 @@ type session struct {
 	raw    net.Conn // the accepted socket
 	client net.Conn // raw, or TLS over raw
 
+	// pending: a TCP connection counted in up.pending until its startup
+	// packet is in; overPending: it arrived above the cap and is refused.
+	pending, overPending bool
+
 	mu       sync.Mutex
 	upConn   net.Conn // the upstream transport, once dialed
 	closed   bool
@@ -102,7 +106,15 @@ func (s *session) run() {
 	_ = s.raw.SetDeadline(s.start.Add(tune.StartupTimeout))
 	s.client = s.raw
 
+	if s.overPending {
+		s.endPending()
+		s.refuse(&rejection{reason: rejectTooManyPending,
+			msg: errorResponse(sqlstateTooManyClients, "sorry, too many clients already", "", "retry shortly"),
+			err: errors.New("too many connections still negotiating")})
+		return
+	}
 	startup, err := s.negotiate()
+	s.endPending()
 	if err != nil {
 		s.refuse(err)
 		return
@@ -180,6 +192,14 @@ func (s *session) run() {
 		slog.Duration("duration", time.Since(s.start)),
 		slog.String("reason", reason),
 	)...)
+}
+
+// endPending ends the pre-startup phase of a TCP connection.
+func (s *session) endPending() {
+	if s.pending {
+		s.pending = false
+		s.up.pending.Add(-1)
+	}
 }
 
 // endAuth releases the authentication-phase slot (not the connection slot).

@@ -498,3 +498,40 @@ func TestSlotRefusalOnPublicListener(t *testing.T) {
 		t.Fatalf("public client saw: %s", public.Stderr)
 	}
 }
+
+// TestPendingCap: TCP connections that have not sent a startup packet are
+// capped at max_pending; the next one is refused at once with 53300, and a
+// slot frees when a pending connection goes.
+func TestPendingCap(t *testing.T) {
+	env := newEnv(t)
+	r := startProxy(t, Config{StartupTimeout: 30 * time.Second, Upstreams: []UpstreamConfig{{Name: "main", Listen: "127.0.0.1:0", Conn: env.upstream(t), MaxPending: 3}}})
+	addr := fmt.Sprintf("127.0.0.1:%d", r.port(t, "main"))
+	var silent []net.Conn
+	for range 3 {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		silent = append(silent, c)
+	}
+	waitFor(t, "3 pending connections", 5*time.Second, func() bool { return r.upstreams[0].pending.Load() == 3 })
+	over, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer over.Close()
+	_ = over.SetReadDeadline(time.Now().Add(5 * time.Second))
+	msg, err := io.ReadAll(over)
+	if err != nil || len(msg) == 0 || msg[0] != 'E' || !strings.Contains(string(msg), "53300") {
+		t.Fatalf("over the cap: %q, %v", msg, err)
+	}
+	if got := r.metric(t, "pgtrust_client_rejections_total", map[string]string{"reason": rejectTooManyPending}); got != 1 {
+		t.Errorf("too_many_pending rejections = %v", got)
+	}
+	silent[0].Close()
+	waitFor(t, "a pending slot to free", 5*time.Second, func() bool { return r.upstreams[0].pending.Load() == 2 })
+	if _, err := pgxConnect(t, r.port(t, "main"), "sslmode=disable"); err != nil {
+		t.Fatalf("a real client after a slot freed: %v", err)
+	}
+}

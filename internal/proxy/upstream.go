@@ -27,6 +27,11 @@ type upstream struct {
 	active   atomic.Int64 // sessions holding a slot (changed under slotMu, read freely)
 	last     atomic.Pointer[handshakeStatus]
 	probing  atomic.Bool // an immediate probe is under way
+	// pending counts TCP connections that have not yet sent their
+	// StartupMessage (negotiation, TLS handshake); capped at max_pending
+	// so a flood of silent or handshaking connections cannot take every file
+	// descriptor (and the Unix-socket listener's with them).
+	pending atomic.Int64
 
 	slotMu         sync.Mutex
 	authenticating int            // TCP sessions between startup and ReadyForQuery
@@ -45,6 +50,7 @@ type upstreamSettings struct {
 	maxConns   int
 	reserved   int // slots only the Unix-socket listener may take
 	maxAuth    int
+	maxPending int
 	maxAuthSrc int
 	plainOK    bool   // plaintext upstream declared intended
 	validation string // "enabled" or "disabled"
@@ -71,7 +77,7 @@ func (s *upstreamSettings) close() {
 // buildSettings loads and validates the certificate material of u.
 func (p *Proxy) buildSettings(u UpstreamConfig) (_ *upstreamSettings, err error) {
 	s := &upstreamSettings{conn: u.Conn, opts: &pgtls.Options{}, maxConns: u.MaxConnections, validation: validationOf(u.Conn),
-		reserved: u.ReservedConnections, maxAuth: u.MaxAuthenticating, maxAuthSrc: u.MaxAuthenticatingPerSource, plainOK: u.PlaintextIntended}
+		reserved: u.ReservedConnections, maxAuth: u.MaxAuthenticating, maxPending: u.MaxPending, maxAuthSrc: u.MaxAuthenticatingPerSource, plainOK: u.PlaintextIntended}
 	defer func() {
 		if err != nil {
 			s.close()
