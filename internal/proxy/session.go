@@ -104,7 +104,7 @@ func (s *session) run() {
 
 	tune := s.p.tuning()
 	_ = s.raw.SetDeadline(s.start.Add(tune.StartupTimeout))
-	s.client = s.raw
+	s.setClient(s.raw)
 
 	if s.overPending {
 		s.endPending()
@@ -504,7 +504,7 @@ func (s *session) handshake(c net.Conn, direct bool) error {
 	if direct && st.NegotiatedProtocol != pgtls.ALPNProtocol {
 		return &rejection{reason: rejectProtocol, err: errors.New("received direct SSL connection request without ALPN protocol negotiation extension")}
 	}
-	s.client = tc
+	s.setClient(tc)
 	s.clientTL = pgtls.VersionName(st.Version)
 	return nil
 }
@@ -755,6 +755,15 @@ func copyCounted(dst, src net.Conn, n *atomic.Int64, total interface{ Add(float6
 }
 
 // closeAll closes both sides; safe to call many times and concurrently.
+// setClient replaces the client transport. It is written under mu because
+// Proxy.Close may run closeAll from another goroutine at any time; the
+// session's own goroutine reads it without the lock.
+func (s *session) setClient(c net.Conn) {
+	s.mu.Lock()
+	s.client = c
+	s.mu.Unlock()
+}
+
 func (s *session) closeAll() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
