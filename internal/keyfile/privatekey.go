@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"math/big"
 	"os"
 
 	"github.com/youmark/pkcs8"
@@ -169,7 +170,61 @@ type encryptedPrivateKeyInfo struct {
 	EncryptedData []byte
 }
 
-var oidPBES2 = asn1.ObjectIdentifier{1, 2, 840, 113549, 1, 5, 13}
+var (
+	oidPBES2  = asn1.ObjectIdentifier{1, 2, 840, 113549, 1, 5, 13}
+	oidPBKDF2 = asn1.ObjectIdentifier{1, 2, 840, 113549, 1, 5, 12}
+	oidScrypt = asn1.ObjectIdentifier{1, 3, 6, 1, 4, 1, 11591, 4, 11}
+)
+
+// Bounds on the work an encrypted key may ask for. OpenSSL refuses scrypt
+// parameters needing more than 32 MiB (SCRYPT_MAX_MEM), so libpq does too;
+// PBKDF2 has no bound there, but a million iterations is already about a
+// second of CPU per load (OpenSSL writes 2048, pgtrust 100,000; 600,000 is
+// today's strongest common advice), and a file could ask for 2^31.
+const (
+	maxPBKDF2Iterations = 1_000_000
+	maxScryptMemory     = 32 << 20
+)
+
+// checkKDFCost reads the PBES2 key-derivation parameters and refuses a
+// PBKDF2 iteration count or scrypt memory above the bounds, before any
+// work is done.
+func checkKDFCost(pbes2Params []byte) error {
+	var params struct {
+		KDF    pkix.AlgorithmIdentifier
+		Scheme asn1.RawValue
+	}
+	if _, err := asn1.Unmarshal(pbes2Params, &params); err != nil {
+		return nil // malformed: the decryption reports it
+	}
+	switch {
+	case params.KDF.Algorithm.Equal(oidPBKDF2):
+		var p struct {
+			Salt       asn1.RawValue
+			Iterations *big.Int
+			Rest       asn1.RawValue `asn1:"optional"`
+		}
+		if _, err := asn1.Unmarshal(params.KDF.Parameters.FullBytes, &p); err == nil && p.Iterations != nil &&
+			p.Iterations.Cmp(big.NewInt(maxPBKDF2Iterations)) > 0 {
+			return fmt.Errorf("PBKDF2 with %s iterations (at most %d)", p.Iterations, maxPBKDF2Iterations)
+		}
+	case params.KDF.Algorithm.Equal(oidScrypt):
+		var p struct {
+			Salt     []byte
+			N, R, P  *big.Int
+			Optional asn1.RawValue `asn1:"optional"`
+		}
+		if _, err := asn1.Unmarshal(params.KDF.Parameters.FullBytes, &p); err == nil && p.N != nil && p.R != nil && p.P != nil {
+			// OpenSSL's bound: 128·r·p for B plus 128·r·(N+2) for V.
+			mem := new(big.Int).Mul(big.NewInt(128), p.R)
+			mem.Mul(mem, new(big.Int).Add(p.P, new(big.Int).Add(p.N, big.NewInt(2))))
+			if mem.Cmp(big.NewInt(maxScryptMemory)) > 0 || p.N.Sign() <= 0 || p.R.Sign() <= 0 || p.P.Sign() <= 0 {
+				return fmt.Errorf("scrypt with N=%s, r=%s, p=%s (needs more than the 32 MiB OpenSSL allows)", p.N, p.R, p.P)
+			}
+		}
+	}
+	return nil
+}
 
 func isEncryptedPKCS8(der []byte) bool {
 	var info encryptedPrivateKeyInfo
@@ -190,6 +245,12 @@ func parseEncryptedPKCS8(der []byte, password, path string) (crypto.Signer, erro
 	}
 	if password == "" {
 		return nil, needPassphrase(path, "encrypted PKCS#8 (ENCRYPTED PRIVATE KEY)")
+	}
+	if err := checkKDFCost(info.Algorithm.Parameters.FullBytes); err != nil {
+		return nil, failure.Wrap(failure.KeyDecryptFailed, err,
+			"could not load private key file \"%s\": key derivation too expensive", path).
+			WithEvidence("%s is encrypted with %v; pgtrust refuses to spend that much to open a key (a hostile or corrupted file could stall every reload)", path, err).
+			WithFix("re-encrypt the key with ordinary settings: openssl pkcs8 -topk8 -v2 aes-256-cbc -in %s -out %s.new (then chmod 0600 it)", shellQuote(path), shellQuote(path))
 	}
 	key, err := decryptPKCS8(der, password)
 	if err != nil {
