@@ -273,7 +273,7 @@ func (p *Proxy) acceptLoop(l *listener) {
 		}
 		s := &session{p: p, up: l.up, set: l.up.settings.Load(), ln: l, id: p.nextID.Add(1), start: time.Now(), raw: c}
 		if ta, ok := c.RemoteAddr().(*net.TCPAddr); ok {
-			s.source = ta.IP.String()
+			s.source = sourceKey(ta.IP)
 		}
 		if !l.unix {
 			s.pending = true
@@ -291,6 +291,16 @@ func (p *Proxy) acceptLoop(l *listener) {
 		p.mu.Unlock()
 		go s.run()
 	}
+}
+
+// sourceKey is the client address that max_authenticating_per_source
+// counts: the IPv4 address, or the IPv6 /64, since one host usually holds a
+// whole /64 and could otherwise take a new "source" per connection.
+func sourceKey(ip net.IP) string {
+	if v4 := ip.To4(); v4 != nil {
+		return v4.String()
+	}
+	return ip.Mask(net.CIDRMask(64, 128)).String() + "/64"
 }
 
 // sessionDone releases what a session held.
