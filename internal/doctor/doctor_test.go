@@ -264,6 +264,19 @@ func testSuccess(t *testing.T, w *world) {
 		}
 		return false
 	}
+	t.Run("sslkeylogfile that cannot be opened is a warning", func(t *testing.T) {
+		r := w.diagnose(t, w.dsn("{main} user=postgres dbname=postgres sslmode=require sslkeylogfile={dir}/no/such/dir/keys.log"))
+		if !r.OK {
+			t.Fatalf("not ok: %s", jsonOf(t, r))
+		}
+		found := false
+		for _, wn := range r.Warnings {
+			found = found || wn.Code == doctor.WarnLibpq && strings.Contains(wn.Message, "could not open SSL key logging file")
+		}
+		if !found {
+			t.Errorf("no key-log warning: %s", jsonOf(t, r.Warnings))
+		}
+	})
 	t.Run("verify-full with a client certificate", func(t *testing.T) {
 		r := w.diagnose(t, w.dsn("{main} host=localhost hostaddr=127.0.0.1 user=alice dbname=postgres sslmode=verify-full sslrootcert={dir}/root.crt sslcert={dir}/alice.crt sslkey={dir}/alice.key"))
 		if !r.OK || r.ExitCode() != 0 {

@@ -58,6 +58,13 @@ func Run(ctx context.Context, cfg *connstring.Config, opts *Options) *Report {
 		queryDur = time.Since(qs)
 		pg.Close(context.Background())
 	}
+	if facts != nil {
+		// What libpq would print as WARNING: while connecting (an
+		// sslkeylogfile that cannot be opened).
+		for _, w := range facts.Warnings {
+			r.Warnings = append(r.Warnings, Warning{Code: WarnLibpq, Message: w})
+		}
+	}
 	d := &diagnosis{cfg: cfg, o: o, now: now, cc: cc, rec: obs, facts: facts, err: err, queryErr: queryErr, r: r}
 	d.build(configDur, connDur, queryDur)
 	r.DurationMS = ms(time.Since(start))

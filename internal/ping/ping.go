@@ -16,23 +16,26 @@ import (
 
 // Result is the outcome of Run; its JSON form is `pgtrust ping --json`.
 type Result struct {
-	OK               bool            `json:"ok"`
-	Class            failure.Class   `json:"class"`
-	Connection       string          `json:"connection,omitempty"` // the settings, secrets masked
-	Host             string          `json:"host,omitempty"`
-	Address          string          `json:"address,omitempty"`
-	SSL              bool            `json:"ssl"`
-	Negotiation      string          `json:"negotiation,omitempty"`
-	TLSVersion       string          `json:"tls_version,omitempty"`
-	Cipher           string          `json:"cipher,omitempty"`
-	ALPN             string          `json:"alpn,omitempty"`
-	ServerVerified   bool            `json:"server_verified"`
-	HostnameVerified bool            `json:"hostname_verified"`
-	ClientCertSent   bool            `json:"client_certificate_sent"`
-	AuthMethod       string          `json:"auth_method,omitempty"`
-	ServerVersion    string          `json:"server_version,omitempty"`
-	DurationMS       float64         `json:"duration_ms"`
-	Error            *failure.Report `json:"error,omitempty"`
+	OK               bool          `json:"ok"`
+	Class            failure.Class `json:"class"`
+	Connection       string        `json:"connection,omitempty"` // the settings, secrets masked
+	Host             string        `json:"host,omitempty"`
+	Address          string        `json:"address,omitempty"`
+	SSL              bool          `json:"ssl"`
+	Negotiation      string        `json:"negotiation,omitempty"`
+	TLSVersion       string        `json:"tls_version,omitempty"`
+	Cipher           string        `json:"cipher,omitempty"`
+	ALPN             string        `json:"alpn,omitempty"`
+	ServerVerified   bool          `json:"server_verified"`
+	HostnameVerified bool          `json:"hostname_verified"`
+	ClientCertSent   bool          `json:"client_certificate_sent"`
+	AuthMethod       string        `json:"auth_method,omitempty"`
+	ServerVersion    string        `json:"server_version,omitempty"`
+	DurationMS       float64       `json:"duration_ms"`
+	// Warnings are what libpq prints as WARNING: while connecting (an
+	// sslkeylogfile that cannot be opened); the connection went on.
+	Warnings []string        `json:"warnings,omitempty"`
+	Error    *failure.Report `json:"error,omitempty"`
 }
 
 // Run parses dsn (libpq key/value or URI; "" for the PG* environment),
@@ -71,6 +74,7 @@ func Run(ctx context.Context, dsn string, timeout time.Duration) Result {
 		res.ServerVerified = facts.ServerChainVerified && facts.Encrypted
 		res.HostnameVerified = facts.HostnameVerified && facts.Encrypted
 		res.ClientCertSent = facts.ClientCertSent
+		res.Warnings = facts.Warnings
 		if err == nil {
 			res.AuthMethod = facts.AuthMethod()
 		}
@@ -99,6 +103,9 @@ func (r Result) ExitCode() int {
 // WriteText writes the result for a person: the connection's facts to out,
 // or the failure, in failure's shared layout, to errOut.
 func (r Result) WriteText(out, errOut io.Writer) {
+	for _, w := range r.Warnings {
+		fmt.Fprintf(errOut, "WARNING: %s\n", w)
+	}
 	if !r.OK {
 		r.Error.WriteText(errOut, "pgtrust: ")
 		return

@@ -57,4 +57,15 @@ func TestRun(t *testing.T) {
 	if !strings.HasPrefix(out.String(), "ok: connected to 127.0.0.1") || !strings.Contains(out.String(), "server NOT verified") {
 		t.Fatalf("text: %s", out.String())
 	}
+
+	// An sslkeylogfile that cannot be opened: libpq 18 prints a WARNING and
+	// connects; so does ping.
+	bad := t.TempDir() + "/no/such/dir/keys.log"
+	r = Run(ctx, fmt.Sprintf("host=127.0.0.1 port=%d user=postgres dbname=postgres sslmode=require sslkeylogfile=%s", s.Port, bad), time.Minute)
+	out.Reset()
+	errOut.Reset()
+	r.WriteText(&out, &errOut)
+	if !r.OK || len(r.Warnings) != 1 || !strings.HasPrefix(errOut.String(), "WARNING: could not open SSL key logging file") {
+		t.Fatalf("keylog warning: %+v, stderr %q", r, errOut.String())
+	}
 }
