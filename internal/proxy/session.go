@@ -754,7 +754,6 @@ func copyCounted(dst, src net.Conn, n *atomic.Int64, total interface{ Add(float6
 	}
 }
 
-// closeAll closes both sides; safe to call many times and concurrently.
 // setClient replaces the client transport. It is written under mu because
 // Proxy.Close may run closeAll from another goroutine at any time; the
 // session's own goroutine reads it without the lock.
@@ -764,6 +763,7 @@ func (s *session) setClient(c net.Conn) {
 	s.mu.Unlock()
 }
 
+// closeAll closes both sides; safe to call many times and concurrently.
 func (s *session) closeAll() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
