@@ -14,7 +14,6 @@ import (
 
 	"github.com/pgtrust/pgtrust/connstring"
 	"github.com/pgtrust/pgtrust/failure"
-	"github.com/pgtrust/pgtrust/internal/hostmatch"
 )
 
 // classifyDial turns a DNS or connect failure into a classified error with
@@ -321,9 +320,6 @@ func hbaName(s string) string {
 	}
 	return s
 }
-
-// hostIsIP reports whether libpq treats the host as an IP literal.
-func hostIsIP(h string) bool { return hostmatch.ParseIP(h) != nil }
 
 // Classify turns an error from a connection made with pgx over a pgtls
 // transport into a classified one: transport errors already carry their

@@ -22,7 +22,7 @@ import (
 // the slow part).
 type world struct {
 	ca, otherCA                     *testpki.CA
-	server, expired, short          *testpki.Leaf
+	server, expired                 *testpki.Leaf
 	alice, foreign, selfSignedLeaf  *testpki.Leaf
 	main, old                       *pgtest.Server
 	dir, home                       string
