@@ -13,31 +13,13 @@ import (
 
 	"github.com/pgtrust/pgtrust"
 	"github.com/pgtrust/pgtrust/failure"
-	"github.com/pgtrust/pgtrust/internal/pgtest"
 	"github.com/pgtrust/pgtrust/internal/testpki"
 	"github.com/pgtrust/pgtrust/pgtls"
 )
 
 func TestFrontDoor(t *testing.T) {
-	ca := testpki.NewRootCA(t, "front door root")
-	srv := ca.Server(t)
-	s := pgtest.Start(t, pgtest.Options{SSL: true, ServerCert: srv.ChainPEM, ServerKey: srv.KeyPEM, CA: ca.CertPEM,
-		HBA: []string{"local all all trust", "hostssl all app 127.0.0.1/32 cert", "hostssl all pw 127.0.0.1/32 scram-sha-256",
-			"hostnossl all plain 127.0.0.1/32 trust"},
-		Setup: []string{"CREATE ROLE app LOGIN; SET password_encryption='scram-sha-256'; CREATE ROLE pw LOGIN PASSWORD 'pw-secret'; CREATE ROLE plain LOGIN;"}})
-	dir := t.TempDir()
-	write := func(name string, data []byte, mode os.FileMode) string {
-		p := filepath.Join(dir, name)
-		if err := os.WriteFile(p, data, mode); err != nil {
-			t.Fatal(err)
-		}
-		return p
-	}
-	root := write("root.crt", ca.CertPEM, 0o644)
-	client := ca.Client(t, "app")
-	crt, key := write("client.crt", client.ChainPEM, 0o644), write("client.key", client.KeyPEM, 0o600)
-	t.Setenv("HOME", pgtest.EmptyHome(t))
-	base := fmt.Sprintf("host=localhost hostaddr=127.0.0.1 port=%d dbname=postgres sslrootcert=%s connect_timeout=5 ", s.Port, root)
+	w := pgtrust.NewFrontDoorWorld(t)
+	base, root, crt, key := w.Base, w.Root, w.Cert, w.Key
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 
@@ -62,7 +44,7 @@ func TestFrontDoor(t *testing.T) {
 		}
 		defer conn.Close(ctx)
 		ssl, serial := sslOf(t, conn)
-		if !ssl || serial != client.Cert.SerialNumber.String() {
+		if !ssl || serial != w.ClientSerial {
 			t.Fatalf("ssl=%v serial=%s", ssl, serial)
 		}
 	})
@@ -114,7 +96,10 @@ func TestFrontDoor(t *testing.T) {
 	})
 	t.Run("verify-full failure keeps its class through pgx", func(t *testing.T) {
 		other := testpki.NewRootCA(t, "wrong root")
-		wrong := write("wrong.crt", other.CertPEM, 0o644)
+		wrong := filepath.Join(w.Dir, "wrong.crt")
+		if err := os.WriteFile(wrong, other.CertPEM, 0o644); err != nil {
+			t.Fatal(err)
+		}
 		_, err := pgtrust.Connect(ctx, strings.Replace(base, root, wrong, 1)+"user=pw password=pw-secret sslmode=verify-full")
 		if failure.ClassOf(err) != failure.UnknownCA {
 			t.Fatalf("class %s: %v", failure.ClassOf(err), err)

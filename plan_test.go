@@ -3,8 +3,6 @@ package pgtrust
 import (
 	"context"
 	"fmt"
-	"os"
-	"path/filepath"
 	"testing"
 	"time"
 
@@ -12,8 +10,6 @@ import (
 
 	"github.com/pgtrust/pgtrust/connstring"
 	"github.com/pgtrust/pgtrust/failure"
-	"github.com/pgtrust/pgtrust/internal/pgtest"
-	"github.com/pgtrust/pgtrust/internal/testpki"
 )
 
 // TestPlanStateDropped checks that the state a config's closures share is
@@ -23,25 +19,8 @@ import (
 // and a wrong password (the one path pgconn does not report back, left to
 // the sweep).
 func TestPlanStateDropped(t *testing.T) {
-	ca := testpki.NewRootCA(t, "plan root")
-	srv := ca.Server(t)
-	s := pgtest.Start(t, pgtest.Options{SSL: true, ServerCert: srv.ChainPEM, ServerKey: srv.KeyPEM, CA: ca.CertPEM,
-		HBA: []string{"local all all trust", "hostssl all app 127.0.0.1/32 cert", "hostssl all pw 127.0.0.1/32 scram-sha-256",
-			"hostnossl all plain 127.0.0.1/32 trust"},
-		Setup: []string{"CREATE ROLE app LOGIN; SET password_encryption='scram-sha-256'; CREATE ROLE pw LOGIN PASSWORD 'pw-secret'; CREATE ROLE plain LOGIN;"}})
-	dir := t.TempDir()
-	write := func(name string, data []byte, mode os.FileMode) string {
-		p := filepath.Join(dir, name)
-		if err := os.WriteFile(p, data, mode); err != nil {
-			t.Fatal(err)
-		}
-		return p
-	}
-	root := write("root.crt", ca.CertPEM, 0o644)
-	client := ca.Client(t, "app")
-	crt, key := write("client.crt", client.ChainPEM, 0o644), write("client.key", client.KeyPEM, 0o600)
-	t.Setenv("HOME", pgtest.EmptyHome(t))
-	base := fmt.Sprintf("host=localhost hostaddr=127.0.0.1 port=%d dbname=postgres sslrootcert=%s connect_timeout=5 ", s.Port, root)
+	w := newFrontDoorWorld(t)
+	base, crt, key := w.Base, w.Cert, w.Key
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 

@@ -3,6 +3,7 @@ package connstring
 import (
 	"encoding/json"
 	"log/slog"
+	"sort"
 	"strings"
 )
 
@@ -91,6 +92,25 @@ func redactValue(k, v string) string {
 		return Config{Settings: m}.Redacted()
 	}
 	return v
+}
+
+// KeyValueString renders settings as a key/value connection string, keys
+// in sorted order and values quoted by QuoteValue, so that Parse reads the
+// same settings back.
+func KeyValueString(settings map[string]string) string {
+	keys := make([]string, 0, len(settings))
+	for k := range settings {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	var b strings.Builder
+	for _, k := range keys {
+		if b.Len() > 0 {
+			b.WriteByte(' ')
+		}
+		b.WriteString(k + "=" + QuoteValue(settings[k]))
+	}
+	return b.String()
 }
 
 // QuoteValue renders v for a key/value connection string: bare when that

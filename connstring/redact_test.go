@@ -79,3 +79,20 @@ func TestQuoteValue(t *testing.T) {
 		t.Error("QuoteValue should leave plain values bare and quote empty ones")
 	}
 }
+
+func TestKeyValueStringRoundTrips(t *testing.T) {
+	in := map[string]string{"host": "db", "application_name": "it's a b\\c", "sslmode": "verify-full", "options": ""}
+	s := KeyValueString(in)
+	if s != `application_name='it\'s a b\\c' host=db options='' sslmode=verify-full` {
+		t.Fatalf("KeyValueString = %s", s)
+	}
+	cfg, err := ParseWithEnv(s, map[string]string{}, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k, v := range in {
+		if got := cfg.Settings[k]; got != v && !(k == "options" && got == "") {
+			t.Errorf("%s = %q, want %q", k, got, v)
+		}
+	}
+}

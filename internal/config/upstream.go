@@ -3,7 +3,6 @@ package config
 import (
 	"log/slog"
 	"os/user"
-	"sort"
 	"strings"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -104,16 +103,7 @@ func (f *File) resolve(name string, env map[string]string) (*resolved, error) {
 		settings["sslmode"] = string(connstring.SSLVerifyFull)
 	}
 
-	keys := make([]string, 0, len(settings))
-	for k := range settings {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	var b strings.Builder
-	for _, k := range keys {
-		b.WriteString(k + "=" + connstring.QuoteValue(settings[k]) + " ")
-	}
-	cfg, err := connstring.ParseWithEnv(b.String(), env, homeOf(env))
+	cfg, err := connstring.ParseWithEnv(connstring.KeyValueString(settings), env, homeOf(env))
 	if err != nil {
 		return nil, wrapConn(err, source)
 	}

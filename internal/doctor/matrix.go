@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/tls"
 	"regexp"
-	"sort"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -147,18 +146,7 @@ func withMode(base *connstring.Config, mode connstring.SSLMode, negotiation stri
 	settings["sslmode"] = string(mode)
 	settings["sslnegotiation"] = negotiation
 	delete(settings, "requiressl")
-	keys := make([]string, 0, len(settings))
-	for k := range settings {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	var b strings.Builder
-	for _, k := range keys {
-		if b.Len() > 0 {
-			b.WriteByte(' ')
-		}
-		b.WriteString(k + "=" + connstring.QuoteValue(settings[k]))
-	}
+	dsn := connstring.KeyValueString(settings)
 	// The settings already hold what the environment supplied; the
 	// environment still matters for what is not a keyword (HOME, PGDATESTYLE…).
 	envCopy := map[string]string{}
@@ -169,7 +157,7 @@ func withMode(base *connstring.Config, mode connstring.SSLMode, negotiation stri
 	delete(envCopy, "PGREQUIRESSL")
 	delete(envCopy, "PGSSLMODE")
 	delete(envCopy, "PGSSLNEGOTIATION")
-	return connstring.ParseWithEnv(b.String(), envCopy, base.Home())
+	return connstring.ParseWithEnv(dsn, envCopy, base.Home())
 }
 
 // targetPrefix is libpq's "connection to server at ... failed: ", which

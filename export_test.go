@@ -1,0 +1,6 @@
+package pgtrust
+
+// For the external tests (package pgtrust_test).
+type FrontDoorWorld = frontDoorWorld
+
+var NewFrontDoorWorld = newFrontDoorWorld
