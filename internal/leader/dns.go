@@ -2,6 +2,7 @@ package leader
 
 import (
 	"context"
+	"errors"
 	"net"
 	"net/url"
 	"strings"
@@ -57,7 +58,10 @@ func Lookup(ctx context.Context, r *net.Resolver, clusterDomain string, timeout 
 	txts, err := r.LookupTXT(ctx, name)
 	if err != nil {
 		class := ClassFetch
-		if ctx.Err() != nil {
+		// The resolver's socket deadline can fire a moment before the
+		// context reports it: a timeout is either.
+		var ne net.Error
+		if ctx.Err() != nil || errors.As(err, &ne) && ne.Timeout() {
 			class = failure.Timeout
 		}
 		return nil, failure.Wrap(class, err, "cannot fetch the leader manifest").
