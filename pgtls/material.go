@@ -56,7 +56,7 @@ func loadTrust(cfg *connstring.Config, opts *Options) (*trustMaterial, error) {
 					if e != nil && e.Err != nil {
 						reason = e.Err
 					}
-					out := failure.Wrap(failure.ConfigInvalid, err, "could not read root certificate file \"%s\": %s", path, reasonOf(reason)).CauseInMessage()
+					out := failure.Wrap(failure.ConfigInvalid, err, "could not read root certificate file \"%s\": %s", path, keyfile.Reason(reason)).CauseInMessage()
 					if e != nil {
 						out.Evidence, out.Fix = e.Evidence, e.Fix
 					}
@@ -140,7 +140,7 @@ func loadClientCert(cfg *connstring.Config, opts *Options) (*tls.Certificate, fu
 		if errors.Is(err, fs.ErrNotExist) || errors.Is(err, errNotDir) {
 			return nil, nil, nil
 		}
-		return nil, nil, failure.Wrap(failure.ConfigInvalid, err, "could not open certificate file \"%s\": %s", cfg.SSLCert, reasonOf(err)).
+		return nil, nil, failure.Wrap(failure.ConfigInvalid, err, "could not open certificate file \"%s\": %s", cfg.SSLCert, keyfile.Reason(err)).
 			WithFix("check the path and permissions of %s", cfg.SSLCert)
 	}
 	if st.IsDir() {
@@ -153,19 +153,11 @@ func loadClientCert(cfg *connstring.Config, opts *Options) (*tls.Certificate, fu
 				WithEvidence("client certificate %s exists, so libpq sends it and needs its key, but %s does not exist", cfg.SSLCert, cfg.SSLKey).
 				WithFix("set sslkey=/path/to/client.key, or remove/rename %s if no client certificate should be sent (or set sslcertmode=disable)", cfg.SSLCert)
 		}
-		return nil, nil, failure.Wrap(failure.ConfigInvalid, err, "could not stat private key file \"%s\": %s", cfg.SSLKey, reasonOf(err))
+		return nil, nil, failure.Wrap(failure.ConfigInvalid, err, "could not stat private key file \"%s\": %s", cfg.SSLKey, keyfile.Reason(err))
 	}
 	pair, err := keyfile.LoadKeyPair(cfg.SSLCert, cfg.SSLKey, cfg.SSLPassword)
 	if err != nil {
 		return nil, nil, err
 	}
 	return &pair, nil, nil
-}
-
-func reasonOf(err error) string {
-	var pe *fs.PathError
-	if errors.As(err, &pe) {
-		return pe.Err.Error()
-	}
-	return err.Error()
 }

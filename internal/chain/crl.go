@@ -506,7 +506,7 @@ func crlsFromDir(dir string, issuer *x509.Certificate) ([]*x509.RevocationList, 
 		}
 		if err != nil {
 			return nil, failure.Wrap(failure.ConfigInvalid, err, VerifyFailed).
-				WithEvidence("the CRL of %q in sslcrldir, %s, could not be read: %v", issuer.Subject, path, reasonOf(err)).
+				WithEvidence("the CRL of %q in sslcrldir, %s, could not be read: %s", issuer.Subject, path, keyfile.Reason(err)).
 				WithFix("make %s readable by this user", path)
 		}
 		crls, err := parsePEMCRLs(data)
@@ -526,14 +526,6 @@ func parsePEMCRLs(data []byte) ([]*x509.RevocationList, error) {
 		return nil, errors.New("no PEM X509 CRL block")
 	}
 	return ParseCRLs(data)
-}
-
-func reasonOf(err error) error {
-	var pe *fs.PathError
-	if errors.As(err, &pe) {
-		return pe.Err
-	}
-	return err
 }
 
 // LoadCRLs reads a CRL file. A missing file is an error wrapping

@@ -151,6 +151,10 @@ func PublicKeyFingerprint(pub any) string {
 }
 
 // reason renders an OS error the way libpq's %m does: just the errno text.
+// Reason is the operating system's reason in err without the path (an
+// *fs.PathError's own error), for messages that name the path themselves.
+func Reason(err error) string { return reason(err) }
+
 func reason(err error) string {
 	var pe *fs.PathError
 	if errors.As(err, &pe) {

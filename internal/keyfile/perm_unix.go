@@ -77,3 +77,12 @@ func fileKind(m fs.FileMode) string {
 		return "non-regular file (" + m.Type().String() + ")"
 	}
 }
+
+// FileOwner returns the uid that owns fi.
+func FileOwner(fi os.FileInfo) (int, bool) {
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok {
+		return 0, false
+	}
+	return int(st.Uid), true
+}

@@ -33,6 +33,7 @@ import (
 
 	"github.com/pgtrust/pgtrust/certs"
 	"github.com/pgtrust/pgtrust/failure"
+	"github.com/pgtrust/pgtrust/internal/keyfile"
 	"github.com/pgtrust/pgtrust/pgtls"
 )
 
@@ -743,7 +744,7 @@ func CheckSocketDir(dir string) error {
 		return failure.New(failure.ConfigInvalid, "%s is not a directory", dir).
 			WithFix("point unix_socket_dir at a directory owned by the proxy's user, mode 0700")
 	}
-	owner, ok := fileOwner(fi)
+	owner, ok := keyfile.FileOwner(fi)
 	if ok && owner != os.Getuid() {
 		return failure.New(failure.ConfigInvalid, "unix socket directory %s belongs to another user", dir).
 			WithEvidence("%s is owned by uid %d; the proxy runs as uid %d", dir, owner, os.Getuid()).
