@@ -41,6 +41,10 @@ type VerifyOptions struct {
 	// value means now. Pass the instant the evidence was produced to
 	// verify old evidence.
 	Time time.Time
+	// AllowSimulator accepts a quote from the simulator provider, whose
+	// PCK chain ends in its own throwaway root instead of Intel's. For
+	// development only: a simulated quote proves nothing about hardware.
+	AllowSimulator bool
 }
 
 // Verified is what a successful Verify established.
