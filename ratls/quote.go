@@ -26,6 +26,9 @@ const (
 	CertDataQEReport = 6 // QE report certification data
 )
 
+// intelQEVendorID is the QE vendor ID of Intel's quoting enclaves.
+var intelQEVendorID = [16]byte{0x93, 0x9a, 0x72, 0x33, 0xf7, 0x9c, 0x4c, 0xa9, 0x94, 0x0a, 0x0d, 0xb3, 0x95, 0x7f, 0x06, 0x07}
+
 // Header is the 48-byte quote header.
 type Header struct {
 	Version            uint16
