@@ -226,21 +226,3 @@ func TestConfigFSUnavailable(t *testing.T) {
 		wantProviderErr(t, err, ConfigFSReportPath)
 	}
 }
-
-// TestProviderClasses: the provider classes are distinct attestation_
-// classes, new to ratls and to failure.
-func TestProviderClasses(t *testing.T) {
-	seen := map[failure.Class]bool{}
-	for _, c := range append(append([]failure.Class{}, failure.Classes...), Classes...) {
-		seen[c] = true
-	}
-	if len(providerClasses) != 2 {
-		t.Fatalf("%d provider classes", len(providerClasses))
-	}
-	for _, c := range providerClasses {
-		if !strings.HasPrefix(string(c), "attestation_") || seen[c] {
-			t.Errorf("class %q", c)
-		}
-		seen[c] = true
-	}
-}

@@ -4,8 +4,9 @@ import "github.com/pgtrust/pgtrust/failure"
 
 // Attestation failure classes. They are failure.Class values so that
 // callers handle them like every other pgtrust failure; they are declared
-// here to keep the package self-contained (failure's vocabulary test lists
-// only the classes declared in package failure).
+// here, with the rest of the package's classes in errors_*.go, to keep the
+// package self-contained (failure's vocabulary lists pgtrust's general
+// classes; Classes below lists these).
 const (
 	// ClassMalformed: the quote's bytes do not have the TDX quote layout.
 	ClassMalformed failure.Class = "attestation_malformed"
@@ -26,9 +27,20 @@ const (
 	ClassUntrustedRoot failure.Class = "attestation_untrusted_root"
 )
 
-// Classes lists the attestation classes, in the order above.
-var Classes = []failure.Class{ClassMalformed, ClassUnsupported, ClassQuoteSignature,
-	ClassQEReportSignature, ClassQEBinding, ClassPCKChain, ClassUntrustedRoot}
+// Classes lists every attestation class the package declares: the quote
+// classes above, then evidence, TCB appraisal, provider and policy classes.
+var Classes = concatClasses(
+	[]failure.Class{ClassMalformed, ClassUnsupported, ClassQuoteSignature,
+		ClassQEReportSignature, ClassQEBinding, ClassPCKChain, ClassUntrustedRoot},
+	evidenceClasses, tcbClasses, providerClasses, policyClasses)
+
+func concatClasses(lists ...[]failure.Class) []failure.Class {
+	var all []failure.Class
+	for _, l := range lists {
+		all = append(all, l...)
+	}
+	return all
+}
 
 const fixMalformed = "obtain the quote again from the attested server; a truncated or altered quote cannot be verified"
 

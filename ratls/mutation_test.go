@@ -221,22 +221,3 @@ func parseMutated(raw []byte, f func([]byte)) error {
 	_, err := ratls.ParseQuote(m)
 	return err
 }
-
-// TestClasses: the attestation classes are distinct, snake_case, prefixed
-// attestation_ and none collides with pgtrust's general vocabulary.
-func TestClasses(t *testing.T) {
-	seen := map[failure.Class]bool{}
-	for _, c := range failure.Classes {
-		seen[c] = true
-	}
-	if len(ratls.Classes) != 7 {
-		t.Fatalf("%d classes, want 7", len(ratls.Classes))
-	}
-	for _, c := range ratls.Classes {
-		s := string(c)
-		if !strings.HasPrefix(s, "attestation_") || strings.Trim(s, "abcdefghijklmnopqrstuvwxyz_") != "" || seen[c] {
-			t.Errorf("class %q: not a distinct attestation_ snake_case class", s)
-		}
-		seen[c] = true
-	}
-}
