@@ -13,6 +13,7 @@ import (
 
 	"github.com/pgtrust/pgtrust/connstring"
 	"github.com/pgtrust/pgtrust/failure"
+	"github.com/pgtrust/pgtrust/internal/attestation"
 	"github.com/pgtrust/pgtrust/internal/config"
 	"github.com/pgtrust/pgtrust/internal/doctor"
 )
@@ -23,6 +24,7 @@ type doctorFlags struct {
 	asJSON, quiet, matrix bool
 	warnDays              int
 	configFile, upstream  string
+	att                   attestation.PolicyFlags
 }
 
 func newDoctorCmd() *cobra.Command {
@@ -43,6 +45,11 @@ defaults to 10 s.
 --matrix tries every sslmode (and direct TLS negotiation when the server
 accepts it) and prints what each concludes.
 
+The attestation flags (--mrtd, --collateral, ... as for pgtrust attest verify)
+add an attestation stage after the server certificate: the server's
+certificate must carry Intel TDX evidence the policy accepts, checked before
+any credential is sent.
+
 Exit status: 0 connected, 1 a problem found, 2 usage or configuration error.`,
 		Args: cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -59,6 +66,7 @@ Exit status: 0 connected, 1 a problem found, 2 usage or configuration error.`,
 	cmd.Flags().IntVar(&f.warnDays, "warn-days", 30, "warn about certificates that expire within this many days")
 	cmd.Flags().StringVar(&f.configFile, "config", "", "the proxy's TOML configuration file (with --upstream)")
 	cmd.Flags().StringVar(&f.upstream, "upstream", "", "the upstream of --config to diagnose")
+	f.att.Register(cmd.Flags(), true)
 	return cmd
 }
 
@@ -81,8 +89,23 @@ func runDoctor(cmd *cobra.Command, dsn string, f doctorFlags) error {
 		ctx = context.Background()
 	}
 	style := doctor.Style{Color: isTerminal(out) && os.Getenv("NO_COLOR") == "" && !f.asJSON}
+	if f.att.Configured() && f.matrix {
+		return exitWith(2, fmt.Errorf("--matrix does not run the attestation stage: drop the attestation flags or --matrix"))
+	}
+	opts := &doctor.Options{WarnDays: f.warnDays}
+	if f.att.Configured() {
+		policy, err := f.att.Policy()
+		if err == nil {
+			opts.AttestationAt, err = f.att.Instant(time.Now)
+		}
+		if err != nil {
+			writeReport(out, doctor.ConfigFailure(err, 0), f, style)
+			return exitCode(2)
+		}
+		opts.Attestation = policy
+	}
 	progress := newProgress(errOut, !f.asJSON && !f.quiet && isTerminal(errOut))
-	opts := &doctor.Options{WarnDays: f.warnDays, OnStage: progress.set}
+	opts.OnStage = progress.set
 
 	var cfg *connstring.Config
 	var err error

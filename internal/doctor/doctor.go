@@ -16,6 +16,8 @@ import (
 
 	"github.com/pgtrust/pgtrust/connstring"
 	"github.com/pgtrust/pgtrust/failure"
+	"github.com/pgtrust/pgtrust/internal/attestation"
+	"github.com/pgtrust/pgtrust/ratls"
 )
 
 // Status is the outcome of one stage.
@@ -182,6 +184,8 @@ type Report struct {
 	Warnings          []Warning          `json:"warnings"`
 	Error             *failure.Report    `json:"error,omitempty"`
 	DurationMS        float64            `json:"duration_ms"`
+	// Attestation is the attestation stage's full result (policy set only).
+	Attestation *attestation.Document `json:"attestation,omitempty"`
 }
 
 // ExitCode is doctor's exit status for the report: 0 connected, 1 a
@@ -211,6 +215,12 @@ type Options struct {
 	Now func() time.Time
 	// OnStage, when set, is told which stage is under way (progress line).
 	OnStage func(stage string)
+	// Attestation, when set, adds the attestation stage: the server's
+	// certificate must carry TDX evidence this policy accepts, checked
+	// before any credential is sent.
+	Attestation *ratls.Policy
+	// AttestationAt is the instant the evidence is verified at (zero: Now).
+	AttestationAt time.Time
 }
 
 func (o *Options) fill() Options {

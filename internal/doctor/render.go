@@ -25,6 +25,7 @@ var stageTitles = map[string]string{
 	StageSSLNegotiation:    "SSL negotiation",
 	StageTLSHandshake:      "TLS handshake",
 	StageServerCertificate: "server certificate",
+	StageAttestation:       "attestation",
 	StageClientCertificate: "client certificate",
 	StageAuthentication:    "authentication",
 	StageQuery:             "query",

@@ -39,6 +39,22 @@ func Run(ctx context.Context, cfg *connstring.Config, opts *Options) *Report {
 	r.Warnings = append(r.Warnings, cc.warnings...)
 
 	o.OnStage(StageDNS)
+	var att *attested
+	var attFacts *pgtls.Facts
+	if o.Attestation != nil {
+		var obs *observations
+		var err error
+		att, obs, attFacts, err = preAttest(ctx, cfg, &o)
+		if err != nil {
+			if att == nil {
+				att = &attested{}
+			}
+			d := &diagnosis{cfg: cfg, o: o, now: now, cc: cc, rec: obs, facts: attFacts, err: err, att: att, r: r}
+			d.build(configDur, 0, 0)
+			r.DurationMS = ms(time.Since(start))
+			return r
+		}
+	}
 	rec := newRecorder(cfg, o.OnStage)
 	popts := &pgtls.Options{Trace: rec.trace(), DialContext: rec.dial, Now: o.Now}
 	connStart := time.Now()
@@ -65,7 +81,10 @@ func Run(ctx context.Context, cfg *connstring.Config, opts *Options) *Report {
 			r.Warnings = append(r.Warnings, Warning{Code: WarnLibpq, Message: w})
 		}
 	}
-	d := &diagnosis{cfg: cfg, o: o, now: now, cc: cc, rec: obs, facts: facts, err: err, queryErr: queryErr, r: r}
+	if att != nil && err == nil {
+		att = att.recheck(ctx, facts, &o, attFacts)
+	}
+	d := &diagnosis{cfg: cfg, o: o, now: now, cc: cc, rec: obs, facts: facts, err: err, queryErr: queryErr, att: att, r: r}
 	d.build(configDur, connDur, queryDur)
 	r.DurationMS = ms(time.Since(start))
 	return r
@@ -83,12 +102,14 @@ type diagnosis struct {
 	queryErr error
 	r        *Report
 	stages   map[string]*Stage
+	att      *attested // nil without an attestation policy
 }
 
 func (d *diagnosis) build(configDur, connDur, queryDur time.Duration) {
 	r := d.r
 	d.stages = map[string]*Stage{}
-	for _, name := range StageNames {
+	names := d.stageNames()
+	for _, name := range names {
 		d.stages[name] = &Stage{Name: name, Status: StatusOK}
 	}
 	d.stages[StageConfiguration].DurationMS = ms(configDur)
@@ -96,6 +117,9 @@ func (d *diagnosis) build(configDur, connDur, queryDur time.Duration) {
 	finalErr := d.err
 	if finalErr == nil && d.queryErr != nil {
 		finalErr = d.queryErr
+	}
+	if finalErr == nil && d.att != nil && d.att.err != nil {
+		finalErr = d.att.err
 	}
 	failed := ""
 	if finalErr != nil {
@@ -108,6 +132,9 @@ func (d *diagnosis) build(configDur, connDur, queryDur time.Duration) {
 	d.negotiationStage()
 	d.handshakeStage()
 	d.serverCertStage()
+	if d.att != nil {
+		d.attestationStage()
+	}
 	d.clientCertStage()
 	d.authStage(connDur)
 	d.queryStage(queryDur)
@@ -127,12 +154,12 @@ func (d *diagnosis) build(configDur, connDur, queryDur time.Duration) {
 		// anything: file problems surface only once TLS is agreed) did
 		// not run.
 		last := 0
-		for i, name := range StageNames {
+		for i, name := range names {
 			if name == failed || d.observed(name) {
 				last = i
 			}
 		}
-		for i, name := range StageNames {
+		for i, name := range names {
 			if i > last && !d.observed(name) {
 				s := d.stages[name]
 				s.Status, s.Detail, s.DurationMS = StatusSkipped, "not reached: stopped at "+StageTitle(failed), 0
@@ -142,7 +169,7 @@ func (d *diagnosis) build(configDur, connDur, queryDur time.Duration) {
 		r.OK, r.Class = true, failure.OK
 	}
 	d.warnings()
-	for _, name := range StageNames {
+	for _, name := range names {
 		r.Stages = append(r.Stages, *d.stages[name])
 	}
 }
@@ -167,6 +194,8 @@ func (d *diagnosis) observed(name string) bool {
 		return len(rec.auth) > 0
 	case StageQuery:
 		return d.err == nil
+	case StageAttestation:
+		return d.att != nil && d.att.doc != nil
 	}
 	return true
 }
@@ -176,6 +205,9 @@ func (d *diagnosis) failedStage(err error) string {
 	class := failure.ClassOf(err)
 	var pgErr *pgconn.PgError
 	isServer := errors.As(err, &pgErr)
+	if d.att != nil && strings.HasPrefix(string(class), "attestation_") {
+		return StageAttestation
+	}
 	if d.err == nil {
 		return StageQuery
 	}
