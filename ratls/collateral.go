@@ -6,7 +6,6 @@ import (
 	"crypto/x509"
 	"encoding/hex"
 	"encoding/json"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
@@ -124,25 +123,9 @@ func parseSig(s string) ([]byte, error) {
 // parsePEMChain decodes a PEM chain, signer first; nothing but
 // CERTIFICATE blocks (and whitespace or a C string's NUL) is accepted.
 func parsePEMChain(s string) ([]*x509.Certificate, error) {
-	var certs []*x509.Certificate
-	rest := []byte(s)
-	for {
-		var blk *pem.Block
-		blk, rest = pem.Decode(rest)
-		if blk == nil {
-			break
-		}
-		if blk.Type != "CERTIFICATE" {
-			return nil, fmt.Errorf("PEM block %d is %q, want CERTIFICATE", len(certs), blk.Type)
-		}
-		c, err := x509.ParseCertificate(blk.Bytes)
-		if err != nil {
-			return nil, fmt.Errorf("certificate %d: %v", len(certs), err)
-		}
-		certs = append(certs, c)
-	}
-	if len(bytes.Trim(rest, "\x00 \t\r\n")) != 0 {
-		return nil, fmt.Errorf("%d bytes that are not PEM after certificate %d", len(rest), len(certs))
+	certs, err := decodePEMChain([]byte(s))
+	if err != nil {
+		return nil, err
 	}
 	if len(certs) < 2 {
 		return nil, fmt.Errorf("%d certificates, want the signer and its root", len(certs))

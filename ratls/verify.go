@@ -11,6 +11,7 @@ import (
 	"encoding/hex"
 	"encoding/pem"
 	"errors"
+	"fmt"
 	"math/big"
 	"time"
 
@@ -128,30 +129,10 @@ func verifyRaw(pub *ecdsa.PublicKey, msg, sig []byte) bool {
 // root at the instant at. A chain that carries its own root is accepted
 // only if that root is byte-identical to the pinned one.
 func verifyPCKChain(pemChain []byte, root *x509.Certificate, at time.Time) ([]*x509.Certificate, error) {
-	var certs []*x509.Certificate
-	rest := pemChain
-	for i := 0; ; i++ {
-		var blk *pem.Block
-		blk, rest = pem.Decode(rest)
-		if blk == nil {
-			break
-		}
-		if blk.Type != "CERTIFICATE" {
-			continue
-		}
-		c, err := x509.ParseCertificate(blk.Bytes)
-		if err != nil {
-			return nil, failure.Wrap(ClassPCKChain, err, "PCK certificate chain does not parse").
-				WithEvidence("certificate %d of the quote's PCK chain", i).
-				WithFix("the quote's PCK chain was altered: obtain fresh evidence")
-		}
-		certs = append(certs, c)
-	}
-	// Intel's quoting library ends the PEM with a NUL (a C string).
-	rest = bytes.Trim(rest, "\x00 \t\r\n")
-	if len(rest) != 0 || len(certs) == 0 {
-		return nil, failure.New(ClassPCKChain, "PCK certificate chain does not parse").
-			WithEvidence("%d certificates decoded, %d bytes left that are not PEM", len(certs), len(rest)).
+	certs, err := decodePEMChain(pemChain)
+	if err != nil {
+		return nil, failure.Wrap(ClassPCKChain, err, "PCK certificate chain does not parse").
+			WithEvidence("quote's PCK chain: %v", err).
 			WithFix("the quote's PCK chain was altered: obtain fresh evidence")
 	}
 	// The chain comes leaf first; checking each link in that order names
@@ -197,4 +178,31 @@ func verifyPCKChain(pemChain []byte, root *x509.Certificate, at time.Time) ([]*x
 			WithFix("verify at an instant inside the chain's validity (explicit time), or obtain fresh evidence; a broken signature means the chain was altered")
 	}
 	return chains[0], nil
+}
+
+// decodePEMChain decodes a PEM certificate chain as Intel writes them, in
+// quotes and in collateral issuer chains: CERTIFICATE blocks only, then
+// nothing but whitespace or a C string's NUL.
+func decodePEMChain(b []byte) ([]*x509.Certificate, error) {
+	var certs []*x509.Certificate
+	rest := b
+	for {
+		var blk *pem.Block
+		blk, rest = pem.Decode(rest)
+		if blk == nil {
+			break
+		}
+		if blk.Type != "CERTIFICATE" {
+			return nil, fmt.Errorf("PEM block %d is %q, want CERTIFICATE", len(certs), blk.Type)
+		}
+		c, err := x509.ParseCertificate(blk.Bytes)
+		if err != nil {
+			return nil, fmt.Errorf("certificate %d: %w", len(certs), err)
+		}
+		certs = append(certs, c)
+	}
+	if left := bytes.Trim(rest, "\x00 \t\r\n"); len(left) != 0 || len(certs) == 0 {
+		return nil, fmt.Errorf("%d certificates decoded, %d bytes left that are not PEM", len(certs), len(left))
+	}
+	return certs, nil
 }

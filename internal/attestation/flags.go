@@ -2,7 +2,6 @@ package attestation
 
 import (
 	"crypto/x509"
-	"encoding/pem"
 	"net/http"
 	"net/url"
 	"os"
@@ -12,6 +11,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/pgtrust/pgtrust/failure"
+	"github.com/pgtrust/pgtrust/internal/keyfile"
 	"github.com/pgtrust/pgtrust/ratls"
 )
 
@@ -190,25 +190,15 @@ func loadPool(path string) (*x509.CertPool, error) {
 		return nil, usage("could not read --kms-root-ca file %q", path).WithEvidence("%v", err).
 			WithFix("give the PEM file of the KMS root CA")
 	}
-	pool := x509.NewCertPool()
-	n := 0
-	for rest := b; ; {
-		var blk *pem.Block
-		blk, rest = pem.Decode(rest)
-		if blk == nil {
-			break
-		}
-		if blk.Type != "CERTIFICATE" {
-			continue
-		}
-		c, err := x509.ParseCertificate(blk.Bytes)
-		if err != nil {
-			return nil, usage("--kms-root-ca file %q holds a certificate that does not parse", path).WithEvidence("%v", err)
-		}
-		pool.AddCert(c)
-		n++
+	certs, err := keyfile.ParseCertificates(b)
+	if err != nil && !keyfile.IsNoCertificate(err) {
+		return nil, usage("--kms-root-ca file %q holds a certificate that does not parse", path).WithEvidence("%v", err)
 	}
-	if n == 0 {
+	pool := x509.NewCertPool()
+	for _, c := range certs {
+		pool.AddCert(c)
+	}
+	if len(certs) == 0 {
 		return nil, usage("--kms-root-ca file %q holds no PEM certificate", path).
 			WithFix("give the PEM file of the KMS root CA (-----BEGIN CERTIFICATE-----)")
 	}

@@ -6,7 +6,6 @@ import (
 	"crypto/x509"
 	"encoding/hex"
 	"encoding/json"
-	"encoding/pem"
 	"errors"
 	"io"
 	"net"
@@ -17,6 +16,7 @@ import (
 
 	"github.com/pgtrust/pgtrust/connstring"
 	"github.com/pgtrust/pgtrust/failure"
+	"github.com/pgtrust/pgtrust/internal/keyfile"
 	"github.com/pgtrust/pgtrust/pgtls"
 	"github.com/pgtrust/pgtrust/ratls"
 )
@@ -94,21 +94,13 @@ func LoadFile(path string) (*Input, error) {
 }
 
 func leafFromPEM(b []byte, path string) (*x509.Certificate, error) {
-	for rest := b; ; {
-		var blk *pem.Block
-		blk, rest = pem.Decode(rest)
-		if blk == nil {
-			break
-		}
-		if blk.Type != "CERTIFICATE" {
-			continue
-		}
-		c, err := x509.ParseCertificate(blk.Bytes)
-		if err != nil {
-			return nil, usage("the certificate in %q does not parse", path).WithEvidence("%v", err)
-		}
+	certs, err := keyfile.ParseCertificates(b)
+	if err != nil && !keyfile.IsNoCertificate(err) {
+		return nil, usage("the certificate in %q does not parse", path).WithEvidence("%v", err)
+	}
+	if len(certs) > 0 {
 		// The first certificate is the leaf, as a server sends it.
-		return c, nil
+		return certs[0], nil
 	}
 	return nil, usage("%q holds no PEM certificate", path).
 		WithFix("give the server's RA-TLS certificate (-----BEGIN CERTIFICATE-----)")

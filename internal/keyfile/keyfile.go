@@ -54,6 +54,10 @@ func LoadCertificates(path string) ([]*x509.Certificate, error) {
 // OpenSSL's wording for a PEM file without a usable block.
 var errNoCertificate = errors.New("no start line")
 
+// IsNoCertificate reports whether ParseCertificates found no certificate at
+// all (as opposed to a certificate that does not parse).
+func IsNoCertificate(err error) bool { return errors.Is(err, errNoCertificate) }
+
 // ParseCertificates decodes PEM (all CERTIFICATE blocks, in order) or a
 // single DER certificate.
 func ParseCertificates(data []byte) ([]*x509.Certificate, error) {
