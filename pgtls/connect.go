@@ -51,6 +51,9 @@ func DialAddress(ctx context.Context, cfg *connstring.Config, host connstring.Ho
 	if err := checkApplicable(cfg); err != nil {
 		return nil, &Facts{Host: host, Address: address}, err
 	}
+	if err := checkAttestation(cfg, opts); err != nil {
+		return nil, &Facts{Host: host, Address: address}, err
+	}
 	ctx, cancel := c.attemptContext(ctx)
 	defer cancel()
 	facts := &Facts{Host: host, Address: address}
@@ -63,6 +66,12 @@ func DialAddress(ctx context.Context, cfg *connstring.Config, host connstring.Ho
 		return nil, facts, err
 	}
 	if method == MethodPlaintext {
+		if opts.attestation() != nil {
+			conn.Close() // an attestation policy never accepts a plaintext channel
+			return nil, facts, failure.New(failure.ConfigInvalid, "an attestation policy needs TLS").
+				WithEvidence("a plaintext connection to %s was asked for with an attestation policy set", address).
+				WithFix("use sslmode=require or stronger")
+		}
 		return conn, facts, nil
 	}
 	tconn, err := negotiateTLS(ctx, conn, cfg, host, address, opts, facts)
@@ -119,6 +128,9 @@ func (c *connector) methods(h connstring.Host) []Method {
 
 func (c *connector) run(ctx context.Context) (result, error) {
 	if err := checkApplicable(c.cfg); err != nil {
+		return result{}, err
+	}
+	if err := checkAttestation(c.cfg, c.opts); err != nil {
 		return result{}, err
 	}
 	var attempts []Attempt

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/pgtrust/pgtrust/connstring"
+	"github.com/pgtrust/pgtrust/ratls"
 )
 
 // Options adjust how connections are opened, beyond the connection settings.
@@ -25,8 +26,17 @@ type Options struct {
 	LookupHost func(ctx context.Context, host string) ([]string, error)
 	// Trace receives the events of each stage (doctor, metrics).
 	Trace *Trace
-	// Now is the clock for certificate validity (default time.Now).
+	// Now is the clock for certificate validity and attestation (default time.Now).
 	Now func() time.Time
+	// Attestation, when set, is the RA-TLS policy every server certificate
+	// must pass, after the sslmode's own checks, on the leaf of the very
+	// handshake that carries the connection. It needs sslmode=require or
+	// stronger and TCP hosts (refused otherwise before anything is dialled);
+	// docs/tls-semantics.md has the table of checks per sslmode.
+	Attestation *ratls.Policy
+	// AttestationTimeout bounds the TLS handshake plus the attestation when
+	// Attestation is set (default DefaultAttestationTimeout, 5000 ms).
+	AttestationTimeout time.Duration
 }
 
 // Trace hooks are called synchronously as a connection is opened; any may
@@ -50,6 +60,10 @@ type Trace struct {
 	// Warning is called with each of libpq's non-fatal warnings (e.g. an
 	// sslkeylogfile that cannot be written), as libpq prints them on stderr.
 	Warning func(msg string)
+	// Attestation is called with the report of every attestation run
+	// (Options.Attestation set), passed or failed, so that every check can
+	// be shown.
+	Attestation func(address string, r *ratls.Report)
 }
 
 // Method is the encryption a connection attempt uses.
@@ -84,6 +98,11 @@ type Facts struct {
 	ServerChainVerified bool // the chain was verified against sslrootcert
 	HostnameVerified    bool // the host name was checked (verify-full)
 	RootSource          string
+
+	// Attestation is the report on the server certificate when
+	// Options.Attestation is set; Attested is true when it passed.
+	Attestation *ratls.Report
+	Attested    bool
 
 	ClientCertRequested bool
 	ClientCertSent      bool

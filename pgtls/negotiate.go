@@ -25,7 +25,11 @@ func (r serverRefusedSSL) Unwrap() error { return r.err }
 // caller to close or, after 'N', to reuse.
 func negotiateTLS(ctx context.Context, raw net.Conn, cfg *connstring.Config, host connstring.Host, address string, opts *Options, facts *Facts) (*tls.Conn, error) {
 	tr := opts.trace()
-	if dl, ok := ctx.Deadline(); ok {
+	// With an attestation policy, the TLS negotiation plus the attestation
+	// have their own deadline (inside connect_timeout's, never beyond it).
+	hctx, hcancel := attestationContext(ctx, opts)
+	defer hcancel()
+	if dl, ok := hctx.Deadline(); ok {
 		_ = raw.SetDeadline(dl)
 		defer raw.SetDeadline(time.Time{})
 	}
@@ -44,6 +48,9 @@ func negotiateTLS(ctx context.Context, raw net.Conn, cfg *connstring.Config, hos
 		if err != nil {
 			if _, ok := failure.As(err); ok {
 				return nil, err
+			}
+			if opts.attestation() != nil && handshakeTimedOut(ctx, hctx, err) {
+				return nil, attestationTimeoutError("TLS handshake", address, opts, err)
 			}
 			return nil, classifyIO(ctx, err, "SSL negotiation")
 		}
@@ -148,7 +155,7 @@ func negotiateTLS(ctx context.Context, raw net.Conn, cfg *connstring.Config, hos
 	fb := &firstByteConn{Conn: raw}
 	tconn := tls.Client(fb, tlsCfg)
 	start := time.Now()
-	err = tconn.HandshakeContext(ctx)
+	err = tconn.HandshakeContext(hctx)
 	var state *tls.ConnectionState
 	if err == nil {
 		cs := tconn.ConnectionState()
@@ -158,6 +165,9 @@ func negotiateTLS(ctx context.Context, raw net.Conn, cfg *connstring.Config, hos
 		tr.TLSHandshakeDone(address, state, err, time.Since(start))
 	}
 	if err != nil {
+		if opts.attestation() != nil && handshakeTimedOut(ctx, hctx, err) {
+			return nil, attestationTimeoutError("TLS handshake", address, opts, err)
+		}
 		return nil, classifyHandshake(ctx, err, fb, cfg, direct)
 	}
 	facts.Encrypted = true
@@ -173,6 +183,15 @@ func negotiateTLS(ctx context.Context, raw net.Conn, cfg *connstring.Config, hos
 		return nil, failure.New(failure.ProtocolError, "SSL connection was established with unexpected ALPN protocol").
 			WithEvidence("the server selected ALPN %q instead of %q", state.NegotiatedProtocol, ALPNProtocol).
 			WithFix("check that host and port point at PostgreSQL and not at another TLS service")
+	}
+	if p := opts.attestation(); p != nil {
+		leaf, err := attestationLeaf(state.PeerCertificates, address)
+		if err == nil {
+			err = attest(hctx, p, leaf, address, opts, facts)
+		}
+		if err != nil {
+			return nil, err
+		}
 	}
 	return tconn, nil
 }

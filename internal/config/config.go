@@ -113,6 +113,20 @@ type Upstream struct {
 	Settings map[string]any `toml:"settings"`
 
 	ClientTLS *ClientTLS `toml:"client_tls"`
+	// Attestation, when set, is the RA-TLS policy the upstream's
+	// certificate must pass (attestation.go).
+	Attestation *Attestation `toml:"attestation"`
+
+	// Manifest, when set, makes the upstream follow a signed leader
+	// manifest (follow.go): "dns:<cluster domain>" or "https://...". The
+	// dsn then gives everything but host and port.
+	Manifest                string   `toml:"manifest"`
+	ManifestSignerAddress   string   `toml:"manifest_signer_address"`
+	Cluster                 string   `toml:"cluster"`
+	EpochFile               string   `toml:"epoch_file"`
+	ManifestRefreshInterval Duration `toml:"manifest_refresh_interval"`
+	ManifestDNSServer       string   `toml:"manifest_dns_server"` // host:port of the DNS server to ask (default: the system's)
+	ManifestTimeout         Duration `toml:"manifest_timeout"`    // one fetch (default 5s)
 
 	// overrides are libpq keywords set by DB_SSL_* variables; they win over
 	// DSN and Settings.
@@ -313,6 +327,14 @@ func (f *File) check() error {
 				return f.invalid(key+".client_tls", "no certificate: neither cert_file/key_file nor auto_cert_dir is set").
 					WithFix("set cert_file and key_file, or auto_cert_dir, or remove the [%s.client_tls] table", key)
 			}
+		}
+		if u.Attestation != nil {
+			if err := f.checkAttestation(key+".attestation", u.Attestation); err != nil {
+				return err
+			}
+		}
+		if err := f.checkFollow(key, u); err != nil {
+			return err
 		}
 		for k, v := range u.Settings {
 			if _, err := settingString(v); err != nil {

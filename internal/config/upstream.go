@@ -91,6 +91,15 @@ func (f *File) resolve(name string, env map[string]string) (*resolved, error) {
 			settings[k] = s
 		}
 	}
+	if u.Manifest != "" {
+		for _, k := range []string{"host", "hostaddr", "port"} {
+			if _, ok := settings[k]; ok {
+				return nil, failure.New(failure.ConfigInvalid, "%s: %s is set, but the upstream follows a leader manifest", source, k).
+					WithEvidence("upstream %q has manifest = %q, which names the leader's host and port", name, u.Manifest).
+					WithFix("remove %s from the upstream's connection settings, or remove manifest to connect to a fixed host", k)
+			}
+		}
+	}
 	written := writtenSSLMode(settings)
 	for k, v := range u.overrides {
 		settings[k] = v
@@ -136,6 +145,11 @@ func (f *File) resolve(name string, env map[string]string) (*resolved, error) {
 			return nil, failure.New(failure.ConfigInvalid, "%s: sslmode=%s may connect without TLS, but %s=true", source, cfg.SSLMode, f.sslRequiredOrigin).
 				WithEvidence("upstream %q resolves to sslmode=%s; %s requires TLS", name, cfg.SSLMode, f.sslRequiredOrigin).
 				WithFix("set sslmode=verify-full (with sslrootcert) for upstream %q, or unset DB_SSL_REQUIRED", name)
+		}
+	}
+	if u.Attestation != nil {
+		if err := attestationSSLMode(key+".attestation", cfg, source); err != nil {
+			return nil, err
 		}
 	}
 	return r, nil
@@ -189,8 +203,9 @@ func wrapConn(err error, source string) error {
 }
 
 // ProxyConfig turns the configuration into the proxy's. It resolves every
-// upstream (see Upstream) but touches no file and opens no socket; run
-// Validate first for that.
+// upstream (see Upstream) and opens no socket; the only file it reads is an
+// attestation table's kms_root_ca and a followed manifest's epoch_file.
+// Run Validate first for the others.
 func (f *File) ProxyConfig(logger *slog.Logger, reg prometheus.Registerer) (*proxy.Config, error) {
 	if len(f.Upstreams) == 0 {
 		return nil, failure.New(failure.ConfigInvalid, "%s defines no upstream", f.where()).
@@ -228,6 +243,20 @@ func (f *File) ProxyConfig(logger *slog.Logger, reg prometheus.Registerer) (*pro
 			MaxAuthenticatingPerSource: u.MaxAuthenticatingPerSource,
 			MaxPending:                 u.MaxPending,
 			PlaintextIntended:          u.PlaintextIntended,
+		}
+		if a := u.Attestation; a != nil {
+			p, err := a.Policy("upstreams." + name + ".attestation")
+			if err != nil {
+				return nil, err
+			}
+			uc.Attestation, uc.AttestationTimeout = p, a.Timeout()
+		}
+		if u.Manifest != "" {
+			fl, err := f.follower(name, u, logger)
+			if err != nil {
+				return nil, err
+			}
+			uc.Leader = fl
 		}
 		if t := u.ClientTLS; t != nil {
 			uc.ClientTLS = &proxy.ClientTLS{CertFile: t.CertFile, KeyFile: t.KeyFile, AutoCertDir: t.AutoCertDir, Require: t.Require}

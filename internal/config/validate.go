@@ -125,7 +125,21 @@ func validate(f *File, env map[string]string, now time.Time) []Finding {
 					fmt.Sprintf("%s=%s in the proxy's environment overrides %s", r.weakenedBy, envValue(env, u, r.weakenedBy), from),
 					fmt.Sprintf("unset %s in the proxy's environment, or write the sslmode you want in the configuration", r.weakenedBy))
 			}
-			v.upstreamTLS(key, r.cfg)
+			v.upstreamTLS(key, r.cfg, u.Attestation != nil)
+		}
+		if u.Manifest != "" {
+			if _, err := f.follower(name, u, nil); err != nil {
+				v.fail(key+".epoch_file", err)
+			} else if v.writableDir(key+".epoch_file", filepath.Dir(u.EpochFile), false) {
+				v.ok(key+".manifest", "following the leader manifest %s", u.Manifest)
+			}
+		}
+		if a := u.Attestation; a != nil {
+			if _, err := a.Policy(key + ".attestation"); err != nil {
+				v.fail(key+".attestation", err)
+			} else {
+				v.ok(key+".attestation", "RA-TLS attestation policy, handshake timeout %dms", a.Timeout().Milliseconds())
+			}
 		}
 		if t := u.ClientTLS; t != nil {
 			if t.CertFile != "" {
@@ -140,13 +154,17 @@ func validate(f *File, env map[string]string, now time.Time) []Finding {
 }
 
 // upstreamTLS checks the files libpq would use for cfg.
-func (v *validator) upstreamTLS(key string, cfg *connstring.Config) {
+func (v *validator) upstreamTLS(key string, cfg *connstring.Config, attested bool) {
 	switch cfg.SSLMode {
 	case connstring.SSLDisable, connstring.SSLAllow, connstring.SSLPrefer:
 		v.warn(key+".sslmode", failure.ConfigInvalid, fmt.Sprintf("sslmode=%s may connect without TLS and never verifies the server", cfg.SSLMode),
 			"the connection can be read and altered by anyone on the path to the server",
 			"set sslmode=verify-full with sslrootcert=/path/to/ca.crt")
 	case connstring.SSLRequire:
+		if attested {
+			v.ok(key+".sslmode", "require: the server is verified by its attestation")
+			break
+		}
 		v.warn(key+".sslmode", failure.ConfigInvalid, "sslmode=require encrypts but verifies the server only when a root certificate file exists",
 			"without a CA, any server (or interceptor) is accepted", "set sslmode=verify-full with sslrootcert=/path/to/ca.crt")
 	default:

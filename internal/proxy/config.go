@@ -11,6 +11,8 @@ import (
 
 	"github.com/pgtrust/pgtrust/connstring"
 	"github.com/pgtrust/pgtrust/failure"
+	"github.com/pgtrust/pgtrust/internal/leader"
+	"github.com/pgtrust/pgtrust/ratls"
 )
 
 // Defaults applied by New to zero-valued settings.
@@ -96,6 +98,20 @@ type UpstreamConfig struct {
 	PlaintextIntended bool
 	// ClientTLS, when set, offers TLS to local clients; nil = plaintext only.
 	ClientTLS *ClientTLS
+	// Attestation, when set, is the RA-TLS policy the upstream's
+	// certificate must pass on every dial (sessions, probes and cancel
+	// requests alike), through pgtls.Options.Attestation. It needs
+	// sslmode=require or stronger.
+	Attestation *ratls.Policy
+	// AttestationTimeout bounds the upstream TLS handshake plus the
+	// attestation; 0 = pgtls.DefaultAttestationTimeout (5000 ms).
+	AttestationTimeout time.Duration
+	// Leader, when set, replaces Conn's host and port on every dial by the
+	// endpoint of the cluster's current leader manifest (see
+	// leader.Follower for when it is fetched and what a refused manifest
+	// does). A failed dial or handshake fetches the manifest again and, if
+	// it names another leader, dials that once.
+	Leader *leader.Follower
 	// Auth, when set, makes the proxy authenticate to the upstream itself.
 	// Not supported yet: New returns a config_invalid error.
 	Auth *UpstreamAuth
@@ -178,6 +194,14 @@ func (cfg Config) withDefaults() (Config, error) {
 		}
 		if len(u.Conn.Hosts) == 0 {
 			return cfg, configError("upstream %q has no host", u.Name).WithFix("set host= in the upstream's connection string")
+		}
+		if u.Attestation != nil {
+			switch u.Conn.SSLMode {
+			case connstring.SSLDisable, connstring.SSLAllow, connstring.SSLPrefer:
+				return cfg, configError("upstream %q: an attestation policy needs sslmode=require or stronger, not sslmode=%s", u.Name, u.Conn.SSLMode).
+					WithEvidence("sslmode=%s may connect without TLS: a plaintext connection carries no certificate to attest", u.Conn.SSLMode).
+					WithFix("use sslmode=require (attestation only), verify-ca (chain + attestation) or verify-full (chain + host name + attestation)")
+			}
 		}
 		if u.Auth != nil {
 			return cfg, configError("upstream %q: proxy-side authentication (auth) is not supported yet", u.Name).

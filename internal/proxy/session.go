@@ -515,7 +515,7 @@ func (s *session) dialUpstream(timeout time.Duration) error {
 	ctx, cancel := context.WithTimeout(s.p.ctx, timeout)
 	defer cancel()
 	t0 := time.Now()
-	conn, facts, err := pgtls.Dial(ctx, s.set.conn, s.set.opts)
+	conn, facts, err := s.p.dialTarget(ctx, s.up, s.set)
 	if err == nil {
 		s.up.metrics.dial.Observe(time.Since(t0).Seconds())
 	}

@@ -13,6 +13,7 @@ import (
 	"github.com/pgtrust/pgtrust/certs"
 	"github.com/pgtrust/pgtrust/connstring"
 	"github.com/pgtrust/pgtrust/failure"
+	"github.com/pgtrust/pgtrust/internal/leader"
 	"github.com/pgtrust/pgtrust/pgtls"
 )
 
@@ -52,8 +53,9 @@ type upstreamSettings struct {
 	maxAuth    int
 	maxPending int
 	maxAuthSrc int
-	plainOK    bool   // plaintext upstream declared intended
-	validation string // "enabled" or "disabled"
+	plainOK    bool             // plaintext upstream declared intended
+	leader     *leader.Follower // nil: conn's own hosts; else the leader manifest's
+	validation string           // "enabled" or "disabled"
 }
 
 // handshakeStatus is the outcome of the latest upstream dial or probe.
@@ -76,13 +78,17 @@ func (s *upstreamSettings) close() {
 
 // buildSettings loads and validates the certificate material of u.
 func (p *Proxy) buildSettings(u UpstreamConfig) (_ *upstreamSettings, err error) {
-	s := &upstreamSettings{conn: u.Conn, opts: &pgtls.Options{}, maxConns: u.MaxConnections, validation: validationOf(u.Conn),
+	s := &upstreamSettings{conn: u.Conn, opts: &pgtls.Options{Attestation: u.Attestation, AttestationTimeout: u.AttestationTimeout}, leader: u.Leader, maxConns: u.MaxConnections, validation: validationOf(u.Conn),
 		reserved: u.ReservedConnections, maxAuth: u.MaxAuthenticating, maxPending: u.MaxPending, maxAuthSrc: u.MaxAuthenticatingPerSource, plainOK: u.PlaintextIntended}
 	defer func() {
 		if err != nil {
 			s.close()
 		}
 	}()
+	if u.Attestation != nil {
+		// The server certificate is checked, by its attestation, in every sslmode a policy allows.
+		s.validation = "enabled"
+	}
 	c := u.Conn
 	// Fail closed at load time rather than on every session: verify-ca and
 	// verify-full cannot work without their root file.
@@ -247,7 +253,7 @@ func (p *Proxy) probe(ctx context.Context, u *upstream) bool {
 	ctx, cancel := context.WithTimeout(ctx, p.tuning().ConnectTimeout)
 	defer cancel()
 	t0 := time.Now()
-	conn, facts, err := pgtls.Dial(ctx, set.conn, set.opts)
+	conn, facts, err := p.dialTarget(ctx, u, set)
 	if errors.Is(ctx.Err(), context.Canceled) && err != nil {
 		return false // the proxy is closing
 	}

@@ -1,0 +1,174 @@
+package pgtls_test
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/hex"
+	"encoding/pem"
+	"fmt"
+	"math/big"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/pgtrust/pgtrust/failure"
+	"github.com/pgtrust/pgtrust/internal/pgtest"
+	"github.com/pgtrust/pgtrust/internal/testpki"
+	"github.com/pgtrust/pgtrust/pgtls"
+	"github.com/pgtrust/pgtrust/ratls"
+)
+
+// raTLSPEM makes an RA-TLS certificate from a fresh simulator with the
+// default MRTD and returns it and its key as PEM, plus the parsed leaf.
+func raTLSPEM(t *testing.T) (certPEM, keyPEM []byte, leaf *x509.Certificate) {
+	t.Helper()
+	sim, err := ratls.NewSimulator(ratls.SimulatorOptions{MRTD: ratls.DefaultSimulatorMRTD()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := ratls.NewCertificate(context.Background(), sim, ratls.CertificateOptions{
+		DNSNames: []string{"localhost"}, IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tlsToPEM(t, c)
+}
+
+func tlsToPEM(t *testing.T, c *tls.Certificate) (certPEM, keyPEM []byte, leaf *x509.Certificate) {
+	t.Helper()
+	for _, der := range c.Certificate {
+		certPEM = append(certPEM, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})...)
+	}
+	k, err := x509.MarshalPKCS8PrivateKey(c.PrivateKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf, err = x509.ParseCertificate(c.Certificate[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	return certPEM, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: k}), leaf
+}
+
+// sameEvidenceOtherKey copies the RA-TLS extensions of leaf into a
+// self-signed certificate for a fresh key: the quote's key binding then
+// names a key the server does not hold.
+func sameEvidenceOtherKey(t *testing.T, leaf *x509.Certificate) (certPEM, keyPEM []byte) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(2), Subject: leaf.Subject,
+		NotBefore: time.Now().Add(-time.Minute), NotAfter: time.Now().Add(time.Hour),
+		DNSNames: []string{"localhost"}, IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)},
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	for _, ext := range leaf.Extensions {
+		if strings.HasPrefix(ext.Id.String(), "1.3.6.1.4.1.62397.") {
+			tmpl.ExtraExtensions = append(tmpl.ExtraExtensions, ext)
+		}
+	}
+	if len(tmpl.ExtraExtensions) == 0 {
+		t.Fatal("the RA-TLS certificate carries no dstack extension")
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), testpki.KeyPEMPKCS8(key)
+}
+
+func simPolicy() *ratls.Policy {
+	mrtd := ratls.DefaultSimulatorMRTD()
+	return &ratls.Policy{AllowSimulator: true, MRTD: []string{hex.EncodeToString(mrtd[:])}, SkipTCB: true}
+}
+
+// TestAttestationSimulatorEndToEnd: PostgreSQL serves an RA-TLS certificate
+// made by the simulator provider; pgtls.Connect with sslmode=require and a
+// policy (allow_simulator, MRTD = the simulator's) runs SELECT 1, and each
+// policy or server change is refused with its class. psql (libpq) also
+// connects with sslmode=require: it cannot check attestation.
+func TestAttestationSimulatorEndToEnd(t *testing.T) {
+	certPEM, keyPEM, leaf := raTLSPEM(t)
+	s := pgtest.Start(t, pgtest.Options{SSL: true, ServerCert: certPEM, ServerKey: keyPEM})
+	dsn := fmt.Sprintf("host=127.0.0.1 port=%d user=postgres dbname=postgres sslmode=require connect_timeout=10", s.Port)
+
+	t.Run("accepted", func(t *testing.T) {
+		var tr attestTrace
+		pg, facts, err := pgtls.Connect(context.Background(), parseDSN(t, dsn), tr.options(simPolicy()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer pg.Close(context.Background())
+		res, err := pg.Exec(context.Background(), "SELECT 1").ReadAll()
+		if err != nil || string(res[0].Rows[0][0]) != "1" {
+			t.Fatalf("SELECT 1: %v", err)
+		}
+		if !facts.Attested || facts.Attestation == nil || facts.Attestation.Err() != nil || len(tr.reports) != 1 {
+			t.Fatalf("not attested: %+v", facts)
+		}
+		for _, c := range facts.Attestation.Checks {
+			t.Logf("check %-24s passed=%v skipped=%v %s", c.Name, c.Passed, c.Skipped, c.Detail)
+		}
+	})
+
+	refused := func(t *testing.T, p *ratls.Policy, want ...failure.Class) {
+		t.Helper()
+		var tr attestTrace
+		pg, _, err := pgtls.Connect(context.Background(), parseDSN(t, dsn), tr.options(p))
+		if err == nil {
+			pg.Close(context.Background())
+			t.Fatal("connected")
+		}
+		e, ok := failure.As(err)
+		if !ok {
+			t.Fatalf("not a failure: %v", err)
+		}
+		for _, w := range want {
+			if e.Class == w {
+				if e.Evidence == "" || e.Fix == "" {
+					t.Fatalf("%s without evidence or fix", e.Class)
+				}
+				return
+			}
+		}
+		t.Fatalf("class %s, want one of %v: %v", e.Class, want, err)
+	}
+	t.Run("without allow_simulator", func(t *testing.T) {
+		p := simPolicy()
+		p.AllowSimulator = false
+		refused(t, p, ratls.ClassSimulator)
+	})
+	t.Run("other MRTD", func(t *testing.T) {
+		p := simPolicy()
+		p.MRTD = []string{strings.Repeat("00", 48)}
+		refused(t, p, "attestation_mrtd")
+	})
+	t.Run("psql connects without attestation", func(t *testing.T) {
+		r := pgtest.Psql(t, dsn, nil)
+		if !r.OK || strings.TrimSpace(r.Stdout) != "1" {
+			t.Fatalf("psql: %+v", r)
+		}
+	})
+
+	t.Run("key differs from the binding", func(t *testing.T) {
+		c, k := sameEvidenceOtherKey(t, leaf)
+		s.SetServerCert(t, c, k)
+		s.Reload(t)
+		refused(t, simPolicy(), "attestation_key_binding")
+	})
+	t.Run("plain certificate", func(t *testing.T) {
+		plain := testpki.SelfSigned(t)
+		s.SetServerCert(t, plain.CertPEM, plain.KeyPEM)
+		s.Reload(t)
+		refused(t, simPolicy(), "attestation_no_evidence")
+	})
+}
