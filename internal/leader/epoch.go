@@ -28,24 +28,40 @@ type epochFile struct {
 // A damaged file is an error, not a reset: resetting would reopen rollback.
 func OpenEpochStore(path string) (*EpochStore, error) {
 	s := &EpochStore{path: path, seen: map[string]uint64{}}
-	data, err := os.ReadFile(path)
+	if err := s.merge(); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// pathLocks serialises Accept across the stores of one file in this
+// process: a configuration reload opens a second store on the same file
+// while sessions of the old configuration still use the first.
+var pathLocks sync.Map // path → *sync.Mutex
+
+// merge raises the in-memory epochs to those in the file, so that a store
+// never writes back an epoch lower than one another store recorded.
+func (s *EpochStore) merge() error {
+	data, err := os.ReadFile(s.path)
 	if errors.Is(err, fs.ErrNotExist) {
-		return s, nil
+		return nil
 	}
 	if err != nil {
-		return nil, failure.Wrap(failure.ConfigInvalid, err, "cannot read the manifest epoch store").
-			WithEvidence("file %s", path).WithFix("make the file readable by this user")
+		return failure.Wrap(failure.ConfigInvalid, err, "cannot read the manifest epoch store").
+			WithEvidence("file %s", s.path).WithFix("make the file readable by this user")
 	}
 	var f epochFile
 	if err := json.Unmarshal(data, &f); err != nil {
-		return nil, failure.Wrap(failure.ConfigInvalid, err, "the manifest epoch store is damaged").
-			WithEvidence("file %s", path).
+		return failure.Wrap(failure.ConfigInvalid, err, "the manifest epoch store is damaged").
+			WithEvidence("file %s", s.path).
 			WithFix("restore the file, or delete it knowingly: the next manifest seen is then trusted at any epoch")
 	}
 	for k, v := range f.Clusters {
-		s.seen[k] = v
+		if v > s.seen[k] {
+			s.seen[k] = v
+		}
 	}
-	return s, nil
+	return nil
 }
 
 // Last returns the last epoch accepted for cluster, and whether there is one.
@@ -61,8 +77,14 @@ func (s *EpochStore) Last(cluster string) (uint64, bool) {
 // returns). An equal epoch is accepted: the controller re-signs the same
 // leader with a later valid_until. Call it only after Manifest.Verify.
 func (s *EpochStore) Accept(m *Manifest) error {
+	l, _ := pathLocks.LoadOrStore(s.path, new(sync.Mutex))
+	l.(*sync.Mutex).Lock()
+	defer l.(*sync.Mutex).Unlock()
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if err := s.merge(); err != nil {
+		return err
+	}
 	last, ok := s.seen[m.Cluster]
 	if ok && m.Epoch < last {
 		return failure.New(ClassEpochRollback, "leader manifest epoch went backwards").

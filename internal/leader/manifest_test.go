@@ -414,8 +414,19 @@ func TestEpochStore(t *testing.T) {
 		t.Fatalf("reloaded epoch %d %v", e, ok)
 	}
 	wantClass(t, accept(s2, 2), ClassEpochRollback)
-	if err := accept(s2, 8); err != nil {
+	if err := accept(s2, 9); err != nil {
 		t.Fatal(err)
+	}
+	// A second store on the same file (a configuration reload while the
+	// first still serves sessions): the first, which last saw 7, must not
+	// write 8 over the 9 the second recorded.
+	wantClass(t, accept(s, 8), ClassEpochRollback)
+	s3, err := OpenEpochStore(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if e, _ := s3.Last(testCluster); e != 9 {
+		t.Fatalf("stored epoch %d after the stale store's attempt, want 9", e)
 	}
 	// Other clusters are independent.
 	if _, ok := s2.Last("0x" + strings.Repeat("00", 20)); ok {
