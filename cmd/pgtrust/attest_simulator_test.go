@@ -1,8 +1,5 @@
 package main
 
-// Post-merge test by H6 (needs H2's NewCertificate and H3's simulator, which
-// the stubs of H6's clone lack): drop into cmd/pgtrust at merge.
-
 import (
 	"context"
 	"crypto/tls"
@@ -76,6 +73,37 @@ func TestAttestVerifySimulatorEndToEnd(t *testing.T) {
 	if err := json.Unmarshal([]byte(out), &r); err != nil || code != 0 || !r.OK || len(r.Stages) != 10 ||
 		r.Stages[6].Name != "attestation" || r.Stages[6].Status != "ok" {
 		t.Fatalf("doctor: exit %d %v\n%s%s", code, err, out, errOut)
+	}
+
+	// ping with the policy connects and runs SELECT 1; without
+	// --allow-simulator, or with another MRTD, it is refused (exit 1).
+	dsn := "host=127.0.0.1 port=" + itoa(s.Port) + " user=postgres dbname=postgres sslmode=require"
+	out, errOut, code = runCerts(t, "ping", dsn, "--allow-simulator", "--mrtd", simMRTD, "--json")
+	var p struct {
+		OK          bool
+		Class       string
+		Attested    *bool `json:"attested"`
+		Attestation *struct {
+			MRTD      string `json:"mrtd"`
+			Simulated bool   `json:"simulated"`
+		} `json:"attestation"`
+	}
+	if err := json.Unmarshal([]byte(out), &p); err != nil || code != 0 || !p.OK || p.Attested == nil || !*p.Attested ||
+		p.Attestation == nil || p.Attestation.MRTD != simMRTD || !p.Attestation.Simulated {
+		t.Fatalf("ping with the simulator policy: exit %d %v\n%s%s", code, err, out, errOut)
+	}
+	for _, c := range []struct {
+		flags []string
+		class string
+	}{
+		{[]string{"--skip-tcb", "--mrtd", simMRTD}, "attestation_simulator"},
+		{[]string{"--allow-simulator", "--mrtd", strings.Repeat("ab", 48)}, "attestation_mrtd"},
+	} {
+		out, errOut, code = runCerts(t, append([]string{"ping", dsn, "--json"}, c.flags...)...)
+		p.Class = ""
+		if err := json.Unmarshal([]byte(out), &p); err != nil || code != 1 || p.OK || p.Class != c.class || p.Attested == nil || *p.Attested {
+			t.Fatalf("ping %v: exit %d class %q, want 1 %s\n%s%s", c.flags, code, p.Class, c.class, out, errOut)
+		}
 	}
 
 	// /attestation serves the certificate; the saved response verifies.

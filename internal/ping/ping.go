@@ -5,6 +5,7 @@ package ping
 
 import (
 	"context"
+	"encoding/hex"
 	"fmt"
 	"io"
 	"time"
@@ -12,6 +13,7 @@ import (
 	"github.com/pgtrust/pgtrust/connstring"
 	"github.com/pgtrust/pgtrust/failure"
 	"github.com/pgtrust/pgtrust/pgtls"
+	"github.com/pgtrust/pgtrust/ratls"
 )
 
 // Result is the outcome of Run; its JSON form is `pgtrust ping --json`.
@@ -31,17 +33,30 @@ type Result struct {
 	ClientCertSent   bool          `json:"client_certificate_sent"`
 	AuthMethod       string        `json:"auth_method,omitempty"`
 	ServerVersion    string        `json:"server_version,omitempty"`
-	DurationMS       float64       `json:"duration_ms"`
+	// Attested is set when an attestation policy was given: the server's
+	// RA-TLS certificate passed it (Attestation summarises the measured
+	// values that matter).
+	Attested    *bool        `json:"attested,omitempty"`
+	Attestation *Attestation `json:"attestation,omitempty"`
+	DurationMS  float64      `json:"duration_ms"`
 	// Warnings are what libpq prints as WARNING: while connecting (an
 	// sslkeylogfile that cannot be opened); the connection went on.
 	Warnings []string        `json:"warnings,omitempty"`
 	Error    *failure.Report `json:"error,omitempty"`
 }
 
+// Attestation is what ping reports of a passed attestation.
+type Attestation struct {
+	MRTD      string          `json:"mrtd"`
+	TCBStatus ratls.TCBStatus `json:"tcb_status,omitempty"`
+	Simulated bool            `json:"simulated,omitempty"`
+}
+
 // Run parses dsn (libpq key/value or URI; "" for the PG* environment),
 // connects, runs SELECT 1 and closes. timeout bounds the whole attempt when
-// the settings set no connect_timeout (0: no bound).
-func Run(ctx context.Context, dsn string, timeout time.Duration) Result {
+// the settings set no connect_timeout (0: no bound). A non-nil policy makes
+// the server's certificate pass attestation before anything is sent.
+func Run(ctx context.Context, dsn string, timeout time.Duration, policy *ratls.Policy) Result {
 	if ctx == nil {
 		ctx = context.Background()
 	}
@@ -56,7 +71,11 @@ func Run(ctx context.Context, dsn string, timeout time.Duration) Result {
 		ctx, cancel = context.WithTimeout(ctx, timeout)
 		defer cancel()
 	}
-	pg, facts, err := pgtls.Connect(ctx, cfg, nil)
+	var opts *pgtls.Options
+	if policy != nil {
+		opts = &pgtls.Options{Attestation: policy}
+	}
+	pg, facts, err := pgtls.Connect(ctx, cfg, opts)
 	if err == nil {
 		_, err = pg.Exec(ctx, "SELECT 1").ReadAll()
 		res.ServerVersion = pg.ParameterStatus("server_version")
@@ -75,6 +94,17 @@ func Run(ctx context.Context, dsn string, timeout time.Duration) Result {
 		res.HostnameVerified = facts.HostnameVerified && facts.Encrypted
 		res.ClientCertSent = facts.ClientCertSent
 		res.Warnings = facts.Warnings
+		if policy != nil {
+			attested := facts.Attested
+			res.Attested = &attested
+			if r := facts.Attestation; attested && r != nil && r.Quote != nil {
+				a := &Attestation{MRTD: hex.EncodeToString(r.Quote.Body.MRTD[:]), Simulated: ratls.IsSimulated(r.Quote)}
+				if r.Appraisal != nil {
+					a.TCBStatus = r.Appraisal.Status
+				}
+				res.Attestation = a
+			}
+		}
 		if err == nil {
 			res.AuthMethod = facts.AuthMethod()
 		}
@@ -89,12 +119,15 @@ func Run(ctx context.Context, dsn string, timeout time.Duration) Result {
 }
 
 // ExitCode is the process exit status: 0 connected and ran SELECT 1, 1 the
-// connection failed, 2 the connection settings are invalid.
+// connection failed (attestation refusals included), 2 the connection
+// settings are invalid.
 func (r Result) ExitCode() int {
 	switch {
 	case r.OK:
 		return 0
-	case r.Class == failure.ConfigInvalid && r.Connection == "":
+	case r.Class == failure.ConfigInvalid && (r.Connection == "" || r.Address == ""):
+		// Settings refused before any server was reached (unparseable,
+		// or a combination such as an attestation policy with prefer).
 		return 2
 	}
 	return 1
@@ -125,6 +158,17 @@ func (r Result) WriteText(out, errOut io.Writer) {
 		}
 	} else {
 		fmt.Fprintf(out, "  tls:  none — the connection is NOT encrypted\n")
+	}
+	if a := r.Attestation; a != nil {
+		tcb := string(a.TCBStatus)
+		if tcb == "" {
+			tcb = "not appraised"
+		}
+		sim := ""
+		if a.Simulated {
+			sim = " — SIMULATED quote (allow_simulator): proves nothing about hardware"
+		}
+		fmt.Fprintf(out, "  attestation: passed, MRTD %s, TCB %s%s\n", a.MRTD, tcb, sim)
 	}
 	fmt.Fprintf(out, "  auth: %s\n", r.AuthMethod)
 }

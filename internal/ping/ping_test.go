@@ -19,7 +19,7 @@ func TestRun(t *testing.T) {
 	ctx := context.Background()
 
 	// Invalid settings: exit 2, nothing connected, the secret not echoed.
-	r := Run(ctx, "sslmode=sometimes password=hunter2", time.Minute)
+	r := Run(ctx, "sslmode=sometimes password=hunter2", time.Minute, nil)
 	if r.ExitCode() != 2 || r.Class != failure.ConfigInvalid || r.Error == nil {
 		t.Fatalf("invalid settings: %+v", r)
 	}
@@ -31,7 +31,7 @@ func TestRun(t *testing.T) {
 	}
 	port := l.Addr().(*net.TCPAddr).Port
 	l.Close()
-	r = Run(ctx, fmt.Sprintf("host=127.0.0.1 port=%d sslmode=require password=hunter2", port), time.Minute)
+	r = Run(ctx, fmt.Sprintf("host=127.0.0.1 port=%d sslmode=require password=hunter2", port), time.Minute, nil)
 	if r.ExitCode() != 1 || r.Class != failure.ConnectionRefused || r.OK {
 		t.Fatalf("refused: %+v", r)
 	}
@@ -48,7 +48,7 @@ func TestRun(t *testing.T) {
 	ca := testpki.NewRootCA(t, "ping root")
 	srv := ca.Server(t)
 	s := pgtest.Start(t, pgtest.Options{SSL: true, ServerCert: srv.ChainPEM, ServerKey: srv.KeyPEM, HBA: []string{"local all all trust", "hostssl all all 127.0.0.1/32 trust"}})
-	r = Run(ctx, fmt.Sprintf("host=127.0.0.1 port=%d user=postgres dbname=postgres sslmode=require", s.Port), time.Minute)
+	r = Run(ctx, fmt.Sprintf("host=127.0.0.1 port=%d user=postgres dbname=postgres sslmode=require", s.Port), time.Minute, nil)
 	if r.ExitCode() != 0 || !r.OK || !r.SSL || r.ServerVerified || r.TLSVersion == "" || r.ServerVersion == "" {
 		t.Fatalf("ping: %+v", r)
 	}
@@ -61,7 +61,7 @@ func TestRun(t *testing.T) {
 	// An sslkeylogfile that cannot be opened: libpq 18 prints a WARNING and
 	// connects; so does ping.
 	bad := t.TempDir() + "/no/such/dir/keys.log"
-	r = Run(ctx, fmt.Sprintf("host=127.0.0.1 port=%d user=postgres dbname=postgres sslmode=require sslkeylogfile=%s", s.Port, bad), time.Minute)
+	r = Run(ctx, fmt.Sprintf("host=127.0.0.1 port=%d user=postgres dbname=postgres sslmode=require sslkeylogfile=%s", s.Port, bad), time.Minute, nil)
 	out.Reset()
 	errOut.Reset()
 	r.WriteText(&out, &errOut)
