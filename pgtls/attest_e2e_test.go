@@ -7,12 +7,19 @@ import (
 	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/asn1"
 	"encoding/hex"
 	"encoding/pem"
 	"fmt"
 	"math/big"
 	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -171,4 +178,76 @@ func TestAttestationSimulatorEndToEnd(t *testing.T) {
 		s.Reload(t)
 		refused(t, simPolicy(), "attestation_no_evidence")
 	})
+}
+
+// TestAttestationStageTimeout: the handshake completes but the attestation
+// does not — the PCCS the policy fetches collateral from never answers. The
+// connection is refused within AttestationTimeout with the attestation
+// stage named. The certificate carries a genuine Intel quote in the legacy
+// raw-quote extension (and an empty event log), so every check before the TCB appraisal passes and
+// the collateral fetch is what hangs.
+func TestAttestationStageTimeout(t *testing.T) {
+	quote, err := os.ReadFile(filepath.Join("..", "..", "shared", "testdata", "ratls", "dcap_qvl_tdx_quote_v4.bin"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	val, err := asn1.Marshal(quote)
+	if err != nil {
+		t.Fatal(err)
+	}
+	emptyLog, err := asn1.Marshal([]byte("[]")) // RTMR3 of this quote is zero
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(3), Subject: pkix.Name{CommonName: "genuine quote, unbound key"},
+		NotBefore: time.Now().Add(-time.Minute), NotAfter: time.Now().Add(time.Hour),
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		ExtraExtensions: []pkix.Extension{{Id: ratls.OIDRawQuote, Value: val}, {Id: ratls.OIDEventLog, Value: emptyLog}},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := pgtest.Start(t, pgtest.Options{SSL: true,
+		ServerCert: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), ServerKey: testpki.KeyPEMPKCS8(key)})
+
+	release := make(chan struct{})
+	var asked atomic.Int32
+	pccs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		asked.Add(1)
+		select {
+		case <-release:
+		case <-r.Context().Done():
+		}
+	}))
+	defer pccs.Close()
+	defer close(release)
+
+	var reports []*ratls.Report
+	opts := &pgtls.Options{
+		Attestation: &ratls.Policy{
+			MRTD:       []string{"91eb2b44d141d4ece09f0c75c2c53d247a3c68edd7fafe8a3520c942a604a407de03ae6dc5f87f27428b2538873118b7"},
+			Collateral: ratls.NewPCCS(pccs.URL, pccs.Client()),
+		},
+		AttestationTimeout: 400 * time.Millisecond,
+		Trace:              &pgtls.Trace{Attestation: func(_ string, r *ratls.Report) { reports = append(reports, r) }},
+	}
+	dsn := fmt.Sprintf("host=127.0.0.1 port=%d user=postgres dbname=postgres sslmode=require", s.Port)
+	_, _, err = pgtls.Connect(context.Background(), parseDSN(t, dsn), opts)
+	e, ok := failure.As(err)
+	if !ok || e.Class != failure.Timeout || !strings.Contains(e.Message, "attestation timed out after 400ms") ||
+		!strings.Contains(e.Evidence, "TLS handshake completed") {
+		t.Fatalf("want the attestation stage's timeout, got %v", err)
+	}
+	if asked.Load() == 0 {
+		t.Fatal("the PCCS was never asked: the timeout did not come from the attestation stage")
+	}
+	if len(reports) != 0 {
+		t.Fatalf("an unfinished attestation reported %d reports", len(reports))
+	}
 }
