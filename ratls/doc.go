@@ -1,30 +1,40 @@
-// Package ratls verifies Intel TDX attestation evidence, the basis of
-// attested TLS (RA-TLS): a server is trusted because its certificate carries
-// a hardware-signed quote of the code it runs, not because a CA signed it.
+// Package ratls verifies Intel TDX attestation evidence and issues it: the
+// basis of attested TLS (RA-TLS), where a server is trusted because its
+// certificate carries a hardware-signed quote of the code it runs, bound to
+// the certificate's key, not because a CA signed it.
 //
-// This first part parses TDX quotes (versions 4 and 5, ECDSA-P256, QE
-// certification data type 6 wrapping a PEM PCK chain of type 5) and checks
-// their signatures: the quote signature by the attestation key over header
-// and body, the QE report signature by the PCK leaf key, the QE report-data
-// binding of the attestation key, and the PCK chain up to the pinned Intel
-// SGX Root CA at an explicit instant. Every refusal is a *failure.Error with
-// an attestation_* class, the evidence (field, offset, expected, got) and a
-// fix.
+// Verifying:
+//   - ParseQuote and Quote.Verify: TDX quotes v4 and v5 (ECDSA-P256, QE
+//     certification data type 6 around a PEM PCK chain), the quote
+//     signature, the QE report signature by the PCK key, the QE binding of
+//     the attestation key, the PCK chain to the pinned Intel SGX Root CA at
+//     an explicit instant.
+//   - Appraise, with Collateral from CollateralDir (offline, dcap-qvl's
+//     JSON shape) or NewPCCS (a PCCS or Intel PCS, cached until
+//     nextUpdate): collateral signatures over their exact bytes, both CRLs,
+//     TDX module identity, TCB level and QE identity, the merged status and
+//     its advisory IDs.
+//   - ParseCertificateEvidence: dstack's RA-TLS extensions (the versioned
+//     attestation, SCALE V0; the legacy raw-quote and event-log ones);
+//     ReplayRTMRs recomputes runtime-event digests and replays the log;
+//     ParseAppIdentity reads the RTMR3 application events.
+//   - Policy.VerifyCertificate / VerifyQuote run every check (MRTD
+//     allowlist, RTMR pins, debug, SEAM, TEE TCB SVN, TCB status, event
+//     log, app id, compose hash, key provider, key binding, KMS chain) and
+//     return a Report naming each one; CheckNames lists them.
 //
-// Which code does what: the parser and the signature checks are written
-// here on the standard library (encoding/binary, crypto/ecdsa, crypto/x509);
-// github.com/google/go-tdx-guest is not used yet. Its abi package parses
-// quotes into protobuf types and its errors are plain strings, without the
-// field and offset a refusal must show; its newest tag, v0.3.1, ships no v5
-// test quote; its verify package ties the signature checks to collateral
-// fetching and TCB appraisal, where it may fit later (TCB info and QE
-// identity matching). Every length is checked against the bytes present.
-// Bytes after the signature data are kept in Quote.Extra, as go-tdx-guest
-// does, because genuine quotes carry zero padding there; no signature
-// covers them. The PEM PCK chain may end in a NUL, as Intel's library
-// writes it.
+// Issuing: a QuoteProvider (NewConfigFSProvider on TDX hardware through
+// go-tdx-guest's configfs-tsm client; NewSimulator for development, whose
+// quotes every verifier refuses unless AllowSimulator) and NewCertificate,
+// which binds a fresh key into a quote and writes the evidence extensions.
 //
-// Not yet here: TCB appraisal from TCB info and QE identity collateral,
-// CRLs, policy checks (MRTD allowlist, debug bit, RTMR pins, key binding),
-// the PCK certificate's SGX extension, RA-TLS certificate extensions.
+// Every refusal is a *failure.Error with one of Classes (attestation_*),
+// the evidence (field, expected, got) and a fix. Which parts use
+// github.com/google/go-tdx-guest and which are written here, and why, is
+// recorded in docs/attestation.md: go-tdx-guest decodes Intel's TCB info and
+// QE identity JSON and requests quotes from configfs-tsm; the quote parser,
+// the PCK extension parser, collateral verification and TCB appraisal, the
+// PCCS client, the dstack formats and the policy are written here, because
+// go-tdx-guest's versions report plain-string errors without the field a
+// refusal must show, judge only UpToDate, and know nothing of dstack.
 package ratls
