@@ -42,10 +42,19 @@ func FuzzParsePrivateKey(f *testing.F) {
 			if !ok || fe.Class == "" || fe.Class == failure.OK || fe.Fix == "" {
 				t.Fatalf("unclassified error: %#v", err)
 			}
-			// The password may appear only if the file itself shows it.
+			// The password may appear only if the file itself shows it, or
+			// if it is part of pgtrust's fixed wording (a password "ssword"
+			// is in "incorrect password"): the same file with another
+			// password of the same length then shows it too.
 			if len(password) >= 4 && !bytes.Contains(data, []byte(password)) && !strings.Contains(path, password) {
+				var fixed string
+				if _, rerr := ParsePrivateKey(data, strings.Repeat("\x01", len(password)), path); rerr != nil {
+					if rf, ok := failure.As(rerr); ok {
+						fixed = rf.Error() + rf.Evidence + rf.Fix + rf.Detail()
+					}
+				}
 				for _, s := range []string{fe.Error(), fe.Evidence, fe.Fix, fe.Detail()} {
-					if strings.Contains(s, password) {
+					if strings.Contains(s, password) && !strings.Contains(fixed, password) {
 						t.Fatalf("error shows the password %q: %q", password, s)
 					}
 				}
