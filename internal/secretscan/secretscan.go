@@ -45,6 +45,9 @@ var Known = []Secret{
 	{"connstring/config test password", "hunter2"},
 	{"keyfile fuzz seed passphrase", "fuzz-Key-Pass-9"},
 	{"config fuzz seed sslpassword", "fuzz-Secret-1"},
+	{"scram read secret (internal/scram)", "g1-Scram-Secret-1"},
+	{"scram readwrite secret (internal/scram)", "g1-Scram-Secret-2"},
+	{"scram wrong secret (internal/scram)", "g1-Wrong-Secret-3"},
 }
 
 // pemPrivateKey matches the header of any PEM private key block ("PRIVATE
