@@ -67,6 +67,14 @@ func checkAttestation(cfg *connstring.Config, opts *Options) error {
 	return nil
 }
 
+// CheckAttestationSettings refuses, as Connect and Dial do before anything
+// is dialled, settings under which policy p could be bypassed: an sslmode
+// that may connect without TLS, or a Unix-socket host. Callers that open
+// their own connections under a policy (doctor) check the same rule.
+func CheckAttestationSettings(cfg *connstring.Config, p *ratls.Policy) error {
+	return checkAttestation(cfg, &Options{Attestation: p})
+}
+
 // attestationContext returns the context of the TLS handshake and the
 // attestation when a policy is set: both together must finish within
 // AttestationTimeout (and, as always, within connect_timeout).
@@ -115,10 +123,13 @@ func attestationTimeoutError(stage, address string, opts *Options, err error) *f
 // completed (so the server has proved possession of its key) and refuses
 // the connection with the report's error. It is bounded by ctx even if the
 // verifier does not honour it.
-func attest(ctx context.Context, p *ratls.Policy, leaf *x509.Certificate, address string, opts *Options, facts *Facts) error {
+// The whole chain the server sent is given, leaf first, so that a
+// KMS-issued certificate sent with its intermediate chains to a pinned KMS
+// root.
+func attest(ctx context.Context, p *ratls.Policy, chain []*x509.Certificate, address string, opts *Options, facts *Facts) error {
 	now := opts.now()
 	done := make(chan *ratls.Report, 1)
-	go func() { done <- p.VerifyCertificate(ctx, leaf, now) }()
+	go func() { done <- p.VerifyChain(ctx, chain, now) }()
 	var r *ratls.Report
 	select {
 	case r = <-done:

@@ -10,6 +10,7 @@ import (
 	"crypto/x509/pkix"
 	"encoding/asn1"
 	"encoding/hex"
+	"encoding/json"
 	"encoding/pem"
 	"fmt"
 	"math/big"
@@ -249,5 +250,61 @@ func TestAttestationStageTimeout(t *testing.T) {
 	}
 	if len(reports) != 0 {
 		t.Fatalf("an unfinished attestation reported %d reports", len(reports))
+	}
+}
+
+// TestAttestationKMSChainWithIntermediate: the server sends its RA-TLS
+// certificate with the KMS intermediate that issued it; the policy pins the
+// KMS root the TD measured as its key provider. The whole chain the server
+// sent is attested, so the leaf chains to the root through the
+// intermediate and SELECT 1 runs; without the pinned root it is refused.
+func TestAttestationKMSChainWithIntermediate(t *testing.T) {
+	root := testpki.NewRootCA(t, "KMS root")
+	inter := root.NewIntermediate(t, "KMS intermediate")
+	kp, err := json.Marshal(map[string]string{"name": "kms", "id": hex.EncodeToString(root.Cert.RawSubjectPublicKeyInfo)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var events []ratls.Event
+	for _, e := range []struct {
+		name    string
+		payload []byte
+	}{{"system-preparing", nil}, {"key-provider", kp}, {"system-ready", nil}} {
+		events = append(events, ratls.Event{IMR: 3, EventType: ratls.RuntimeEventType, Event: e.name, Payload: e.payload})
+	}
+	sim, err := ratls.NewSimulator(ratls.SimulatorOptions{Events: events})
+	if err != nil {
+		t.Fatal(err)
+	}
+	issuer := &tls.Certificate{Certificate: [][]byte{inter.Cert.Raw}, PrivateKey: inter.Key, Leaf: inter.Cert}
+	c, err := ratls.NewCertificate(context.Background(), sim, ratls.CertificateOptions{
+		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}, Issuer: issuer})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(c.Certificate) < 2 {
+		t.Fatalf("the RA-TLS certificate carries %d certificates, want the leaf and the intermediate", len(c.Certificate))
+	}
+	certPEM, keyPEM, _ := tlsToPEM(t, c)
+	s := pgtest.Start(t, pgtest.Options{SSL: true, ServerCert: certPEM, ServerKey: keyPEM})
+	dsn := fmt.Sprintf("host=127.0.0.1 port=%d user=postgres dbname=postgres sslmode=require", s.Port)
+
+	p := simPolicy()
+	p.KMSRoots = root.Pool()
+	p.KeyProvider = "kms"
+	pg, facts, err := pgtls.Connect(context.Background(), parseDSN(t, dsn), &pgtls.Options{Attestation: p})
+	if err != nil {
+		t.Fatalf("KMS-issued RA-TLS certificate with its intermediate: %v", err)
+	}
+	defer pg.Close(context.Background())
+	if _, err := pg.Exec(context.Background(), "SELECT 1").ReadAll(); err != nil || !facts.Attested {
+		t.Fatalf("SELECT 1: %v, attested %v", err, facts.Attested)
+	}
+
+	other := simPolicy()
+	other.KMSRoots = testpki.NewRootCA(t, "another KMS root").Pool()
+	_, _, err = pgtls.Connect(context.Background(), parseDSN(t, dsn), &pgtls.Options{Attestation: other})
+	if e, ok := failure.As(err); !ok || e.Class != ratls.ClassKMSChain {
+		t.Fatalf("another KMS root pinned: want %s, got %v", ratls.ClassKMSChain, err)
 	}
 }

@@ -185,9 +185,9 @@ func negotiateTLS(ctx context.Context, raw net.Conn, cfg *connstring.Config, hos
 			WithFix("check that host and port point at PostgreSQL and not at another TLS service")
 	}
 	if p := opts.attestation(); p != nil {
-		leaf, err := attestationLeaf(state.PeerCertificates, address)
+		_, err := attestationLeaf(state.PeerCertificates, address)
 		if err == nil {
-			err = attest(hctx, p, leaf, address, opts, facts)
+			err = attest(hctx, p, state.PeerCertificates, address, opts, facts)
 		}
 		if err != nil {
 			return nil, err

@@ -269,8 +269,9 @@ func TestPolicyVerifyQuotePrerequisites(t *testing.T) {
 
 // TestPolicyVerifyQuoteUnexplainedRTMR3: the simulator attestation's quote
 // without its event log has an RTMR3 nothing explains, so no identity
-// check can pass, even when pinned; key provider and KMS chain are
-// not evaluated either.
+// check can pass, even when pinned, and the key provider is not
+// evaluated; the pinned KMS root fails outright: a bare quote has no
+// certificate to chain to it.
 func TestPolicyVerifyQuoteUnexplainedRTMR3(t *testing.T) {
 	sim := quoteBytes(t, "dstack_simulator_attestation.bin", loadExpected(t)["dstack_simulator_attestation.bin"])
 	roots := x509.NewCertPool()
@@ -279,7 +280,8 @@ func TestPolicyVerifyQuoteUnexplainedRTMR3(t *testing.T) {
 	r := p.VerifyQuote(context.Background(), sim, nil, mustTime(t, "2026-02-01T00:00:00Z"))
 	err := polWantReport(t, r, polUnpinned(map[string]string{
 		ratls.CheckTCB: "S", ratls.CheckTCBStatus: "S", ratls.CheckEventLog: "F:attestation_rtmr3_replay",
-		ratls.CheckAppID: "S", ratls.CheckComposeHash: "S", ratls.CheckKeyProvider: "S", ratls.CheckKeyBinding: "S", ratls.CheckKMSChain: "S"}))
+		ratls.CheckAppID: "S", ratls.CheckComposeHash: "S", ratls.CheckKeyProvider: "S", ratls.CheckKeyBinding: "S",
+		ratls.CheckKMSChain: "F:attestation_kms_chain"}))
 	fe := wantClass(t, err, ratls.ClassRTMR3Replay)
 	if !strings.Contains(fe.Evidence, "f28a1490ee924e9396c2ccf2d93ad536b83cbe159a1d45024d1fd7acdcc102145efcfcd0cfa209416446c70226affadf") {
 		t.Errorf("evidence %q lacks the quote's RTMR3", fe.Evidence)

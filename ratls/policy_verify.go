@@ -232,7 +232,11 @@ func (p *Policy) verify(ctx context.Context, u *run, c *compiledPolicy, raw []by
 	case p.KMSRoots == nil:
 		u.set(checkKMSChain(nil, chain, id, at))
 	case chain == nil:
-		u.skip("no certificate (VerifyQuote): the KMS chain is not checked", CheckKMSChain)
+		// A pinned KMS root is a requirement, not a hint: without a
+		// certificate it cannot be met, so it fails rather than skips.
+		u.set(failed(CheckKMSChain, failure.New(ClassKMSChain, "a KMS root is pinned but there is no certificate to check against it").
+			WithEvidence("the evidence is a bare quote (VerifyQuote): no certificate chain to verify up to KMSRoots").
+			WithFix("verify the server's RA-TLS certificate instead (attest verify CERT.pem or HOST:PORT), or drop the KMS root pin for a bare quote")))
 	case id == nil:
 		u.skip("event_log check failed: no measured key provider to compare with the KMS root", CheckKMSChain)
 	default:

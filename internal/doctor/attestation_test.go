@@ -2,12 +2,19 @@ package doctor_test
 
 import (
 	"context"
+	"crypto/tls"
+	"encoding/binary"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"io"
+	"net"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgproto3"
 	"github.com/pgtrust/pgtrust/internal/doctor"
 	"github.com/pgtrust/pgtrust/internal/pgtest"
 	"github.com/pgtrust/pgtrust/internal/testpki"
@@ -96,20 +103,103 @@ func TestAttestationStageNoTLS(t *testing.T) {
 	h, port := pgtest.FakeServer(t, pgtest.FakeRefuseSSL)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	dsn := fmt.Sprintf("host=%s port=%d user=postgres sslmode=prefer", h, port)
-	r := doctor.Diagnose(ctx, dsn, &doctor.Options{Env: map[string]string{"HOME": t.TempDir()},
-		Attestation: &ratls.Policy{MRTD: []string{attMRTD}, SkipTCB: true}})
-	att := attStage(t, r, doctor.StageAttestation)
-	if r.OK || r.Class != "attestation_no_evidence" || r.FailedStage != doctor.StageAttestation || att.Status != doctor.StatusFail ||
-		attStage(t, r, doctor.StageAuthentication).Status != doctor.StatusSkipped || attStage(t, r, doctor.StageQuery).Status != doctor.StatusSkipped {
-		t.Fatalf("class %s failed %s stages %+v", r.Class, r.FailedStage, r.Stages)
+	// A policy with an sslmode that may fall back to plaintext is refused
+	// before anything is dialled, as by every pgtrust client: a plaintext
+	// attempt would carry the credential to an unattested server.
+	for _, mode := range []string{"disable", "allow", "prefer"} {
+		dsn := fmt.Sprintf("host=%s port=%d user=postgres sslmode=%s", h, port, mode)
+		r := doctor.Diagnose(ctx, dsn, &doctor.Options{Env: map[string]string{"HOME": t.TempDir()},
+			Attestation: &ratls.Policy{MRTD: []string{attMRTD}, SkipTCB: true}})
+		if r.OK || r.Class != "config_invalid" || r.FailedStage != doctor.StageConfiguration ||
+			!strings.Contains(r.Error.Message, "sslmode=require or stronger") {
+			t.Fatalf("sslmode=%s: class %s failed %s %+v", mode, r.Class, r.FailedStage, r.Error)
+		}
 	}
 
 	// A transport failure stops before the attestation stage, which is
 	// then not reached.
-	r = doctor.Diagnose(ctx, "host=127.0.0.1 port=1 sslmode=require", &doctor.Options{Env: map[string]string{"HOME": t.TempDir()},
+	r := doctor.Diagnose(ctx, "host=127.0.0.1 port=1 sslmode=require", &doctor.Options{Env: map[string]string{"HOME": t.TempDir()},
 		Attestation: &ratls.Policy{MRTD: []string{attMRTD}, SkipTCB: true}})
 	if r.OK || r.Class != "connection_refused" || r.FailedStage != doctor.StageTCP || attStage(t, r, doctor.StageAttestation).Status != doctor.StatusSkipped {
 		t.Fatalf("refused: class %s failed %s stages %+v", r.Class, r.FailedStage, r.Stages)
+	}
+}
+
+// TestAttestationEveryConnection: the server attested first is not the one
+// the diagnosis connection reaches (a second host, DNS, a restart): here
+// the first connection presents a simulator RA-TLS certificate the policy
+// accepts, every later one a plain certificate, then asks for a cleartext
+// password. The diagnosis connection is attested too, so it is refused
+// before its startup message and the password never leaves doctor.
+func TestAttestationEveryConnection(t *testing.T) {
+	sim, err := ratls.NewSimulator(ratls.SimulatorOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	raTLS, err := ratls.NewCertificate(context.Background(), sim, ratls.CertificateOptions{IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	plain := testpki.SelfSigned(t).TLSCertificate()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	var mu sync.Mutex
+	var startups, passwords int
+	go func() {
+		for n := 0; ; n++ {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func(n int, c net.Conn) {
+				defer c.Close()
+				c.SetDeadline(time.Now().Add(10 * time.Second))
+				hdr := make([]byte, 8)
+				if _, err := io.ReadFull(c, hdr); err != nil || binary.BigEndian.Uint32(hdr[4:]) != 80877103 {
+					return
+				}
+				c.Write([]byte{'S'})
+				cert := plain
+				if n == 0 {
+					cert = *raTLS
+				}
+				tc := tls.Server(c, &tls.Config{Certificates: []tls.Certificate{cert}, NextProtos: []string{"postgresql"}})
+				be := pgproto3.NewBackend(tc, tc)
+				if _, err := be.ReceiveStartupMessage(); err != nil {
+					return
+				}
+				mu.Lock()
+				startups++
+				mu.Unlock()
+				be.Send(&pgproto3.AuthenticationCleartextPassword{})
+				if be.Flush() != nil {
+					return
+				}
+				be.SetAuthType(pgproto3.AuthTypeCleartextPassword)
+				if _, err := be.Receive(); err == nil {
+					mu.Lock()
+					passwords++
+					mu.Unlock()
+				}
+			}(n, c)
+		}
+	}()
+	mrtd := ratls.DefaultSimulatorMRTD()
+	dsn := fmt.Sprintf("host=127.0.0.1 port=%d user=carol dbname=postgres sslmode=require password=pw-very-secret-42", ln.Addr().(*net.TCPAddr).Port)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	r := doctor.Diagnose(ctx, dsn, &doctor.Options{Env: map[string]string{"HOME": t.TempDir()},
+		Attestation: &ratls.Policy{MRTD: []string{hex.EncodeToString(mrtd[:])}, AllowSimulator: true}})
+	if r.OK || r.Class != "attestation_no_evidence" || r.FailedStage != doctor.StageAttestation ||
+		attStage(t, r, doctor.StageAttestation).Status != doctor.StatusFail {
+		t.Fatalf("class %s failed %s stages %+v", r.Class, r.FailedStage, r.Stages)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if startups != 0 || passwords != 0 {
+		t.Fatalf("an unattested server received %d startup messages and %d password messages", startups, passwords)
 	}
 }

@@ -38,6 +38,13 @@ func Run(ctx context.Context, cfg *connstring.Config, opts *Options) *Report {
 	configDur := time.Since(start)
 	r.Warnings = append(r.Warnings, cc.warnings...)
 
+	if o.Attestation != nil {
+		// The same rule as every pgtrust client: a policy needs TLS on every
+		// attempt, or a credential could reach an unattested server.
+		if err := pgtls.CheckAttestationSettings(cfg, o.Attestation); err != nil {
+			return ConfigFailure(err, time.Since(start))
+		}
+	}
 	o.OnStage(StageDNS)
 	var att *attested
 	var attFacts *pgtls.Facts
@@ -56,7 +63,11 @@ func Run(ctx context.Context, cfg *connstring.Config, opts *Options) *Report {
 		}
 	}
 	rec := newRecorder(cfg, o.OnStage)
-	popts := &pgtls.Options{Trace: rec.trace(), DialContext: rec.dial, Now: o.Now}
+	// The diagnosis connection carries the policy too: pgtls attests every
+	// attempt before its startup message, so a server that changed since
+	// the first connection (another host, DNS, a restart) never sees a
+	// credential unattested.
+	popts := &pgtls.Options{Trace: rec.trace(), DialContext: rec.dial, Now: o.Now, Attestation: o.Attestation}
 	connStart := time.Now()
 	pg, facts, err := pgtls.Connect(ctx, cfg, popts)
 	connDur := time.Since(connStart)
@@ -81,8 +92,13 @@ func Run(ctx context.Context, cfg *connstring.Config, opts *Options) *Report {
 			r.Warnings = append(r.Warnings, Warning{Code: WarnLibpq, Message: w})
 		}
 	}
-	if att != nil && err == nil {
+	switch {
+	case att != nil && err == nil:
 		att = att.recheck(ctx, facts, &o, attFacts)
+	case att != nil && strings.HasPrefix(string(failure.ClassOf(err)), "attestation_"):
+		// The diagnosis connection's server was refused: the stage shows
+		// that certificate's checks, not the first connection's.
+		att = attestFacts(ctx, facts, &o)
 	}
 	d := &diagnosis{cfg: cfg, o: o, now: now, cc: cc, rec: obs, facts: facts, err: err, queryErr: queryErr, att: att, r: r}
 	d.build(configDur, connDur, queryDur)
