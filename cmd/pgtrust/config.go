@@ -1,8 +1,10 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"io"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -33,6 +35,11 @@ they would to pgtrust proxy: one that weakens an sslmode the file writes is a
 failure, a PG* or DB_SSL_MODE variable that weakens the verify-full default a
 warning.
 
+With gateway tables ([[upstreams.NAME.gateway]]) it also checks every
+verifier and downgrade pair, and connects upstream (the only step that does)
+as each mapped role with the gateway's credentials; an unreachable database
+is a warning.
+
 Exit status: 0 no problem (warnings allowed), 1 problems found,
 2 the file cannot be read or is not a valid configuration.`,
 		Args: cobra.ExactArgs(1),
@@ -48,6 +55,12 @@ Exit status: 0 no problem (warnings allowed), 1 problems found,
 				return exitCode(2)
 			}
 			findings := config.Validate(f)
+			if f.HasGateway() {
+				// The gateway's roles are checked upstream when it is reachable.
+				ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+				findings = append(findings, config.CheckGatewayRoles(ctx, f)...)
+				cancel()
+			}
 			ok := !config.Failed(findings)
 			if asJSON {
 				writeJSON(out, map[string]any{"ok": ok, "file": args[0], "findings": findings})

@@ -113,6 +113,11 @@ type Upstream struct {
 	Settings map[string]any `toml:"settings"`
 
 	ClientTLS *ClientTLS `toml:"client_tls"`
+	// Gateway lists remote listeners ([[upstreams.NAME.gateway]],
+	// gateway.go); Auth makes the local listeners open the upstream as a
+	// configured role.
+	Gateway []*Gateway    `toml:"gateway,omitempty"`
+	Auth    *UpstreamAuth `toml:"auth,omitempty"`
 	// Attestation, when set, is the RA-TLS policy the upstream's
 	// certificate must pass (attestation.go).
 	Attestation *Attestation `toml:"attestation"`
@@ -290,9 +295,12 @@ func (f *File) check() error {
 			return f.invalid(key, "both dsn and [%s.settings] are given", key).
 				WithFix("keep one: either dsn = \"...\" or a [%s.settings] table of libpq keywords", key)
 		}
-		if u.Listen == "" && u.UnixSocketDir == "" {
+		if u.Listen == "" && u.UnixSocketDir == "" && len(u.Gateway) == 0 {
 			return f.invalid(key+".listen", "upstream %q has no listener", name).
-				WithFix("set %s.listen = \"127.0.0.1:6432\" (or unix_socket_dir)", key)
+				WithFix("set %s.listen = \"127.0.0.1:6432\" (or unix_socket_dir, or a [[%s.gateway]] table)", key, key)
+		}
+		if err := f.checkGateways(key, u); err != nil {
+			return err
 		}
 		if u.MaxConnections < 0 {
 			return f.invalid(key+".max_connections", "must not be negative").WithFix("set a positive limit, or remove the key for the default %d", DefaultMaxConnections)

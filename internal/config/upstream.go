@@ -261,6 +261,12 @@ func (f *File) ProxyConfig(logger *slog.Logger, reg prometheus.Registerer) (*pro
 		if t := u.ClientTLS; t != nil {
 			uc.ClientTLS = &proxy.ClientTLS{CertFile: t.CertFile, KeyFile: t.KeyFile, AutoCertDir: t.AutoCertDir, Require: t.Require}
 		}
+		if uc.Gateways, err = f.gatewayConfigs("upstreams."+name, u, env); err != nil {
+			return nil, err
+		}
+		if uc.Auth, err = f.upstreamAuth("upstreams."+name, u, env); err != nil {
+			return nil, err
+		}
 		pc.Upstreams = append(pc.Upstreams, uc)
 	}
 	return pc, nil

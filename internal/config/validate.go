@@ -149,8 +149,59 @@ func validate(f *File, env map[string]string, now time.Time) []Finding {
 				v.writableDir(key+".client_tls.auto_cert_dir", t.AutoCertDir, true)
 			}
 		}
+		v.gateways(f, name, u, env)
 	}
 	return v.out
+}
+
+// gateways checks the gateway listeners of upstream name: addresses,
+// certificate pairs, client CA and CRL files, every verifier parses and
+// every downgrade pair shares its salt, the identity map parses, the
+// secrets' files and variables are there.
+func (v *validator) gateways(f *File, name string, u *Upstream, env map[string]string) {
+	key := "upstreams." + name
+	if len(u.Gateway) == 0 && u.Auth == nil {
+		return
+	}
+	for i, g := range u.Gateway {
+		gk := fmt.Sprintf("%s.gateway[%d]", key, i)
+		if g.Listen != "" {
+			if err := checkAddr(g.Listen); err != nil {
+				v.fail(gk+".listen", f.invalid(gk+".listen", "%q: %v", g.Listen, err).WithFix(`write host:port, e.g. ":5433"`))
+			}
+		}
+		if g.CertFile != "" {
+			v.pair(gk, g.CertFile, g.KeyFile, "")
+		}
+		if g.ClientCAFile != "" {
+			v.certFile(gk+".client_ca_file", g.ClientCAFile, true)
+		}
+		if g.ClientCRLFile != "" {
+			if _, err := os.Stat(g.ClientCRLFile); err != nil {
+				v.fail(gk+".client_crl_file", failure.Wrap(failure.ConfigInvalid, err, "%s: cannot read %s", gk, g.ClientCRLFile).WithFix("make the CRL file readable"))
+			}
+		}
+	}
+	gws, err := f.gatewayConfigs(key, u, env)
+	if err != nil {
+		v.fail(key+".gateway", err)
+		return
+	}
+	if _, err := f.upstreamAuth(key, u, env); err != nil {
+		v.fail(key+".auth", err)
+	}
+	for i, g := range gws {
+		gk := fmt.Sprintf("%s.gateway[%d]", key, i)
+		if g.RATLS != nil && g.Auth != "" && g.RATLS.Kind == "simulator" {
+			v.warn(gk+".ratls", failure.ConfigInvalid, "the RA-TLS certificate comes from the simulator", "ratls = \"simulator\" signs quotes with throwaway keys no verifier trusts",
+				"use ratls = \"configfs\" in a TDX guest; the simulator is for development")
+		}
+		if err := g.Validate(name, i); err != nil {
+			v.fail(gk, err)
+			continue
+		}
+		v.ok(gk, "gateway listener %s, auth %s, %d role(s)", g.Listen, g.Auth, len(g.Roles))
+	}
 }
 
 // upstreamTLS checks the files libpq would use for cfg.

@@ -14,6 +14,11 @@
 //	                       status "insecure" (503) for a plaintext upstream
 //	                       not declared intended
 //	/metrics               Prometheus metrics
+//	/health                the gateway's JSON: upstreams reachable, each
+//	                       gateway listener's auth mode, certificate expiry
+//	                       and attestation status (503 when unhealthy)
+//	/attestation           with an RA-TLS gateway certificate: its quote,
+//	                       event log and chain (internal/attestation)
 //
 // Every handler answers from state the proxy already holds (its last
 // handshake and probe), so a flood of probes costs no database work.
@@ -21,6 +26,7 @@ package health
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -34,6 +40,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/pgtrust/pgtrust/internal/attestation"
 	"github.com/pgtrust/pgtrust/internal/proxy"
 )
 
@@ -46,6 +53,12 @@ type Source interface {
 	Ready() (bool, string)
 	// HealthStatus is the proxy's current view of its upstreams.
 	HealthStatus() proxy.HealthStatus
+}
+
+// attestationSource is a Source whose gateway may serve an RA-TLS
+// certificate (*proxy.Proxy).
+type attestationSource interface {
+	AttestationCertificate() func() *tls.Certificate
 }
 
 // Server is the health and metrics HTTP server.
@@ -76,6 +89,14 @@ func New(addr string, src Source, gatherer prometheus.Gatherer, logger *slog.Log
 	mux.HandleFunc("GET /readyz", s.readyz)
 	mux.HandleFunc("GET /health/database/ssl", s.databaseSSL)
 	mux.Handle("GET /metrics", promhttp.HandlerFor(gatherer, promhttp.HandlerOpts{ErrorLog: slogAdapter{logger}}))
+	mux.HandleFunc("GET /health", s.gatewayHealth)
+	if a, ok := src.(attestationSource); ok {
+		if get := a.AttestationCertificate(); get != nil {
+			// The evidence of the gateway's own RA-TLS certificate, read
+			// on every request so that a re-issued one is served at once.
+			mux.Handle("/attestation", attestation.NewHandler(attestation.CertificateSource(get), attestation.HandlerOptions{}))
+		}
+	}
 	s.handler = mux
 	s.srv = &http.Server{
 		Handler: mux,

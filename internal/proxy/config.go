@@ -112,9 +112,17 @@ type UpstreamConfig struct {
 	// does). A failed dial or handshake fetches the manifest again and, if
 	// it names another leader, dials that once.
 	Leader *leader.Follower
-	// Auth, when set, makes the proxy authenticate to the upstream itself.
-	// Not supported yet: New returns a config_invalid error.
+	// Auth, when set, makes the proxy authenticate to the upstream itself
+	// on the local listeners: the client is not asked for credentials (the
+	// listener is local, protected by its address or socket permissions)
+	// and the upstream is opened as Auth.Role with the gateway's own
+	// credentials (the dsn's client certificate, Auth.Password, or
+	// trust/peer over a Unix socket).
 	Auth *UpstreamAuth
+	// Gateways are remote listeners of this upstream (TLS mandatory), each
+	// with its own authentication mode: the same session engine with a
+	// different front.
+	Gateways []GatewayConfig
 }
 
 // ClientTLS is the TLS the proxy offers to local clients.
@@ -133,9 +141,10 @@ type ClientTLS struct {
 }
 
 // UpstreamAuth makes the proxy authenticate to the upstream itself and
-// present AuthenticationOk to the client. Not supported yet.
+// present AuthenticationOk to the client.
 type UpstreamAuth struct {
-	Password string
+	Role     string // upstream role; "" = the dsn's user
+	Password string // SCRAM password for Role; "" = the dsn's, or certificate / trust
 }
 
 // String never shows the password.
@@ -203,11 +212,25 @@ func (cfg Config) withDefaults() (Config, error) {
 					WithFix("use sslmode=require (attestation only), verify-ca (chain + attestation) or verify-full (chain + host name + attestation)")
 			}
 		}
-		if u.Auth != nil {
-			return cfg, configError("upstream %q: proxy-side authentication (auth) is not supported yet", u.Name).
-				WithFix("remove the auth setting: the client's own authentication passes through to the upstream")
+		if u.Auth != nil && u.Auth.Role == "" && u.Conn.User == "" {
+			return cfg, configError("upstream %q: auth needs the role to open upstream", u.Name).
+				WithFix("set the auth role, or user= in the upstream's connection string")
 		}
-		if u.Listen == "" && u.UnixSocketDir == "" {
+		if len(u.Gateways) > 0 {
+			gws := make([]GatewayConfig, len(u.Gateways))
+			copy(gws, u.Gateways)
+			for j := range gws {
+				if err := gws[j].withDefaults(u.Name, j); err != nil {
+					return cfg, err
+				}
+				if other, dup := addrs[gws[j].Listen]; dup && !hasPortZero(gws[j].Listen) {
+					return cfg, configError("upstreams %q and %q both listen on %s", other, u.Name, gws[j].Listen).WithFix("give each listener its own address")
+				}
+				addrs[gws[j].Listen] = u.Name
+			}
+			u.Gateways = gws
+		}
+		if u.Listen == "" && u.UnixSocketDir == "" && len(u.Gateways) == 0 {
 			u.Listen = DefaultListen
 		}
 		if u.Listen != "" {
@@ -279,6 +302,11 @@ func (cfg Config) withDefaults() (Config, error) {
 	}
 	cfg.Upstreams = ups
 	return cfg, nil
+}
+
+func hasPortZero(addr string) bool {
+	_, port, _ := net.SplitHostPort(addr)
+	return port == "0"
 }
 
 func configError(format string, args ...any) *failure.Error {

@@ -31,15 +31,18 @@ func TestConfigDefaultsAndValidation(t *testing.T) {
 	}
 
 	for name, c := range map[string]Config{
-		"no upstream":   {},
-		"no name":       {Upstreams: []UpstreamConfig{{Conn: conn}}},
-		"duplicate":     {Upstreams: []UpstreamConfig{{Name: "a", Conn: conn, Listen: "127.0.0.1:1"}, {Name: "a", Conn: conn, Listen: "127.0.0.1:2"}}},
-		"same address":  {Upstreams: []UpstreamConfig{{Name: "a", Conn: conn, Listen: "127.0.0.1:1"}, {Name: "b", Conn: conn, Listen: "127.0.0.1:1"}}},
-		"no conn":       {Upstreams: []UpstreamConfig{{Name: "a"}}},
-		"bad listen":    {Upstreams: []UpstreamConfig{{Name: "a", Conn: conn, Listen: "nonsense"}}},
-		"auth":          {Upstreams: []UpstreamConfig{{Name: "a", Conn: conn, Auth: &UpstreamAuth{Password: "hunter2-secret"}}}},
-		"half TLS pair": {Upstreams: []UpstreamConfig{{Name: "a", Conn: conn, ClientTLS: &ClientTLS{CertFile: "x.crt"}}}},
-		"TLS no cert":   {Upstreams: []UpstreamConfig{{Name: "a", Conn: conn, ClientTLS: &ClientTLS{}}}},
+		"no upstream":                   {},
+		"no name":                       {Upstreams: []UpstreamConfig{{Conn: conn}}},
+		"duplicate":                     {Upstreams: []UpstreamConfig{{Name: "a", Conn: conn, Listen: "127.0.0.1:1"}, {Name: "a", Conn: conn, Listen: "127.0.0.1:2"}}},
+		"same address":                  {Upstreams: []UpstreamConfig{{Name: "a", Conn: conn, Listen: "127.0.0.1:1"}, {Name: "b", Conn: conn, Listen: "127.0.0.1:1"}}},
+		"no conn":                       {Upstreams: []UpstreamConfig{{Name: "a"}}},
+		"bad listen":                    {Upstreams: []UpstreamConfig{{Name: "a", Conn: conn, Listen: "nonsense"}}},
+		"gateway without a certificate": {Upstreams: []UpstreamConfig{{Name: "a", Conn: conn, Gateways: []GatewayConfig{{Auth: AuthClusterSecret}}}}},
+		"gateway md5 mode":              {Upstreams: []UpstreamConfig{{Name: "a", Conn: conn, Gateways: []GatewayConfig{{Auth: "md5", CertFile: "a", KeyFile: "b"}}}}},
+		"cluster_secret without roles":  {Upstreams: []UpstreamConfig{{Name: "a", Conn: conn, Gateways: []GatewayConfig{{Auth: AuthClusterSecret, CertFile: "a", KeyFile: "b"}}}}},
+		"cert mode without a CA":        {Upstreams: []UpstreamConfig{{Name: "a", Conn: conn, Gateways: []GatewayConfig{{Auth: AuthCert, CertFile: "a", KeyFile: "b"}}}}},
+		"half TLS pair":                 {Upstreams: []UpstreamConfig{{Name: "a", Conn: conn, ClientTLS: &ClientTLS{CertFile: "x.crt"}}}},
+		"TLS no cert":                   {Upstreams: []UpstreamConfig{{Name: "a", Conn: conn, ClientTLS: &ClientTLS{}}}},
 	} {
 		_, err := New(c)
 		if failure.ClassOf(err) != failure.ConfigInvalid {

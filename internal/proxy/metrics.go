@@ -43,6 +43,10 @@ type metrics struct {
 	reloads     *prometheus.CounterVec
 	cancels     *prometheus.CounterVec
 	probeResult *prometheus.GaugeVec
+	auth        *prometheus.CounterVec // gateway authentications by mode, result and reason
+	downgrades  *prometheus.CounterVec
+	clientTLS   *prometheus.CounterVec
+	authDelayed *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -82,6 +86,18 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		probeResult: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "pgtrust_upstream_up", Help: "1 when the latest upstream handshake or probe succeeded, 0 when it failed.",
 		}, []string{"upstream"}),
+		auth: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pgtrust_gateway_auth_total", Help: "Client authentications done by the gateway, by mode, result (success, failure) and reason.",
+		}, []string{"upstream", "mode", "result", "reason"}),
+		downgrades: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pgtrust_gateway_downgrades_total", Help: "cluster_secret logins with another user's (stronger) secret, by the user name logged in as.",
+		}, []string{"upstream", "user"}),
+		clientTLS: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pgtrust_gateway_client_tls_total", Help: "Gateway client sessions by negotiated TLS version.",
+		}, []string{"upstream", "version"}),
+		authDelayed: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pgtrust_gateway_auth_delayed_total", Help: "Gateway authentication attempts delayed by the per-source failure backoff.",
+		}, []string{"upstream"}),
 	}
 	if reg == nil {
 		return m, nil
@@ -98,6 +114,10 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	register(reg, &m.reloads, &err)
 	register(reg, &m.cancels, &err)
 	register(reg, &m.probeResult, &err)
+	register(reg, &m.auth, &err)
+	register(reg, &m.downgrades, &err)
+	register(reg, &m.clientTLS, &err)
+	register(reg, &m.authDelayed, &err)
 	if err != nil {
 		return nil, err
 	}

@@ -17,6 +17,7 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/subtle"
+	"crypto/tls"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -33,6 +34,7 @@ import (
 
 	"github.com/pgtrust/pgtrust/certs"
 	"github.com/pgtrust/pgtrust/failure"
+	"github.com/pgtrust/pgtrust/internal/authlimit"
 	"github.com/pgtrust/pgtrust/internal/keyfile"
 	"github.com/pgtrust/pgtrust/pgtls"
 )
@@ -41,6 +43,21 @@ import (
 type HealthStatus struct {
 	Draining  bool
 	Upstreams []UpstreamStatus
+	Gateways  []GatewayStatus
+}
+
+// GatewayStatus is one gateway listener in /health.
+type GatewayStatus struct {
+	Upstream string `json:"upstream"`
+	Listen   string `json:"listen"`
+	Auth     string `json:"auth"`
+	// CertificateNotAfter is the expiry of the server certificate in use.
+	CertificateNotAfter *time.Time `json:"certificate_not_after,omitempty"`
+	// Attestation is "none" (certificate from files), or the RA-TLS
+	// provider ("configfs", "simulator"); AttestationError the latest
+	// failed (re-)issue, while the previous certificate stays in use.
+	Attestation      string          `json:"attestation"`
+	AttestationError *failure.Report `json:"attestation_error,omitempty"`
 }
 
 // UpstreamStatus is one upstream in the shape of seed 000's
@@ -84,6 +101,9 @@ type Proxy struct {
 	tune      atomic.Pointer[tuning]
 	refusals  *sampledLog // repeated refusals, aggregated
 	nonce     string      // prefix of correlation ids, distinct per process
+	// fakeSaltKey derives stable fake SCRAM salts for unknown users: the
+	// same for a name across attempts, unpredictable outside the process.
+	fakeSaltKey []byte
 
 	ctx    context.Context // lives until Close: certificate watchers, probes, dials
 	cancel context.CancelFunc
@@ -114,6 +134,7 @@ type listener struct {
 	addr   string
 	unix   bool
 	public bool                  // a TCP listener not bound to loopback: upstream evidence stays in the log
+	gw     int                   // index of the gateway front in the settings, -1 for a local listener
 	err    atomic.Pointer[error] // the latest Accept failure, nil while healthy
 }
 
@@ -137,9 +158,15 @@ func New(cfg Config) (*Proxy, error) {
 	var nonce [3]byte
 	_, _ = rand.Read(nonce[:])
 	p.nonce = hex.EncodeToString(nonce[:])
+	p.fakeSaltKey = make([]byte, 32)
+	_, _ = rand.Read(p.fakeSaltKey)
 	p.ctx, p.cancel = context.WithCancel(context.Background())
 	for _, uc := range cfg.Upstreams {
 		u := &upstream{name: uc.Name, cfg: uc, metrics: m.forUpstream(uc.Name)}
+		for _, g := range uc.Gateways {
+			o := g.Backoff
+			u.limiters = append(u.limiters, authlimit.New(o))
+		}
 		set, err := p.buildSettings(uc)
 		if err != nil {
 			p.Close()
@@ -184,7 +211,16 @@ func (p *Proxy) Start(ctx context.Context) error {
 				return fail(failure.Wrap(failure.ConfigInvalid, err, "upstream %s: cannot listen on %s", u.name, u.cfg.Listen).
 					WithFix("choose a free address for the upstream's listen setting, or stop the process that holds %s", u.cfg.Listen))
 			}
-			opened = append(opened, &listener{up: u, ln: ln, addr: ln.Addr().String(), public: !isLoopback(ln.Addr())})
+			opened = append(opened, &listener{up: u, ln: ln, addr: ln.Addr().String(), public: !isLoopback(ln.Addr()), gw: -1})
+		}
+		for i, g := range u.cfg.Gateways {
+			var lc net.ListenConfig
+			ln, err := lc.Listen(ctx, "tcp", g.Listen)
+			if err != nil {
+				return fail(failure.Wrap(failure.ConfigInvalid, err, "upstream %s: gateway: cannot listen on %s", u.name, g.Listen).
+					WithFix("choose a free address for the gateway's listen setting, or stop the process that holds %s", g.Listen))
+			}
+			opened = append(opened, &listener{up: u, ln: ln, addr: ln.Addr().String(), public: !isLoopback(ln.Addr()), gw: i})
 		}
 		if dir := u.cfg.UnixSocketDir; dir != "" {
 			path := socketPath(dir, u.cfg.UnixSocketPort)
@@ -196,13 +232,17 @@ func (p *Proxy) Start(ctx context.Context) error {
 				return fail(failure.Wrap(failure.ConfigInvalid, err, "upstream %s: cannot listen on %s", u.name, path).
 					WithFix("make sure %s is a directory this user can create and write, and that no other server uses %s", dir, path))
 			}
-			opened = append(opened, &listener{up: u, ln: ln, addr: path, unix: true})
+			opened = append(opened, &listener{up: u, ln: ln, addr: path, unix: true, gw: -1})
 		}
 	}
 	p.listeners = opened
 	p.started = true
 	for _, l := range opened {
-		p.log.Info("listening", "upstream", l.up.name, "address", l.addr, "upstream_settings", l.up.settings.Load().conn.Redacted())
+		attrs := []any{"upstream", l.up.name, "address", l.addr, "upstream_settings", l.up.settings.Load().conn.Redacted()}
+		if l.gw >= 0 {
+			attrs = append(attrs, "gateway_auth", string(l.up.cfg.Gateways[l.gw].Auth))
+		}
+		p.log.Info("listening", attrs...)
 		p.loopWG.Add(1)
 		go p.acceptLoop(l)
 	}
@@ -464,7 +504,11 @@ func (p *Proxy) reload(cfgNew *Config) error {
 		var errs []error
 		for _, u := range p.upstreams {
 			set := u.settings.Load()
-			for _, src := range []*certs.FileSource{set.clientCert, set.serverCert} {
+			srcs := []*certs.FileSource{set.clientCert, set.serverCert}
+			for _, g := range set.gateways {
+				srcs = append(srcs, g.certSrc)
+			}
+			for _, src := range srcs {
 				if src != nil {
 					if err := src.Reload(); err != nil {
 						errs = append(errs, wrapUpstream(u.name, "certificate reload", err))
@@ -500,7 +544,7 @@ func (p *Proxy) reload(cfgNew *Config) error {
 			discard()
 			return configError("reload cannot remove upstream %q", u.name).WithFix("restart the proxy to change the set of upstreams")
 		}
-		if uc.Listen != u.cfg.Listen || uc.UnixSocketDir != u.cfg.UnixSocketDir || uc.UnixSocketPort != u.cfg.UnixSocketPort {
+		if uc.Listen != u.cfg.Listen || uc.UnixSocketDir != u.cfg.UnixSocketDir || uc.UnixSocketPort != u.cfg.UnixSocketPort || !sameGatewayListeners(uc.Gateways, u.cfg.Gateways) {
 			discard()
 			return configError("reload cannot change the listeners of upstream %q", u.name).
 				WithEvidence("running: listen %q, unix_socket_dir %q; new: listen %q, unix_socket_dir %q", u.cfg.Listen, u.cfg.UnixSocketDir, uc.Listen, uc.UnixSocketDir).
@@ -521,6 +565,20 @@ func (p *Proxy) reload(cfgNew *Config) error {
 	}
 	p.tune.Store(tuningOf(cfg))
 	return nil
+}
+
+// sameGatewayListeners reports whether a reload keeps the gateway
+// listeners (addresses and order): they are opened at Start.
+func sameGatewayListeners(a, b []GatewayConfig) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i].Listen != b[i].Listen {
+			return false
+		}
+	}
+	return true
 }
 
 // onCertReload counts reloads of one certificate source and keeps its
@@ -547,15 +605,60 @@ func (p *Proxy) setExpiry(upstream, kind string, st certs.Status) {
 func (p *Proxy) HealthStatus() HealthStatus {
 	p.mu.Lock()
 	listen := map[*upstream][]string{}
+	gwAddr := map[gwKey]string{}
 	for _, l := range p.listeners {
 		listen[l.up] = append(listen[l.up], l.addr)
+		if l.gw >= 0 {
+			gwAddr[gwKey{l.up, l.gw}] = l.addr
+		}
 	}
 	p.mu.Unlock()
 	hs := HealthStatus{Draining: p.draining.Load()}
 	for _, u := range p.upstreams {
 		hs.Upstreams = append(hs.Upstreams, u.status(listen[u]))
+		set := u.settings.Load()
+		for i, g := range set.gateways {
+			gs := GatewayStatus{Upstream: u.name, Listen: g.cfg.Listen, Auth: string(g.cfg.Auth), Attestation: "none"}
+			if a := gwAddr[gwKey{u, i}]; a != "" {
+				gs.Listen = a
+			}
+			if na := g.notAfter(); !na.IsZero() {
+				gs.CertificateNotAfter = &na
+			}
+			if g.ra != nil {
+				gs.Attestation = g.cfg.RATLS.Kind
+				gs.AttestationError = g.ra.lastErr.Load()
+			}
+			hs.Gateways = append(hs.Gateways, gs)
+		}
 	}
 	return hs
+}
+
+type gwKey struct {
+	u *upstream
+	i int
+}
+
+// AttestationCertificate returns the current RA-TLS certificate of the
+// first gateway listener that has one (for /attestation), or nil when no
+// listener uses RA-TLS.
+func (p *Proxy) AttestationCertificate() func() *tls.Certificate {
+	for _, u := range p.upstreams {
+		for i, g := range u.cfg.Gateways {
+			if g.RATLS == nil {
+				continue
+			}
+			return func() *tls.Certificate {
+				set := u.settings.Load()
+				if i >= len(set.gateways) || set.gateways[i].ra == nil {
+					return nil
+				}
+				return set.gateways[i].ra.cur.Load()
+			}
+		}
+	}
+	return nil
 }
 
 // Ready is false before Start, while draining, when a listener fails to
@@ -598,6 +701,11 @@ func (p *Proxy) Ready() (bool, string) {
 			}
 			if na := c.src.Status().NotAfter; !na.IsZero() && now.After(na) {
 				return false, fmt.Sprintf("upstream %s: %s expired at %s", u.name, c.what, na.UTC().Format(time.RFC3339))
+			}
+		}
+		for _, g := range set.gateways {
+			if na := g.notAfter(); !na.IsZero() && now.After(na) {
+				return false, fmt.Sprintf("upstream %s: gateway %s server certificate expired at %s", u.name, g.cfg.Listen, na.UTC().Format(time.RFC3339))
 			}
 		}
 	}
@@ -659,6 +767,11 @@ func (p *Proxy) forwardCancel(req *pgproto3.CancelRequest, from *session) {
 		p.refusals.Log(slog.LevelWarn, "cancel request for an unknown session", []any{"upstream", from.up.name},
 			"client", from.raw.RemoteAddr().String())
 		return
+	}
+	if target.upSecret != nil {
+		// A session the gateway authenticated: the client holds the
+		// gateway's key, the upstream knows only its own.
+		req = &pgproto3.CancelRequest{ProcessID: target.upPID, SecretKey: target.upSecret}
 	}
 	method := pgtls.MethodPlaintext
 	if target.facts.Encrypted {

@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -69,6 +70,21 @@ type session struct {
 	secret   []byte
 	clientTL string // client-side TLS version, "" when plaintext
 
+	// upPID and upSecret are the upstream's real key when the gateway
+	// authenticated the session (pid/secret are then the gateway's own).
+	upPID    uint32
+	upSecret []byte
+	// serverCert is the certificate this client's handshake presented
+	// (for SCRAM channel binding); peer is the client's verified leaf.
+	serverCert *tls.Certificate
+	peer       *x509.Certificate
+	// identity is who the client authenticated as (user name, certificate
+	// identity), for the session's log line; mode its authentication.
+	identity      string
+	mode          AuthMode
+	startupParams map[string]string
+	protoMinor    uint16
+
 	// authDeadline ends the client's part of authentication; each upstream
 	// answer gets at least upWait, so that a client that used up the
 	// budget never makes the upstream look slow.
@@ -122,6 +138,15 @@ func (s *session) run() {
 	if startup == nil {
 		return // a CancelRequest, handled
 	}
+	if gw := s.front(); gw != nil && s.clientTL == "" {
+		s.refuse(&rejection{reason: rejectTLSRequired,
+			msg: errorResponse(sqlstateInvalidAuthSpec,
+				"pgtrust: TLS is required: connect with sslmode=require or stronger",
+				"this gateway listener accepts only TLS connections (SSLRequest, or direct TLS with ALPN \"postgresql\")",
+				"connect with sslmode=require, or verify-ca / verify-full with the gateway's CA"),
+			err: errors.New("plaintext client on a gateway listener")})
+		return
+	}
 	if s.set.serverTLS != nil && s.set.requireTLS && !s.ln.unix && s.clientTL == "" {
 		s.refuse(&rejection{reason: rejectTLSRequired,
 			msg: errorResponse(sqlstateInvalidAuthSpec,
@@ -145,25 +170,35 @@ func (s *session) run() {
 	s.up.metrics.total.Inc()
 	s.up.metrics.active.Inc()
 
-	if err := s.dialUpstream(tune.ConnectTimeout); err != nil {
-		if s.p.ctx.Err() != nil {
-			return // the proxy is closing: not the upstream's failure
+	s.mode = s.authMode()
+	if s.mode != AuthPassthrough {
+		// The gateway authenticates the client itself and opens the
+		// upstream with its own credentials; then the same pipe.
+		if !s.gatewayAuth(startup) {
+			return
 		}
-		s.upstreamFailed("connect", err)
-		return
-	}
+	} else {
+		if err := s.dialUpstream(tune.ConnectTimeout); err != nil {
+			if s.p.ctx.Err() != nil {
+				return // the proxy is closing: not the upstream's failure
+			}
+			s.upstreamFailed("connect", err)
+			return
+		}
 
-	s.authDeadline = time.Now().Add(tune.AuthTimeout)
-	s.upWait = tune.ConnectTimeout
-	_ = s.raw.SetDeadline(s.authDeadline)
-	_ = s.upConn.SetDeadline(s.authDeadline)
-	if _, err := s.upConn.Write(startup); err != nil {
-		s.upstreamFailed("forward startup packet", upstreamIOError(err, "sending the startup packet"))
-		return
-	}
-	if err := s.relayAuth(); err != nil {
-		s.authFailed(err)
-		return
+		s.authDeadline = time.Now().Add(tune.AuthTimeout)
+		s.upWait = tune.ConnectTimeout
+		_ = s.raw.SetDeadline(s.authDeadline)
+		_ = s.upConn.SetDeadline(s.authDeadline)
+		if _, err := s.upConn.Write(startup); err != nil {
+			s.upstreamFailed("forward startup packet", upstreamIOError(err, "sending the startup packet"))
+			return
+		}
+		if err := s.relayAuth(); err != nil {
+			s.authFailed(err)
+			return
+		}
+		s.identity = s.user
 	}
 	s.endAuth()
 	_ = s.raw.SetDeadline(time.Time{})
@@ -172,6 +207,7 @@ func (s *session) run() {
 
 	s.logger().Info("session opened", s.baseAttrs(
 		slog.String("user", s.user), slog.String("database", s.database), slog.String("application_name", s.application),
+		slog.String("auth", string(s.mode)), slog.String("client_identity", s.identity),
 		slog.String("client_tls", orNone(s.clientTL)),
 		slog.String("upstream_address", s.facts.Address),
 		slog.String("upstream_tls", orNone(s.facts.TLSVersionName())),
@@ -420,7 +456,7 @@ func (s *session) negotiate() ([]byte, error) {
 				return nil, protocolRejection("malformed SSLRequest")
 			}
 			sslDone = true
-			if s.set.serverTLS == nil || s.ln.unix || s.clientTL != "" {
+			if s.serverTLS() == nil || s.clientTL != "" {
 				if _, err := s.client.Write([]byte{'N'}); err != nil {
 					return nil, err
 				}
@@ -470,6 +506,7 @@ func (s *session) negotiate() ([]byte, error) {
 			var msg pgproto3.StartupMessage
 			if msg.Decode(body) == nil {
 				s.user, s.database, s.application = msg.Parameters["user"], msg.Parameters["database"], msg.Parameters["application_name"]
+				s.startupParams, s.protoMinor = msg.Parameters, uint16(msg.ProtocolVersion&0xffff)
 			}
 			if s.user == "" {
 				// PostgreSQL's own answer, given here: forwarding would cost
@@ -490,15 +527,31 @@ func protocolRejection(what string) *rejection {
 // handshake runs the client-side TLS handshake; direct TLS requires ALPN
 // "postgresql", as PostgreSQL 17 does.
 func (s *session) handshake(c net.Conn, direct bool) error {
-	if s.set.serverTLS == nil || s.ln.unix {
+	cfg := s.serverTLS()
+	if cfg == nil {
 		return &rejection{reason: rejectProtocol, err: errors.New("direct TLS connection, but this listener offers no TLS")}
 	}
-	tc := tls.Server(c, s.set.serverTLS)
+	if gw := s.front(); gw != nil {
+		// Record the certificate this handshake presents: SCRAM's
+		// tls-server-end-point binds to it, and a rotation between the
+		// handshake and the exchange must not break the binding.
+		cfg = cfg.Clone()
+		get := gw.tls.GetCertificate
+		cfg.GetCertificate = func(h *tls.ClientHelloInfo) (*tls.Certificate, error) {
+			c, err := get(h)
+			s.serverCert = c
+			return c, err
+		}
+	}
+	tc := tls.Server(c, cfg)
 	if err := tc.Handshake(); err != nil {
 		if errors.Is(err, os.ErrDeadlineExceeded) {
 			return err
 		}
-		return &rejection{reason: rejectProtocol, err: fmt.Errorf("client TLS handshake: %w", err)}
+		return s.handshakeRejection(err)
+	}
+	if st := tc.ConnectionState(); len(st.PeerCertificates) > 0 {
+		s.peer = st.PeerCertificates[0]
 	}
 	st := tc.ConnectionState()
 	if direct && st.NegotiatedProtocol != pgtls.ALPNProtocol {
@@ -616,6 +669,11 @@ func (s *session) relayAuth() error {
 func (s *session) relayClientAuth(strippedPlus bool) error {
 	msg, err := pgwire.ReadMessage(s.client, nil, maxAuthMessage)
 	if err != nil {
+		if strippedPlus && errors.Is(err, io.EOF) {
+			// libpq with channel_binding=require closes here without a word:
+			// say why in the log, the client cannot be told any more.
+			return &clientSideError{fmt.Errorf("read from client: %w (the client left after an offer without SCRAM-SHA-256-PLUS: channel binding cannot cross passthrough; use auth = \"cluster_secret\" for channel_binding=require)", err)}
+		}
 		return &clientSideError{fmt.Errorf("read from client: %w", err)}
 	}
 	if msg[0] != 'p' {

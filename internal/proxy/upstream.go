@@ -13,6 +13,7 @@ import (
 	"github.com/pgtrust/pgtrust/certs"
 	"github.com/pgtrust/pgtrust/connstring"
 	"github.com/pgtrust/pgtrust/failure"
+	"github.com/pgtrust/pgtrust/internal/authlimit"
 	"github.com/pgtrust/pgtrust/internal/leader"
 	"github.com/pgtrust/pgtrust/pgtls"
 )
@@ -33,6 +34,9 @@ type upstream struct {
 	// so a flood of silent or handshaking connections cannot take every file
 	// descriptor (and the Unix-socket listener's with them).
 	pending atomic.Int64
+	// limiters back off failed authentications per source, one per
+	// gateway listener; they outlive reloads.
+	limiters []*authlimit.Limiter
 
 	slotMu         sync.Mutex
 	authenticating int            // TCP sessions between startup and ReadyForQuery
@@ -56,6 +60,8 @@ type upstreamSettings struct {
 	plainOK    bool             // plaintext upstream declared intended
 	leader     *leader.Follower // nil: conn's own hosts; else the leader manifest's
 	validation string           // "enabled" or "disabled"
+	gateways   []*gatewayFront  // one per UpstreamConfig.Gateways entry
+	auth       *UpstreamAuth    // local listeners open the upstream as a configured role
 }
 
 // handshakeStatus is the outcome of the latest upstream dial or probe.
@@ -73,6 +79,11 @@ func (s *upstreamSettings) close() {
 	}
 	if s.serverCert != nil {
 		s.serverCert.Close()
+	}
+	for _, g := range s.gateways {
+		if g != nil {
+			g.close()
+		}
 	}
 }
 
@@ -141,6 +152,14 @@ func (p *Proxy) buildSettings(u UpstreamConfig) (_ *upstreamSettings, err error)
 		}
 		s.requireTLS = t.Require
 		p.setExpiry(u.Name, certClientTLS, src.Status())
+	}
+	s.auth = u.Auth
+	for i := range u.Gateways {
+		g, err := p.buildGateway(u, i)
+		if err != nil {
+			return nil, err
+		}
+		s.gateways = append(s.gateways, g)
 	}
 	return s, nil
 }

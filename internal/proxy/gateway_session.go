@@ -1,0 +1,376 @@
+package proxy
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/pgtrust/pgtrust/failure"
+	"github.com/pgtrust/pgtrust/internal/authlimit"
+	"github.com/pgtrust/pgtrust/internal/identmap"
+	"github.com/pgtrust/pgtrust/internal/scram"
+	"github.com/pgtrust/pgtrust/pgtls"
+)
+
+// Authentication failure classes of the gateway.
+const (
+	// ClassAuthSecret: SCRAM against the role table failed (wrong secret,
+	// unknown user or a secret of another role: one class, one answer).
+	ClassAuthSecret failure.Class = "auth_secret_failed"
+	// ClassAuthCertIdentity: the verified client certificate maps to no
+	// line of the identity map for the requested role.
+	ClassAuthCertIdentity failure.Class = "auth_cert_identity_unmapped"
+	// ClassAuthCertMissing: cert mode without a client certificate.
+	ClassAuthCertMissing failure.Class = "auth_cert_missing"
+	// ClassAuthClientCert: the client certificate failed verification in
+	// the TLS handshake (other CA, expired, revoked).
+	ClassAuthClientCert failure.Class = "auth_client_cert_rejected"
+	// ClassAuthProtocol: the client broke the authentication exchange.
+	ClassAuthProtocol failure.Class = "auth_protocol"
+)
+
+const sqlstateInvalidPassword = "28P01"
+
+// Reasons of pgtrust_gateway_auth_total.
+const (
+	authReasonOK           = "ok"
+	authReasonUnknownUser  = "unknown_user"
+	authReasonBadSecret    = "bad_secret"
+	authReasonNoCert       = "no_certificate"
+	authReasonUnmapped     = "unmapped_identity"
+	authReasonProtocol     = "protocol"
+	authReasonTimeout      = "timeout"
+	authReasonClientCert   = "client_certificate"
+	authReasonClientGone   = "client_closed"
+	authReasonReplication  = "replication"
+	authReasonUpstreamFail = "upstream"
+)
+
+// front is the gateway listener's runtime, nil on a local listener.
+func (s *session) front() *gatewayFront {
+	if s.ln == nil || s.ln.gw < 0 || s.ln.gw >= len(s.set.gateways) {
+		return nil
+	}
+	return s.set.gateways[s.ln.gw]
+}
+
+// limiter is the gateway listener's failure backoff, nil on a local one.
+func (s *session) limiter() *authlimit.Limiter {
+	if s.ln == nil || s.ln.gw < 0 || s.ln.gw >= len(s.up.limiters) {
+		return nil
+	}
+	return s.up.limiters[s.ln.gw]
+}
+
+// serverTLS is the TLS this listener offers clients; nil for none.
+func (s *session) serverTLS() *tls.Config {
+	if gw := s.front(); gw != nil {
+		return gw.tls
+	}
+	if s.ln != nil && s.ln.unix {
+		return nil
+	}
+	return s.set.serverTLS
+}
+
+// authMode is how this session's client authenticates.
+func (s *session) authMode() AuthMode {
+	if gw := s.front(); gw != nil {
+		return gw.cfg.Auth
+	}
+	if s.set.auth != nil {
+		return authUpstream
+	}
+	return AuthPassthrough
+}
+
+// handshakeRejection classifies a failed client TLS handshake; on a
+// gateway a refused client certificate is an authentication failure.
+func (s *session) handshakeRejection(err error) error {
+	if gw := s.front(); gw != nil {
+		if fe, ok := failure.As(err); ok || strings.Contains(err.Error(), "didn't provide a certificate") {
+			reason := authReasonClientCert
+			class := ClassAuthClientCert
+			if !ok {
+				reason, class = authReasonNoCert, ClassAuthCertMissing
+			} else {
+				err = fmt.Errorf("%s: %s (%s)", fe.Class, fe.Message, fe.Evidence)
+			}
+			s.p.metrics.auth.WithLabelValues(s.up.name, string(gw.cfg.Auth), "failure", reason).Inc()
+			if l := s.limiter(); l != nil {
+				l.Failed(s.source)
+			}
+			return &rejection{reason: string(class), err: fmt.Errorf("client certificate refused in the TLS handshake: %w", err)}
+		}
+	}
+	return &rejection{reason: rejectProtocol, err: fmt.Errorf("client TLS handshake: %w", err)}
+}
+
+// authFailedResponse is the one answer to every cluster_secret failure:
+// byte-identical for a wrong secret, an unknown user and another role's
+// secret, as PostgreSQL answers.
+func authFailedResponse(user string) []byte {
+	return errorResponse(sqlstateInvalidPassword, fmt.Sprintf("password authentication failed for user %q", user), "", "")
+}
+
+// gatewayAuth authenticates the client in the gateway (cluster_secret,
+// cert, or the local proxy's UpstreamAuth), opens the upstream as the
+// mapped role with the gateway's own credentials, and greets the client
+// as PostgreSQL would. It reports whether the session may enter the pipe;
+// on false the client has been answered and the refusal logged.
+func (s *session) gatewayAuth(startup []byte) bool {
+	tune := s.p.tuning()
+	s.authDeadline = time.Now().Add(tune.AuthTimeout)
+	_ = s.raw.SetDeadline(s.authDeadline)
+	gw := s.front()
+	mode := s.mode
+	if s.clientTL != "" {
+		s.p.metrics.clientTLS.WithLabelValues(s.up.name, s.clientTL).Inc()
+	}
+	fail := func(reason string, msg []byte, err error) bool {
+		s.p.metrics.auth.WithLabelValues(s.up.name, string(mode), "failure", reason).Inc()
+		if msg != nil {
+			s.sendToClient(msg)
+		}
+		s.p.refusals.Log(slog.LevelWarn, "client authentication failed", []any{"upstream", s.up.name, "auth", string(mode), "reason", reason},
+			slog.Uint64("id", s.id), slog.String("client", s.raw.RemoteAddr().String()), slog.String("user", s.user), slog.String("error", err.Error()))
+		return false
+	}
+	if _, ok := s.startupParams["replication"]; ok {
+		return fail(authReasonReplication, errorResponse(sqlstateFeatureNotSupported, "pgtrust: replication connections are not supported here", "",
+			"connect to the server directly for replication"), errors.New("replication connection refused"))
+	}
+	if s.protoMinor > 0 || hasProtocolOptions(s.startupParams) {
+		// The gateway speaks 3.0 to the client, as PostgreSQL answers a
+		// newer minor or unknown _pq_ options before authentication.
+		var unknown []string
+		for k := range s.startupParams {
+			if strings.HasPrefix(k, "_pq_.") {
+				unknown = append(unknown, k)
+			}
+		}
+		sort.Strings(unknown)
+		b, _ := (&pgproto3.NegotiateProtocolVersion{NewestMinorProtocol: 0, UnrecognizedOptions: unknown}).Encode(nil)
+		if _, err := s.client.Write(b); err != nil {
+			return fail(authReasonClientGone, nil, err)
+		}
+	}
+
+	lim := s.limiter()
+	if lim != nil {
+		if d := lim.Delay(s.source); d > 0 {
+			// Back off this source only: the wait holds one of its
+			// authenticating slots, never another address's.
+			s.p.metrics.authDelayed.WithLabelValues(s.up.name).Inc()
+			if dl := time.Until(s.authDeadline); d > dl {
+				d = dl
+			}
+			t := time.NewTimer(d)
+			select {
+			case <-t.C:
+			case <-s.p.ctx.Done():
+				t.Stop()
+				return false
+			}
+		}
+	}
+
+	var role, password string
+	switch mode {
+	case AuthClusterSecret:
+		entry := gw.roles[s.user]
+		opts := scram.ServerOptions{FakeSaltKey: s.p.fakeSaltKey, Iterations: gw.iterations, RequirePlus: gw.cfg.RequireChannelBinding}
+		if entry != nil {
+			opts.Candidates = entry.candidates
+		}
+		if s.serverCert != nil && len(s.serverCert.Certificate) > 0 {
+			leaf := s.serverCert.Leaf
+			if leaf == nil {
+				leaf, _ = x509.ParseCertificate(s.serverCert.Certificate[0])
+			}
+			if leaf != nil {
+				if h, err := scram.EndpointHash(leaf); err == nil {
+					opts.EndpointHash = h
+				}
+			}
+		}
+		be := pgproto3.NewBackend(s.client, s.client)
+		res, err := scram.Authenticate(be, s.user, opts)
+		if err != nil {
+			switch {
+			case errors.Is(err, scram.ErrAuthFailed):
+				if lim != nil {
+					lim.Failed(s.source)
+				}
+				reason := authReasonBadSecret
+				if entry == nil {
+					reason = authReasonUnknownUser
+				}
+				return fail(reason, authFailedResponse(s.user), failure.New(ClassAuthSecret, "SCRAM authentication failed for user %q", s.user))
+			case errors.Is(err, os.ErrDeadlineExceeded):
+				return fail(authReasonTimeout, errorResponse(sqlstateQueryCanceled, "canceling authentication due to timeout",
+					fmt.Sprintf("pgtrust: the client did not complete authentication within auth_timeout (%s)", tune.AuthTimeout), ""), err)
+			case errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF):
+				return fail(authReasonClientGone, nil, err)
+			}
+			if lim != nil {
+				lim.Failed(s.source)
+			}
+			msg := "pgtrust: malformed SCRAM message"
+			if fe, ok := failure.As(err); ok {
+				msg = "pgtrust: " + fe.Message
+			}
+			return fail(authReasonProtocol, errorResponse(sqlstateProtocolViolation, msg, "", ""), err)
+		}
+		role, password = entry.role, entry.password
+		s.identity = s.user
+		if res.Matched > 0 {
+			s.identity = s.user + " (downgrade from " + entry.owners[res.Matched] + ")"
+			s.p.metrics.downgrades.WithLabelValues(s.up.name, s.user).Inc()
+		}
+		s.identity += " " + res.Mechanism
+	case AuthCert:
+		if s.peer == nil {
+			if lim != nil {
+				lim.Failed(s.source)
+			}
+			return fail(authReasonNoCert, errorResponse(sqlstateInvalidAuthSpec, "connection requires a valid client certificate", "",
+				"connect with sslcert and sslkey of a certificate issued by the gateway's client CA"),
+				failure.New(ClassAuthCertMissing, "no client certificate"))
+		}
+		ids := identmap.Identities(s.peer, gw.cfg.IdentitySources)
+		ident, ok := gw.cfg.IdentityMap.Allowed(ids, s.user)
+		if !ok {
+			if lim != nil {
+				lim.Failed(s.source)
+			}
+			return fail(authReasonUnmapped, errorResponse(sqlstateInvalidAuthSpec, fmt.Sprintf("certificate authentication failed for user %q", s.user), "", ""),
+				failure.New(ClassAuthCertIdentity, "no identity map line lets the certificate log in as %q", s.user).
+					WithEvidence("certificate identities %q (subject %s)", ids, s.peer.Subject))
+		}
+		role, password = s.user, gw.cfg.UpstreamPassword
+		s.identity = ident
+	case authUpstream:
+		role, password = s.set.auth.Role, s.set.auth.Password
+		s.identity = "local:" + s.user
+	}
+	if lim != nil {
+		lim.Succeeded(s.source)
+	}
+	if err := s.openAsRole(role, password); err != nil {
+		var ce *clientSideError
+		if s.p.ctx.Err() != nil || errors.As(err, &ce) {
+			s.closeReason("greeting", err)
+			return false
+		}
+		s.p.metrics.auth.WithLabelValues(s.up.name, string(mode), "failure", authReasonUpstreamFail).Inc()
+		s.upstreamFailed("connect as role", err)
+		return false
+	}
+	s.p.metrics.auth.WithLabelValues(s.up.name, string(mode), "success", authReasonOK).Inc()
+	return true
+}
+
+func hasProtocolOptions(params map[string]string) bool {
+	for k := range params {
+		if strings.HasPrefix(k, "_pq_.") {
+			return true
+		}
+	}
+	return false
+}
+
+// openAsRole opens the upstream through pgtls.Connect as role with the
+// gateway's credentials, takes the raw connection (pgconn's Hijack) and
+// greets the client: AuthenticationOk, the upstream's ParameterStatus, a
+// gateway-generated BackendKeyData, ReadyForQuery.
+func (s *session) openAsRole(role, password string) error {
+	tune := s.p.tuning()
+	ctx, cancel := context.WithTimeout(s.p.ctx, tune.ConnectTimeout+tune.AuthTimeout)
+	defer cancel()
+	base, _, err := s.set.target(ctx)
+	if err != nil {
+		return err
+	}
+	cfg := base.Clone()
+	if role != "" {
+		cfg.User = role
+	}
+	if password != "" {
+		cfg.Password = password
+	}
+	switch {
+	case s.database != "":
+		cfg.Database = s.database
+	case cfg.Database == "":
+		cfg.Database = cfg.User
+	}
+	params := map[string]string{}
+	for k, v := range cfg.RuntimeParams {
+		params[k] = v
+	}
+	for k, v := range s.startupParams {
+		switch {
+		case k == "user" || k == "database" || k == "replication" || strings.HasPrefix(k, "_pq_."):
+		default:
+			params[k] = v
+		}
+	}
+	cfg.RuntimeParams = params
+	t0 := time.Now()
+	pg, facts, err := pgtls.Connect(ctx, cfg, s.set.opts)
+	s.up.recordHandshake(facts, err)
+	if err != nil {
+		return err
+	}
+	s.up.metrics.dial.Observe(time.Since(t0).Seconds())
+	hc, err := pg.Hijack()
+	if err != nil {
+		pg.Close(context.Background())
+		return failure.Wrap(failure.ProtocolError, err, "take over the upstream connection")
+	}
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		hc.Conn.Close()
+		return failure.New(failure.Timeout, "the proxy is closing")
+	}
+	s.upConn, s.facts = hc.Conn, facts
+	s.mu.Unlock()
+	s.upPID, s.upSecret = hc.PID, hc.SecretKey
+	s.pid, s.secret = newCancelKey()
+
+	var out []byte
+	out, _ = (&pgproto3.AuthenticationOk{}).Encode(out)
+	keys := make([]string, 0, len(hc.ParameterStatuses))
+	for k := range hc.ParameterStatuses {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		out, _ = (&pgproto3.ParameterStatus{Name: k, Value: hc.ParameterStatuses[k]}).Encode(out)
+	}
+	out, _ = (&pgproto3.BackendKeyData{ProcessID: s.pid, SecretKey: s.secret}).Encode(out)
+	tx := hc.TxStatus
+	if tx == 0 {
+		tx = 'I'
+	}
+	out, _ = (&pgproto3.ReadyForQuery{TxStatus: tx}).Encode(out)
+	// The upstream login may have used the client's authentication budget
+	// (it has its own clock): the greeting gets a write deadline of its own.
+	_ = s.raw.SetWriteDeadline(time.Now().Add(errorWriteTimeout))
+	if _, err := s.client.Write(out); err != nil {
+		return &clientSideError{fmt.Errorf("write to client: %w", err)}
+	}
+	return nil
+}
