@@ -9,7 +9,6 @@ import (
 	"syscall"
 
 	"github.com/spf13/cobra"
-	"github.com/spf13/pflag"
 
 	"github.com/pgtrust/pgtrust/failure"
 	"github.com/pgtrust/pgtrust/internal/scram"
@@ -37,12 +36,7 @@ from files or environment variables, never from the command line.
 Signals and exit status are those of pgtrust proxy.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			flags := map[string]string{}
-			cmd.Flags().Visit(func(fl *pflag.Flag) {
-				if fl.Name != "config" {
-					flags[fl.Name] = fl.Value.String()
-				}
-			})
+			flags := changedFlags(cmd, "config")
 			f, err := loadProxyConfig(configPath, flags)
 			if err != nil {
 				fmt.Fprint(cmd.ErrOrStderr(), "pgtrust gateway: ", failureText(err))

@@ -52,12 +52,7 @@ Exit status: 0 after a clean shutdown, 1 on a runtime failure, 2 when the
 configuration is invalid.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			flags := map[string]string{}
-			cmd.Flags().Visit(func(fl *pflag.Flag) {
-				if fl.Name != "config" {
-					flags[fl.Name] = fl.Value.String()
-				}
-			})
+			flags := changedFlags(cmd, "config")
 			sigs := make(chan os.Signal, 2)
 			signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
 			defer signal.Stop(sigs)
@@ -249,4 +244,19 @@ func classExit(err error) int {
 		return 2
 	}
 	return 1
+}
+
+// changedFlags returns the flags given on the command line, by name, except
+// those named in skip: the highest layer of the configuration.
+func changedFlags(cmd *cobra.Command, skip ...string) map[string]string {
+	flags := map[string]string{}
+	cmd.Flags().Visit(func(fl *pflag.Flag) {
+		for _, s := range skip {
+			if fl.Name == s {
+				return
+			}
+		}
+		flags[fl.Name] = fl.Value.String()
+	})
+	return flags
 }

@@ -1,7 +1,6 @@
 package health
 
 import (
-	"encoding/json"
 	"net/http"
 	"time"
 
@@ -53,14 +52,5 @@ func GatewayHealth(hs proxy.HealthStatus, now time.Time) GatewayReport {
 
 func (s *Server) gatewayHealth(w http.ResponseWriter, _ *http.Request) {
 	r := GatewayHealth(s.src.HealthStatus(), time.Now())
-	w.Header().Set("Content-Type", "application/json")
-	w.Header().Set("Cache-Control", "no-store")
-	if r.Status != StatusHealthy {
-		w.WriteHeader(http.StatusServiceUnavailable)
-	}
-	enc := json.NewEncoder(w)
-	enc.SetIndent("", "  ")
-	if err := enc.Encode(r); err != nil {
-		s.log.Debug("write /health", "err", err)
-	}
+	s.writeReport(w, "/health", r.Status == StatusHealthy, r)
 }

@@ -246,15 +246,21 @@ func Report(hs proxy.HealthStatus) SSLReport {
 
 func (s *Server) databaseSSL(w http.ResponseWriter, _ *http.Request) {
 	r := Report(s.src.HealthStatus())
+	s.writeReport(w, "/health/database/ssl", r.Status == StatusHealthy, r)
+}
+
+// writeReport writes a health document as indented JSON, never cached,
+// with 503 when it is not healthy.
+func (s *Server) writeReport(w http.ResponseWriter, path string, healthy bool, v any) {
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Cache-Control", "no-store")
-	if r.Status != StatusHealthy {
+	if !healthy {
 		w.WriteHeader(http.StatusServiceUnavailable)
 	}
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
-	if err := enc.Encode(r); err != nil {
-		s.log.Debug("write /health/database/ssl", "err", err)
+	if err := enc.Encode(v); err != nil {
+		s.log.Debug("write "+path, "err", err)
 	}
 }
 
