@@ -25,9 +25,27 @@ func CheckGatewayRoles(ctx context.Context, f *File) []Finding {
 			continue
 		}
 		key := "upstreams." + name
+		if u.Manifest != "" {
+			// The leader is known only from a verified manifest, fetched by
+			// the running proxy; validation does not follow it, and never
+			// sends the gateway's passwords anywhere else.
+			v.warn(key+".roles", failure.ConfigInvalid, "the gateway's upstream roles were not checked",
+				"the upstream follows a leader manifest", "check the roles once the proxy runs (its log names a failed upstream login)")
+			continue
+		}
 		conn, err := f.upstream(name, env)
 		if err != nil {
 			continue // Validate reports it
+		}
+		// The same protection as the running gateway: with an attestation
+		// policy the server must pass it before any credential is sent.
+		var opts *pgtls.Options
+		if a := u.Attestation; a != nil {
+			p, err := a.Policy(key + ".attestation")
+			if err != nil {
+				continue // Validate reports it
+			}
+			opts = &pgtls.Options{Attestation: p, AttestationTimeout: a.Timeout()}
 		}
 		gws, err := f.gatewayConfigs(key, u, env)
 		if err != nil {
@@ -63,11 +81,14 @@ func CheckGatewayRoles(ctx context.Context, f *File) []Finding {
 			if creds[role] != "" {
 				c.Password = creds[role]
 			}
-			pg, _, err := pgtls.Connect(ctx, c, nil)
+			pg, _, err := pgtls.Connect(ctx, c, opts)
 			check := fmt.Sprintf("%s.roles.%s", key, role)
 			if err != nil {
-				switch failure.ClassOf(err) {
-				case failure.AuthFailed, failure.PgHbaReject:
+				switch class := failure.ClassOf(err); {
+				case strings.HasPrefix(string(class), "attestation_"):
+					v.fail(check, failure.Wrap(class, err, "%s: the upstream did not pass its attestation policy; the gateway's credentials were not sent", key).
+						WithFix("check the upstream address and the [%s.attestation] policy", key))
+				case class == failure.AuthFailed || class == failure.PgHbaReject:
 					v.fail(check, failure.Wrap(failure.ClassOf(err), err, "%s: the gateway cannot log in upstream as role %q", key, role).
 						WithFix("create the role (docs/gateway.md has the SQL), check the gateway's password for it and pg_hba.conf"))
 				default:

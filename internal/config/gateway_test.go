@@ -1,11 +1,17 @@
 package config
 
 import (
+	"context"
+	"crypto/tls"
 	"fmt"
+	"io"
+	"net"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgproto3"
 	"github.com/pgtrust/pgtrust/failure"
 	"github.com/pgtrust/pgtrust/internal/proxy"
 	"github.com/pgtrust/pgtrust/internal/scram"
@@ -160,5 +166,92 @@ func TestUpstreamAuthConfig(t *testing.T) {
 	}
 	if s := fmt.Sprintf("%v %+v", *a, *a); strings.Contains(s, "pw-secret") {
 		t.Fatalf("UpstreamAuth prints its password: %s", s)
+	}
+}
+
+// TestCheckGatewayRolesAttests: the role check connects with the gateway's
+// own upstream passwords, so it applies the upstream's attestation policy
+// as the running gateway does: a TLS server with an ordinary certificate
+// that asks for a cleartext password never receives it, and the check
+// fails with the attestation class.
+func TestCheckGatewayRolesAttests(t *testing.T) {
+	leaf := testpki.NewRootCA(t, "not attested").Server(t)
+	cert, err := tls.X509KeyPair(leaf.ChainPEM, leaf.KeyPEM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	got := make(chan string, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+		hdr := make([]byte, 8)
+		if _, err := io.ReadFull(c, hdr); err != nil {
+			return
+		}
+		c.Write([]byte{'S'})
+		tc := tls.Server(c, &tls.Config{Certificates: []tls.Certificate{cert}})
+		be := pgproto3.NewBackend(tc, tc)
+		if _, err := be.ReceiveStartupMessage(); err != nil {
+			return
+		}
+		be.Send(&pgproto3.AuthenticationCleartextPassword{})
+		if be.Flush() != nil {
+			return
+		}
+		be.SetAuthType(pgproto3.AuthTypeCleartextPassword)
+		if m, err := be.Receive(); err == nil {
+			if pw, ok := m.(*pgproto3.PasswordMessage); ok {
+				got <- pw.Password
+			}
+		}
+	}()
+	dir := t.TempDir()
+	v, err := scram.NewVerifier([]byte("s3cr3t-pw"), 4096, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	testpki.WriteFile(t, dir, "rw.verifier", []byte(v.String()), 0o600)
+	testpki.WriteFile(t, dir, "rw.pw", []byte("clear-pw\n"), 0o600)
+	gw := testpki.NewRootCA(t, "gateway").Server(t)
+	toml := fmt.Sprintf(`
+[upstreams.db]
+dsn = "host=127.0.0.1 port=%d dbname=app sslmode=require"
+[upstreams.db.attestation]
+allowed_mrtds = ["%s"]
+skip_tcb = true
+[[upstreams.db.gateway]]
+auth = "cluster_secret"
+cert_file = "%s"
+key_file = "%s"
+[upstreams.db.gateway.roles.teesql_readwrite]
+role = "app_rw"
+verifier_file = "%s"
+password_file = "%s"
+`, ln.Addr().(*net.TCPAddr).Port, strings.Repeat("ab", 48),
+		testpki.WriteFile(t, dir, "gw.crt", gw.ChainPEM, 0o644), testpki.WriteFile(t, dir, "gw.key", gw.KeyPEM, 0o600),
+		filepath.Join(dir, "rw.verifier"), filepath.Join(dir, "rw.pw"))
+	f, err := Parse([]byte(toml))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	findings := CheckGatewayRoles(ctx, f)
+	select {
+	case pw := <-got:
+		t.Fatalf("an unattested upstream received the gateway's password (%d bytes)", len(pw))
+	default:
+	}
+	if len(findings) != 1 || findings[0].Status != StatusFail || !strings.HasPrefix(string(findings[0].Class), "attestation_") {
+		t.Fatalf("findings %+v, want one attestation failure", findings)
 	}
 }
