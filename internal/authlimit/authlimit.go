@@ -13,6 +13,14 @@
 // no delay. Eviction therefore never buys more guesses than using many
 // sources already does; what bounds that is the source key (see Key: one
 // IPv4 address, or one IPv6 /64, per source) and the credentials' strength.
+//
+// Keys are opaque strings. The gateway keys secret failures by source and
+// the user whose secret was tested, so that a success clears only that
+// user's entry; such keys let one source create entries cheaply (one per
+// user name), so evicting an entry costs an attacker MaxSources failures
+// without being guesses at the evicted user's secret. Each eviction then
+// buys the Base..Max ramp again, a handful of guesses per MaxSources
+// attempts: still no better than waiting out Max.
 package authlimit
 
 import (

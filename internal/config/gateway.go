@@ -16,7 +16,7 @@ import (
 // the upstream, TLS mandatory, with its own authentication mode.
 type Gateway struct {
 	Listen string `toml:"listen"` // default ":5433"
-	Auth   string `toml:"auth"`   // passthrough (default), cluster_secret, cert
+	Auth   string `toml:"auth"`   // required: passthrough, cluster_secret, cert
 
 	// The server certificate: cert_file + key_file (hot-reloaded), or an
 	// RA-TLS certificate issued by ratls = "configfs" ("simulator" in
@@ -84,7 +84,14 @@ func (f *File) checkGateways(key string, u *Upstream) error {
 			return f.invalid(gk, "empty gateway table").WithFix("set at least cert_file and key_file (or ratls)")
 		}
 		switch g.Auth {
-		case "", "passthrough", "cluster_secret", "cert":
+		case "":
+			// No default: passthrough on a remote listener trusts
+			// pg_hba.conf to authenticate every client itself, a choice the
+			// operator must make knowingly.
+			return f.invalid(gk+".auth", "auth is required on a gateway listener").
+				WithEvidence("a gateway listener is reachable by remote clients; how they authenticate has no safe default").
+				WithFix(`set auth = "cluster_secret" (SCRAM secrets checked by the gateway), "cert" (client certificates and an identity map) or "passthrough" (the upstream authenticates each client: its pg_hba.conf must not trust the gateway's address)`)
+		case "passthrough", "cluster_secret", "cert":
 		case "password", "md5":
 			return f.invalid(gk+".auth", "%q is not offered", g.Auth).
 				WithEvidence("the gateway would have to hold the clients' clear secrets (password) or an MD5 hash that is as good as the password (md5)").

@@ -139,9 +139,10 @@ func TestGatewayConfigRefusals(t *testing.T) {
 		{"password mode not offered", "auth = \"password\"\ncert_file = \"a\"\nkey_file = \"b\"", "not offered"},
 		{"md5 mode not offered", "auth = \"md5\"\ncert_file = \"a\"\nkey_file = \"b\"", "not offered"},
 		{"no certificate", "auth = \"passthrough\"", "TLS is mandatory"},
-		{"unknown RA-TLS provider", "ratls = \"sgx\"", "unknown provider"},
-		{"both cert and RA-TLS", "ratls = \"simulator\"\ncert_file = \"a\"\nkey_file = \"b\"", "both cert_file and ratls"},
-		{"verifier from two places", "cert_file = \"a\"\nkey_file = \"b\"\n[upstreams.db.gateway.roles.x]\nverifier_file = \"f\"\nverifier_env = \"E\"", "exactly one"},
+		{"auth is required", "cert_file = \"a\"\nkey_file = \"b\"", "auth is required"},
+		{"unknown RA-TLS provider", "auth = \"cert\"\nratls = \"sgx\"", "unknown provider"},
+		{"both cert and RA-TLS", "auth = \"cert\"\nratls = \"simulator\"\ncert_file = \"a\"\nkey_file = \"b\"", "both cert_file and ratls"},
+		{"verifier from two places", "auth = \"cluster_secret\"\ncert_file = \"a\"\nkey_file = \"b\"\n[upstreams.db.gateway.roles.x]\nverifier_file = \"f\"\nverifier_env = \"E\"", "exactly one"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			_, err := Parse([]byte("[upstreams.db]\ndsn = \"host=/tmp\"\n[[upstreams.db.gateway]]\n" + c.table + "\n"))
@@ -253,5 +254,54 @@ password_file = "%s"
 	}
 	if len(findings) != 1 || findings[0].Status != StatusFail || !strings.HasPrefix(string(findings[0].Class), "attestation_") {
 		t.Fatalf("findings %+v, want one attestation failure", findings)
+	}
+}
+
+// TestValidateUpstreamRules: pgtrust config validate reports the
+// upstream-level refusals the proxy makes at start — a passthrough gateway
+// whose upstream is a Unix socket (it would lend the gateway's own peer or
+// trust login to remote clients) and an auth table on a public listener.
+func TestValidateUpstreamRules(t *testing.T) {
+	dir := t.TempDir()
+	leaf := testpki.NewRootCA(t, "gw validate CA").Server(t)
+	cert := testpki.WriteFile(t, dir, "gw.crt", leaf.ChainPEM, 0o644)
+	key := testpki.WriteFile(t, dir, "gw.key", leaf.KeyPEM, 0o600)
+	t.Setenv("APP_PW", "pw-secret")
+	for _, c := range []struct{ name, doc, upstream, want string }{
+		{"passthrough over a Unix socket", fmt.Sprintf(`
+[upstreams.db]
+dsn = "host=/var/run/postgresql dbname=app sslmode=disable"
+[[upstreams.db.gateway]]
+auth = "passthrough"
+cert_file = %q
+key_file = %q
+`, cert, key), "upstreams.db", "Unix"},
+		{"auth on a public listener", `
+[upstreams.lo]
+listen = "0.0.0.0:6432"
+dsn = "host=/tmp sslmode=disable"
+[upstreams.lo.auth]
+role = "app"
+password_env = "APP_PW"
+`, "upstreams.lo", "loopback"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			f, err := Parse([]byte(c.doc))
+			if err != nil {
+				t.Fatal(err)
+			}
+			var found *Finding
+			for _, fd := range Validate(f) {
+				if fd.Check == c.upstream && fd.Status == StatusFail {
+					found = &fd
+				}
+			}
+			if found == nil || found.Class != failure.ConfigInvalid || !strings.Contains(found.Message+found.Evidence+found.Fix, c.want) {
+				t.Fatalf("no %s failure mentioning %q in %+v", c.upstream, c.want, Validate(f))
+			}
+			if strings.Contains(fmt.Sprintf("%+v", found), "pw-secret") {
+				t.Fatal("the finding shows the password")
+			}
+		})
 	}
 }

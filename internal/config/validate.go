@@ -187,8 +187,18 @@ func (v *validator) gateways(f *File, name string, u *Upstream, env map[string]s
 		v.fail(key+".gateway", err)
 		return
 	}
-	if _, err := f.upstreamAuth(key, u, env); err != nil {
+	auth, err := f.upstreamAuth(key, u, env)
+	if err != nil {
 		v.fail(key+".auth", err)
+	}
+	if conn, cerr := f.upstream(name, env); cerr == nil && err == nil && (len(gws) > 0 || auth != nil) {
+		// The upstream-level rules the proxy applies at start: no
+		// passthrough gateway lending the gateway's own transport
+		// credentials, no UpstreamAuth on a public listener.
+		uc := proxy.UpstreamConfig{Name: name, Listen: u.Listen, UnixSocketDir: u.UnixSocketDir, Conn: conn, Gateways: gws, Auth: auth}
+		if err := proxy.ValidateUpstream(uc); err != nil {
+			v.fail(key, err)
+		}
 	}
 	for i, g := range gws {
 		gk := fmt.Sprintf("%s.gateway[%d]", key, i)

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"os"
 	"strconv"
 	"time"
 
@@ -83,9 +84,10 @@ type UpstreamConfig struct {
 	// packet forwarded, no ReadyForQuery yet), each of which holds an
 	// upstream backend; 0 = MaxConnections/4 (at least 1).
 	MaxAuthenticating int
-	// MaxAuthenticatingPerSource bounds them per client IP address; 0 =
-	// MaxAuthenticating (no further limit: on loopback every client has the
-	// same address).
+	// MaxAuthenticatingPerSource bounds them per client IP address (an
+	// IPv6 /64); 0 = MaxAuthenticating (no further limit: on loopback every
+	// client has the same address), or DefaultGatewayPerSource when the
+	// upstream has gateway listeners, whose clients are remote.
 	MaxAuthenticatingPerSource int
 	// MaxPending bounds the TCP connections that have not yet sent their
 	// StartupMessage (negotiating, in the TLS handshake), each holding a
@@ -113,7 +115,7 @@ type UpstreamConfig struct {
 	// it names another leader, dials that once.
 	Leader *leader.Follower
 	// Auth, when set, makes the proxy authenticate to the upstream itself
-	// on the local listeners: the client is not asked for credentials (the
+	// on the local listeners (refused on a non-loopback Listen): the client is not asked for credentials (the
 	// listener is local, protected by its address or socket permissions)
 	// and the upstream is opened as Auth.Role with the gateway's own
 	// credentials (the dsn's client certificate, Auth.Password, or
@@ -216,6 +218,13 @@ func (cfg Config) withDefaults() (Config, error) {
 			return cfg, configError("upstream %q: auth needs the role to open upstream", u.Name).
 				WithFix("set the auth role, or user= in the upstream's connection string")
 		}
+		if u.Auth != nil && u.Listen != "" && !loopbackListen(u.Listen) {
+			// UpstreamAuth asks the client for nothing: on an address others
+			// can reach it would open the upstream role to anyone.
+			return cfg, configError("upstream %q: auth (the proxy logs in as role %q, clients are not authenticated) on the non-loopback listener %s", u.Name, u.Auth.Role, u.Listen).
+				WithEvidence("listen %s is reachable from other hosts; [upstreams.%s.auth] lends the proxy's upstream credentials to every client that connects", u.Listen, u.Name).
+				WithFix("bind listen to 127.0.0.1 (or ::1) or use unix_socket_dir only; remote clients belong on a [[upstreams.%s.gateway]] listener with auth = \"cluster_secret\" or \"cert\"", u.Name)
+		}
 		if len(u.Gateways) > 0 {
 			gws := make([]GatewayConfig, len(u.Gateways))
 			copy(gws, u.Gateways)
@@ -227,6 +236,13 @@ func (cfg Config) withDefaults() (Config, error) {
 					return cfg, configError("upstreams %q and %q both listen on %s", other, u.Name, gws[j].Listen).WithFix("give each listener its own address")
 				}
 				addrs[gws[j].Listen] = u.Name
+				if gws[j].Auth == AuthPassthrough {
+					if why := lentCredentials(u.Conn); why != "" {
+						return cfg, configError("upstream %q gateway #%d (%s): auth = passthrough would let remote clients in on the gateway's own upstream credentials", u.Name, j+1, gws[j].Listen).
+							WithEvidence("%s: passthrough relays the client's login over the gateway's transport, so the server sees the gateway's identity, not the client's", why).
+							WithFix("use auth = \"cluster_secret\" or \"cert\" on this listener, or give passthrough a TCP upstream without sslcert/sslkey (sslcertmode=disable) whose pg_hba.conf authenticates every client itself")
+					}
+				}
 			}
 			u.Gateways = gws
 		}
@@ -285,7 +301,12 @@ func (cfg Config) withDefaults() (Config, error) {
 		if u.MaxPending <= 0 {
 			u.MaxPending = 16 * u.MaxConnections
 		}
-		if u.MaxAuthenticatingPerSource <= 0 || u.MaxAuthenticatingPerSource > u.MaxAuthenticating {
+		switch {
+		case u.MaxAuthenticatingPerSource <= 0 && len(u.Gateways) > 0:
+			// Remote clients have distinct addresses: one of them (waiting
+			// in its backoff, or simply slow) must not hold every slot.
+			u.MaxAuthenticatingPerSource = DefaultGatewayPerSource(u.MaxAuthenticating)
+		case u.MaxAuthenticatingPerSource <= 0 || u.MaxAuthenticatingPerSource > u.MaxAuthenticating:
 			u.MaxAuthenticatingPerSource = u.MaxAuthenticating
 		}
 		if t := u.ClientTLS; t != nil {
@@ -302,6 +323,56 @@ func (cfg Config) withDefaults() (Config, error) {
 	}
 	cfg.Upstreams = ups
 	return cfg, nil
+}
+
+// ValidateUpstream checks one upstream as New would, without loading any
+// file: among others a passthrough gateway that would lend the gateway's
+// credentials, or UpstreamAuth on a non-loopback listener (for `pgtrust
+// config validate`).
+func ValidateUpstream(u UpstreamConfig) error {
+	_, err := Config{Upstreams: []UpstreamConfig{u}}.withDefaults()
+	return err
+}
+
+// DefaultGatewayPerSource is max_authenticating_per_source of an upstream
+// with gateway listeners when unset: a quarter of max_authenticating, at
+// least 1.
+func DefaultGatewayPerSource(maxAuthenticating int) int { return max(1, maxAuthenticating/4) }
+
+// loopbackListen reports whether a listen address binds only loopback
+// ("localhost", 127.0.0.0/8, ::1); an empty host binds every interface.
+func loopbackListen(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil || host == "" {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+// lentCredentials says why a passthrough gateway on conn would log remote
+// clients in with the gateway's own transport identity ("" when it would
+// not): a Unix socket (peer/trust in pg_hba.conf) or a client certificate
+// that libpq's rules would send (the cert method, clientcert=).
+func lentCredentials(conn *connstring.Config) string {
+	for _, h := range conn.Hosts {
+		if h.IsUnixSocket() {
+			return fmt.Sprintf("the upstream is the Unix socket %s, where pg_hba.conf's local lines (peer, trust) see the gateway's process", h.Display())
+		}
+	}
+	if conn.SSLMode == connstring.SSLDisable || conn.SSLCertMode == "disable" || conn.SSLCert == "" {
+		return ""
+	}
+	if !conn.SSLCertDefault {
+		return fmt.Sprintf("the dsn's sslcert=%s is sent to the upstream", conn.SSLCert)
+	}
+	if _, err := os.Stat(conn.SSLCert); err == nil {
+		return fmt.Sprintf("libpq's default client certificate %s exists and is sent to the upstream", conn.SSLCert)
+	}
+	return ""
 }
 
 func hasPortZero(addr string) bool {

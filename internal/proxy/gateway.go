@@ -2,12 +2,15 @@ package proxy
 
 import (
 	"context"
+	"crypto/hmac"
 	"crypto/rand"
+	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
 	"fmt"
 	"log/slog"
 	"net"
+	"sort"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -106,9 +109,35 @@ type RATLSCertificate struct {
 	Lifetime time.Duration // default 24h; re-issued after two thirds
 }
 
-// String never shows a verifier or password.
+// String never shows a verifier or password (%v, %+v, %s).
 func (g GatewayConfig) String() string {
 	return fmt.Sprintf("GatewayConfig{Listen: %q, Auth: %s, Roles: %d}", g.Listen, g.Auth, len(g.Roles))
+}
+
+// GoString never shows a verifier or password (%#v).
+func (g GatewayConfig) GoString() string { return g.String() }
+
+// LogValue never shows a verifier or password: without it slog's JSON
+// handler would marshal every exported field.
+func (g GatewayConfig) LogValue() slog.Value {
+	users := make([]string, len(g.Roles))
+	for i, r := range g.Roles {
+		users[i] = r.User
+	}
+	return slog.GroupValue(slog.String("listen", g.Listen), slog.String("auth", string(g.Auth)), slog.Any("users", users))
+}
+
+// String never shows the verifier or the password (%v, %+v, %s).
+func (r GatewayRole) String() string {
+	return fmt.Sprintf("GatewayRole{User: %q, Role: %q, DowngradeFrom: %q}", r.User, r.Role, r.DowngradeFrom)
+}
+
+// GoString never shows the verifier or the password (%#v).
+func (r GatewayRole) GoString() string { return r.String() }
+
+// LogValue never shows the verifier or the password.
+func (r GatewayRole) LogValue() slog.Value {
+	return slog.GroupValue(slog.String("user", r.User), slog.String("role", r.Role), slog.Any("downgrade_from", r.DowngradeFrom))
 }
 
 // Validate checks g as New would (verifiers present, downgrade pairs with
@@ -149,6 +178,15 @@ func (g *GatewayConfig) withDefaults(upName string, i int) error {
 				return configError("%s: user %q appears twice in the role table", where, r.User).WithFix("keep one entry per user name")
 			}
 			byUser[r.User] = r
+		}
+		// One iteration count per table: an unknown user is answered with
+		// it, so a table of mixed counts would tell unknown users apart.
+		for _, r := range g.Roles[1:] {
+			if first := g.Roles[0]; r.Verifier.Iterations != first.Verifier.Iterations {
+				return configError("%s: users %q and %q have verifiers of %d and %d iterations; a role table needs one iteration count", where, first.User, r.User, first.Verifier.Iterations, r.Verifier.Iterations).
+					WithEvidence("an unknown user is answered with the table's iteration count: with several, the count a name gets tells whether it exists").
+					WithFix("re-hash the %s secret with the same salt and iterations: pgtrust gateway hash-secret --like %s's verifier file", r.User, first.User)
+			}
 		}
 		for _, r := range g.Roles {
 			for _, from := range r.DowngradeFrom {
@@ -209,7 +247,8 @@ type gatewayFront struct {
 	certSrc    *certs.FileSource // nil with RA-TLS
 	ra         *ratlsHolder      // nil with files
 	roles      map[string]*roleEntry
-	iterations int // advertised for unknown users
+	iterations int    // advertised for unknown users: the table's one count
+	fakeSalt   []byte // key of unknown users' salts, derived from the table
 	roots      *chain.Roots
 	crls       []*x509.RevocationList
 }
@@ -318,8 +357,24 @@ func (p *Proxy) buildGateway(u UpstreamConfig, i int) (_ *gatewayFront, err erro
 			f.roles[r.User] = e
 			f.iterations = max(f.iterations, r.Verifier.Iterations)
 		}
+		f.fakeSalt = fakeSaltKey(g.Roles)
 	}
 	return f, nil
+}
+
+// fakeSaltKey derives the key of unknown users' salts from the role
+// table's ServerKeys, secrets an attacker does not have: the same on every
+// replica and across restarts (a per-process key would give an unknown
+// name a new salt on each, and a real user never), unpredictable without
+// the verifiers.
+func fakeSaltKey(roles []GatewayRole) []byte {
+	rs := append([]GatewayRole(nil), roles...)
+	sort.Slice(rs, func(i, j int) bool { return rs[i].User < rs[j].User })
+	m := hmac.New(sha256.New, []byte("pgtrust gateway fake SCRAM salt v1"))
+	for _, r := range rs {
+		m.Write(r.Verifier.ServerKey[:])
+	}
+	return m.Sum(nil)
 }
 
 // verifyClient checks a client certificate chain against the client CA

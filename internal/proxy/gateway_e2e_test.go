@@ -452,16 +452,20 @@ func TestGatewayClusterSecret(t *testing.T) {
 	})
 	t.Run("200 wrong secrets from one source back off; another source connects", func(t *testing.T) {
 		lim := e.run.upstreams[0].limiters[0]
-		if d := lim.Delay("127.0.0.2"); d != 0 {
+		other := limiterKey("127.0.0.2", "teesql_read")
+		if d := lim.Delay(other); d != 0 {
 			t.Fatalf("fresh source delayed %v", d)
 		}
 		for i := 0; i < 200; i++ {
 			rawSCRAMFailure(t, e.secretPort, "teesql_read")
 		}
-		if d := lim.Delay("127.0.0.1"); d <= 0 {
-			t.Fatalf("after 200 failures the source's delay is %v", d)
+		// teesql_read tests its own secret and teesql_readwrite's (downgrade).
+		for _, u := range []string{"teesql_read", "teesql_readwrite"} {
+			if d := lim.Delay(limiterKey("127.0.0.1", u)); d <= 0 {
+				t.Fatalf("after 200 failures the source's delay for %s is %v", u, d)
+			}
 		}
-		if d := lim.Delay("127.0.0.2"); d != 0 {
+		if d := lim.Delay(other); d != 0 {
 			t.Fatalf("another source delayed %v", d)
 		}
 		if n := e.run.metric(t, "pgtrust_gateway_auth_delayed_total", nil); n < 150 {

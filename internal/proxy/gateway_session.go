@@ -13,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/pgtrust/pgtrust/failure"
@@ -43,8 +44,10 @@ const sqlstateInvalidPassword = "28P01"
 
 // Reasons of pgtrust_gateway_auth_total.
 const (
-	authReasonOK           = "ok"
-	authReasonUnknownUser  = "unknown_user"
+	authReasonOK = "ok"
+	// authReasonBadSecret is every cluster_secret failure, unknown users
+	// included: /metrics may be public, so it must not count which names
+	// exist. The server log keeps the distinction.
 	authReasonBadSecret    = "bad_secret"
 	authReasonNoCert       = "no_certificate"
 	authReasonUnmapped     = "unmapped_identity"
@@ -137,12 +140,16 @@ func (s *session) gatewayAuth(startup []byte) bool {
 	if s.clientTL != "" {
 		s.p.metrics.clientTLS.WithLabelValues(s.up.name, s.clientTL).Inc()
 	}
+	logReason := "" // the server log's reason when finer than the metric's
 	fail := func(reason string, msg []byte, err error) bool {
 		s.p.metrics.auth.WithLabelValues(s.up.name, string(mode), "failure", reason).Inc()
 		if msg != nil {
 			s.sendToClient(msg)
 		}
-		s.p.refusals.Log(slog.LevelWarn, "client authentication failed", []any{"upstream", s.up.name, "auth", string(mode), "reason", reason},
+		if logReason == "" {
+			logReason = reason
+		}
+		s.p.refusals.Log(slog.LevelWarn, "client authentication failed", []any{"upstream", s.up.name, "auth", string(mode), "reason", logReason},
 			slog.Uint64("id", s.id), slog.String("client", s.raw.RemoteAddr().String()), slog.String("user", s.user), slog.String("error", err.Error()))
 		return false
 	}
@@ -167,8 +174,13 @@ func (s *session) gatewayAuth(startup []byte) bool {
 	}
 
 	lim := s.limiter()
+	keys := s.limiterKeys()
 	if lim != nil {
-		if d := lim.Delay(s.source); d > 0 {
+		var d time.Duration
+		for _, k := range keys {
+			d = max(d, lim.Delay(k))
+		}
+		if d > 0 {
 			// Back off this source only: the wait holds one of its
 			// authenticating slots, never another address's.
 			s.p.metrics.authDelayed.WithLabelValues(s.up.name).Inc()
@@ -189,7 +201,7 @@ func (s *session) gatewayAuth(startup []byte) bool {
 	switch mode {
 	case AuthClusterSecret:
 		entry := gw.roles[s.user]
-		opts := scram.ServerOptions{FakeSaltKey: s.p.fakeSaltKey, Iterations: gw.iterations, RequirePlus: gw.cfg.RequireChannelBinding}
+		opts := scram.ServerOptions{FakeSaltKey: gw.fakeSalt, Iterations: gw.iterations, RequirePlus: gw.cfg.RequireChannelBinding}
 		if entry != nil {
 			opts.Candidates = entry.candidates
 		}
@@ -209,23 +221,21 @@ func (s *session) gatewayAuth(startup []byte) bool {
 		if err != nil {
 			switch {
 			case errors.Is(err, scram.ErrAuthFailed):
-				if lim != nil {
-					lim.Failed(s.source)
-				}
-				reason := authReasonBadSecret
+				failedAll(lim, keys)
+				why := failure.New(ClassAuthSecret, "SCRAM authentication failed for user %q", s.user)
 				if entry == nil {
-					reason = authReasonUnknownUser
+					// Operators read the log; /metrics may be public.
+					logReason = "unknown_user"
+					why = failure.New(ClassAuthSecret, "SCRAM authentication failed for user %q: no such user in the role table", s.user)
 				}
-				return fail(reason, authFailedResponse(s.user), failure.New(ClassAuthSecret, "SCRAM authentication failed for user %q", s.user))
+				return fail(authReasonBadSecret, authFailedResponse(s.user), why)
 			case errors.Is(err, os.ErrDeadlineExceeded):
 				return fail(authReasonTimeout, errorResponse(sqlstateQueryCanceled, "canceling authentication due to timeout",
 					fmt.Sprintf("pgtrust: the client did not complete authentication within auth_timeout (%s)", tune.AuthTimeout), ""), err)
 			case errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF):
 				return fail(authReasonClientGone, nil, err)
 			}
-			if lim != nil {
-				lim.Failed(s.source)
-			}
+			failedAll(lim, keys)
 			msg := "pgtrust: malformed SCRAM message"
 			if fe, ok := failure.As(err); ok {
 				msg = "pgtrust: " + fe.Message
@@ -233,6 +243,7 @@ func (s *session) gatewayAuth(startup []byte) bool {
 			return fail(authReasonProtocol, errorResponse(sqlstateProtocolViolation, msg, "", ""), err)
 		}
 		role, password = entry.role, entry.password
+		s.matchedOwner = entry.owners[res.Matched]
 		s.identity = s.user
 		if res.Matched > 0 {
 			s.identity = s.user + " (downgrade from " + entry.owners[res.Matched] + ")"
@@ -241,9 +252,7 @@ func (s *session) gatewayAuth(startup []byte) bool {
 		s.identity += " " + res.Mechanism
 	case AuthCert:
 		if s.peer == nil {
-			if lim != nil {
-				lim.Failed(s.source)
-			}
+			failedAll(lim, keys)
 			return fail(authReasonNoCert, errorResponse(sqlstateInvalidAuthSpec, "connection requires a valid client certificate", "",
 				"connect with sslcert and sslkey of a certificate issued by the gateway's client CA"),
 				failure.New(ClassAuthCertMissing, "no client certificate"))
@@ -251,20 +260,23 @@ func (s *session) gatewayAuth(startup []byte) bool {
 		ids := identmap.Identities(s.peer, gw.cfg.IdentitySources)
 		ident, ok := gw.cfg.IdentityMap.Allowed(ids, s.user)
 		if !ok {
-			if lim != nil {
-				lim.Failed(s.source)
-			}
+			failedAll(lim, keys)
 			return fail(authReasonUnmapped, errorResponse(sqlstateInvalidAuthSpec, fmt.Sprintf("certificate authentication failed for user %q", s.user), "", ""),
 				failure.New(ClassAuthCertIdentity, "no identity map line lets the certificate log in as %q", s.user).
 					WithEvidence("certificate identities %q (subject %s)", ids, s.peer.Subject))
 		}
 		role, password = s.user, gw.cfg.UpstreamPassword
+		s.matchedOwner = s.user
 		s.identity = ident
 	case authUpstream:
 		role, password = s.set.auth.Role, s.set.auth.Password
 		s.identity = "local:" + s.user
 	}
 	if lim != nil {
+		// Only this user's own entry (and the source's handshake failures,
+		// which guess nothing): a success as one user must not clear the
+		// guesses at another user's secret.
+		lim.Succeeded(limiterKey(s.source, s.matchedOwner))
 		lim.Succeeded(s.source)
 	}
 	if err := s.openAsRole(role, password); err != nil {
@@ -274,10 +286,76 @@ func (s *session) gatewayAuth(startup []byte) bool {
 			return false
 		}
 		s.p.metrics.auth.WithLabelValues(s.up.name, string(mode), "failure", authReasonUpstreamFail).Inc()
+		var pe *pgconn.PgError
+		if clientCausedUpstreamError(err) && errors.As(err, &pe) {
+			// The client's own request: answer as PostgreSQL would have,
+			// without counting it against the upstream.
+			s.sendToClient(errorResponse(pe.Code, pe.Message, pe.Detail, pe.Hint))
+			s.logger().Info("the upstream refused the client's request", s.baseAttrs(slog.String("user", s.user),
+				slog.String("role", role), slog.String("sqlstate", pe.Code), slog.String("error", pe.Message))...)
+			return false
+		}
 		s.upstreamFailed("connect as role", err)
 		return false
 	}
 	s.p.metrics.auth.WithLabelValues(s.up.name, string(mode), "success", authReasonOK).Inc()
+	return true
+}
+
+// limiterKey is the backoff key of guesses at user's secret from source.
+// Keyed by user so that a success (a read-only secret, say) clears its own
+// entry only; an attacker gains nothing by spreading guesses over names,
+// since each secret belongs to one user and every guess at it lands on
+// that user's entry (see limiterKeys for downgrades). NUL cannot occur in
+// a source key.
+func limiterKey(source, user string) string { return source + "\x00" + user }
+
+// limiterKeys are the backoff entries an attempt by this session waits on
+// and charges on failure: the source's own (handshake failures, which name
+// no user) and one per secret the attempt tests — the user's, and in
+// cluster_secret those of the users it accepts by downgrade, so that
+// guessing teesql_readwrite's secret through teesql_read still lands on
+// teesql_readwrite's entry.
+func (s *session) limiterKeys() []string {
+	keys := []string{s.source, limiterKey(s.source, s.user)}
+	if gw := s.front(); gw != nil && gw.roles != nil {
+		if e := gw.roles[s.user]; e != nil {
+			for _, o := range e.owners[1:] {
+				keys = append(keys, limiterKey(s.source, o))
+			}
+		}
+	}
+	return keys
+}
+
+// failedAll charges a failure to every key except the source's own, which
+// only handshake failures charge: otherwise one user's failures would slow
+// every other user from the address.
+func failedAll(lim *authlimit.Limiter, keys []string) {
+	if lim == nil {
+		return
+	}
+	for _, k := range keys[1:] {
+		lim.Failed(k)
+	}
+}
+
+// clientCausedUpstreamError reports whether the upstream refused the
+// gateway's login because of what the authenticated client asked for
+// (a bad or forbidden setting, a missing database, no CONNECT privilege):
+// that says nothing about the upstream's health. Transport, TLS,
+// attestation and the gateway's own authentication (SQLSTATE class 28),
+// resources (53), operator intervention (57), system (58), connection (08)
+// and internal errors (XX) do.
+func clientCausedUpstreamError(err error) bool {
+	var pe *pgconn.PgError
+	if !errors.As(err, &pe) || len(pe.Code) != 5 {
+		return false
+	}
+	switch pe.Code[:2] {
+	case "08", "28", "53", "57", "58", "XX":
+		return false
+	}
 	return true
 }
 
@@ -329,7 +407,11 @@ func (s *session) openAsRole(role, password string) error {
 	cfg.RuntimeParams = params
 	t0 := time.Now()
 	pg, facts, err := pgtls.Connect(ctx, cfg, s.set.opts)
-	s.up.recordHandshake(facts, err)
+	if !clientCausedUpstreamError(err) {
+		// An authenticated client must not flip /health with its own
+		// startup parameters or database name.
+		s.up.recordHandshake(facts, err)
+	}
 	if err != nil {
 		return err
 	}

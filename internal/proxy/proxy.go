@@ -101,9 +101,6 @@ type Proxy struct {
 	tune      atomic.Pointer[tuning]
 	refusals  *sampledLog // repeated refusals, aggregated
 	nonce     string      // prefix of correlation ids, distinct per process
-	// fakeSaltKey derives stable fake SCRAM salts for unknown users: the
-	// same for a name across attempts, unpredictable outside the process.
-	fakeSaltKey []byte
 
 	ctx    context.Context // lives until Close: certificate watchers, probes, dials
 	cancel context.CancelFunc
@@ -158,8 +155,6 @@ func New(cfg Config) (*Proxy, error) {
 	var nonce [3]byte
 	_, _ = rand.Read(nonce[:])
 	p.nonce = hex.EncodeToString(nonce[:])
-	p.fakeSaltKey = make([]byte, 32)
-	_, _ = rand.Read(p.fakeSaltKey)
 	p.ctx, p.cancel = context.WithCancel(context.Background())
 	for _, uc := range cfg.Upstreams {
 		u := &upstream{name: uc.Name, cfg: uc, metrics: m.forUpstream(uc.Name)}

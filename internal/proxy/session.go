@@ -80,8 +80,11 @@ type session struct {
 	peer       *x509.Certificate
 	// identity is who the client authenticated as (user name, certificate
 	// identity), for the session's log line; mode its authentication.
-	identity      string
-	mode          AuthMode
+	identity string
+	mode     AuthMode
+	// matchedOwner is the user whose secret (or mapped name) let the client
+	// in: its backoff entry is the one a success clears.
+	matchedOwner  string
 	startupParams map[string]string
 	protoMinor    uint16
 

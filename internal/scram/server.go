@@ -56,9 +56,13 @@ type ServerOptions struct {
 	// Candidates are the verifiers that may open this user name, all with the same salt and iterations
 	// (the user's own and those allowed to downgrade to it). Empty = unknown user: the exchange runs with a
 	// salt derived from FakeSaltKey and the user name and always fails after the same work.
-	Candidates  []*Verifier
-	FakeSaltKey []byte // per-process random key for unknown users' deterministic fake salts
-	Iterations  int    // iterations advertised for unknown users (match the real verifiers)
+	Candidates []*Verifier
+	// FakeSaltKey keys unknown users' deterministic fake salts. It must be
+	// secret and stable across restarts and replicas (the gateway derives
+	// it from its role table's ServerKeys), or a changing salt would tell
+	// unknown user names from real ones.
+	FakeSaltKey []byte
+	Iterations  int // iterations advertised for unknown users (match the real verifiers)
 	// EndpointHash, when set, makes the server offer SCRAM-SHA-256-PLUS (tls-server-end-point) as well as SCRAM-SHA-256.
 	EndpointHash []byte
 	RequirePlus  bool // refuse SCRAM-SHA-256 without binding
