@@ -19,7 +19,8 @@ import (
 )
 
 // Source provides the current TLS material. Implementations: FileSource
-// (files watched with fsnotify); generated and Vault-backed sources later.
+// (files watched with fsnotify) and RenewingSource (certificates from an
+// Issuer such as Vault PKI or step-ca, renewed by one engine).
 //
 // TLS configs use GetClientCertificate / GetCertificate as callbacks, so a
 // swap needs no config rebuild and never touches an established connection.
