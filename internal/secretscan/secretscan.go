@@ -48,6 +48,9 @@ var Known = []Secret{
 	{"scram read secret (internal/scram)", "g1-Scram-Secret-1"},
 	{"scram readwrite secret (internal/scram)", "g1-Scram-Secret-2"},
 	{"scram wrong secret (internal/scram)", "g1-Wrong-Secret-3"},
+	{"vault token (certs vault tests)", "hvs.R2-vault-Token-secret-1"},
+	{"vault AppRole secret_id (certs vault tests)", "r2-Secret-ID-value-2"},
+	{"vault Kubernetes JWT (certs vault tests)", "eyJhbGciOiJSUzI1NiJ9.r2-k8s-JWT-payload-3.sig"},
 }
 
 // pemPrivateKey matches the header of any PEM private key block ("PRIVATE
