@@ -15,6 +15,7 @@ import (
 	"github.com/decred/dcrd/dcrec/secp256k1/v4/ecdsa"
 
 	"github.com/pgtrust/pgtrust/failure"
+	"github.com/pgtrust/pgtrust/internal/leader/leadertest"
 )
 
 type vectorFile struct {
@@ -452,7 +453,7 @@ func TestRecordNameAndTXT(t *testing.T) {
 	}
 	v := loadVectors(t)
 	golden := v.Cases[0].TXT
-	chunks := chunk255(golden)
+	chunks := leadertest.Chunks(golden)
 	if len(chunks) < 2 {
 		t.Fatalf("golden record fits one chunk (%d bytes)", len(golden))
 	}

@@ -86,6 +86,7 @@ type DNSServer struct {
 	mu      sync.Mutex
 	record  string
 	queries int
+	silent  bool
 }
 
 // StartDNS serves TXT record for name until the test ends.
@@ -121,6 +122,14 @@ func (s *DNSServer) Set(record string) {
 	s.mu.Unlock()
 }
 
+// SetSilent makes the server drop every query unanswered (a resolver
+// timeout), or answer again.
+func (s *DNSServer) SetSilent(silent bool) {
+	s.mu.Lock()
+	s.silent = silent
+	s.mu.Unlock()
+}
+
 // Queries is the number of TXT queries for the name answered so far.
 func (s *DNSServer) Queries() int {
 	s.mu.Lock()
@@ -130,7 +139,10 @@ func (s *DNSServer) Queries() int {
 
 func (s *DNSServer) answer(q []byte) []byte {
 	n := len(q)
-	if n < 12 {
+	s.mu.Lock()
+	silent := s.silent
+	s.mu.Unlock()
+	if n < 12 || silent {
 		return nil
 	}
 	var labels []string
