@@ -238,10 +238,11 @@ type san struct {
 
 var oidSubjectAltName = asn1.ObjectIdentifier{2, 5, 29, 17}
 
-// subjectAltNames returns the SANs in certificate order, which the error
-// message depends on (libpq names the first one examined). crypto/x509
-// splits them by type, losing the order, so the extension is read here.
-func subjectAltNames(cert *x509.Certificate) ([]san, error) {
+// RawSubjectAltNames returns the GeneralName entries of the certificate's
+// subjectAltName extension in certificate order and as signed (crypto/x509
+// splits them by type and re-renders URIs, losing both); nil without the
+// extension. A malformed extension is an error.
+func RawSubjectAltNames(cert *x509.Certificate) ([]asn1.RawValue, error) {
 	for _, ext := range cert.Extensions {
 		if !ext.Id.Equal(oidSubjectAltName) {
 			continue
@@ -251,7 +252,7 @@ func subjectAltNames(cert *x509.Certificate) ([]san, error) {
 		if err != nil || len(rest) != 0 || !seq.IsCompound || seq.Tag != asn1.TagSequence || seq.Class != asn1.ClassUniversal {
 			return nil, fmt.Errorf("malformed subjectAltName extension")
 		}
-		var out []san
+		var out []asn1.RawValue
 		data := seq.Bytes
 		for len(data) > 0 {
 			var v asn1.RawValue
@@ -259,19 +260,32 @@ func subjectAltNames(cert *x509.Certificate) ([]san, error) {
 			if err != nil {
 				return nil, fmt.Errorf("malformed subjectAltName entry: %w", err)
 			}
-			if v.Class != asn1.ClassContextSpecific {
-				continue
-			}
-			switch v.Tag {
-			case 2:
-				out = append(out, san{kind: sanDNS, value: string(v.Bytes)})
-			case 7:
-				out = append(out, san{kind: sanIP, ip: append([]byte(nil), v.Bytes...)})
+			if v.Class == asn1.ClassContextSpecific {
+				out = append(out, v)
 			}
 		}
 		return out, nil
 	}
 	return nil, nil
+}
+
+// subjectAltNames returns the DNS and IP SANs in certificate order, which
+// the error message depends on (libpq names the first one examined).
+func subjectAltNames(cert *x509.Certificate) ([]san, error) {
+	raw, err := RawSubjectAltNames(cert)
+	if err != nil {
+		return nil, err
+	}
+	var out []san
+	for _, v := range raw {
+		switch v.Tag {
+		case 2:
+			out = append(out, san{kind: sanDNS, value: string(v.Bytes)})
+		case 7:
+			out = append(out, san{kind: sanIP, ip: append([]byte(nil), v.Bytes...)})
+		}
+	}
+	return out, nil
 }
 
 var oidCommonName = asn1.ObjectIdentifier{2, 5, 4, 3}

@@ -20,6 +20,7 @@ import (
 	"strings"
 
 	"github.com/pgtrust/pgtrust/failure"
+	"github.com/pgtrust/pgtrust/internal/hostmatch"
 )
 
 // Source names where an identity comes from in the client certificate.
@@ -115,39 +116,24 @@ func Identities(cert *x509.Certificate, order []Source) []string {
 	return out
 }
 
-var (
-	oidSubjectAltName = asn1.ObjectIdentifier{2, 5, 29, 17}
-	oidCommonName     = asn1.ObjectIdentifier{2, 5, 4, 3}
-)
+var oidCommonName = asn1.ObjectIdentifier{2, 5, 4, 3}
 
 // rawURIs returns the uniformResourceIdentifier ([6] IA5String) entries of
 // the subjectAltName extension as stored, and whether the certificate has
 // extensions at all. A malformed extension yields none: crypto/x509 already
 // refused such a certificate, so this is fail-closed belt and braces.
 func rawURIs(cert *x509.Certificate) ([]string, bool) {
-	for _, ext := range cert.Extensions {
-		if !ext.Id.Equal(oidSubjectAltName) {
-			continue
-		}
-		var seq asn1.RawValue
-		rest, err := asn1.Unmarshal(ext.Value, &seq)
-		if err != nil || len(rest) != 0 || !seq.IsCompound || seq.Tag != asn1.TagSequence || seq.Class != asn1.ClassUniversal {
-			return nil, true
-		}
-		var out []string
-		data := seq.Bytes
-		for len(data) > 0 {
-			var v asn1.RawValue
-			if data, err = asn1.Unmarshal(data, &v); err != nil {
-				return nil, true
-			}
-			if v.Class == asn1.ClassContextSpecific && v.Tag == 6 && !v.IsCompound {
-				out = append(out, string(v.Bytes))
-			}
-		}
-		return out, true
+	raw, err := hostmatch.RawSubjectAltNames(cert)
+	if err != nil {
+		return nil, true
 	}
-	return nil, len(cert.Extensions) > 0
+	var out []string
+	for _, v := range raw {
+		if v.Tag == 6 && !v.IsCompound {
+			out = append(out, string(v.Bytes))
+		}
+	}
+	return out, len(cert.Extensions) > 0
 }
 
 // onlyCN returns the subject's commonName when there is exactly one.
