@@ -55,6 +55,16 @@ type RenewOptions struct {
 	Now           func() time.Time
 	Rand          func() float64                       // [0,1), for jitter and backoff; default math/rand/v2
 	After         func(time.Duration) <-chan time.Time // default time.After (tests drive it)
+	// Name identifies this source among several that share an issuer and a
+	// registry ("upstream main client certificate"); it labels the metrics
+	// (source) and log lines. Default: the issuer's name.
+	Name string
+	// Initial, when set, is material obtained earlier (a certificate and key
+	// written to files by a previous run). It is validated like issued
+	// material and used instead of a first issue while it is valid, so a
+	// restart does not ask the CA for a certificate it does not need; one
+	// that fails validation or has expired is ignored and a new one issued.
+	Initial *Issued
 }
 
 // issueTimeout bounds one call to Issuer.Issue, so that a CA that accepts
@@ -138,15 +148,26 @@ func NewRenewingSource(ctx context.Context, iss Issuer, o RenewOptions) (*Renewi
 	if o.After == nil {
 		o.After = time.After
 	}
+	if o.Name == "" {
+		o.Name = iss.Name()
+	}
 	s := &RenewingSource{iss: iss, o: o, log: o.Logger, changed: make(chan struct{}, 1)}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}
-	met, err := newRenewMetrics(o.Registerer, iss.Name())
+	met, err := newRenewMetrics(o.Registerer, o.Name, iss.Name())
 	if err != nil {
 		return nil, err
 	}
 	s.met = met
+	if o.Initial != nil {
+		if m, err := s.validate(o.Initial); err == nil {
+			s.adopt(m)
+			return s, nil
+		} else {
+			s.log.Info("existing certificate not reused; issuing a new one", "source", s.o.Name, "issuer", iss.Name(), "reason", err.Error())
+		}
+	}
 	if err := s.renew(ctx, true); err != nil {
 		return nil, err
 	}
@@ -261,6 +282,23 @@ func (s *RenewingSource) expiredErr(leaf *x509.Certificate) *failure.Error {
 		WithFix("%s", renewFix(c, name))
 }
 
+// adopt installs Initial material as the current certificate and
+// schedules its renewal; it is not a renewal, so no counter moves.
+func (s *RenewingSource) adopt(m *issuedMaterial) {
+	now := s.o.Now()
+	leaf := m.cert.Leaf
+	s.cur.Store(m)
+	s.mu.Lock()
+	s.status = Status{NotAfter: leaf.NotAfter, Subject: leaf.Subject.String(), Serial: SerialHex(leaf), LastReload: now, LastReloadClass: failure.OK}
+	s.next = s.renewAt(leaf, now)
+	next := s.next
+	s.mu.Unlock()
+	s.met.notAfter.WithLabelValues(s.o.Name, s.iss.Name()).Set(float64(leaf.NotAfter.Unix()))
+	s.met.next.WithLabelValues(s.o.Name, s.iss.Name()).Set(float64(next.Unix()))
+	s.log.Info("existing certificate reused", "source", s.o.Name, "issuer", s.iss.Name(), "subject", leaf.Subject.String(),
+		"serial", SerialHex(leaf), "not_after", leaf.NotAfter, "next_renewal", next)
+}
+
 // renew obtains, validates and swaps in a new certificate, records the
 // attempt and schedules the next one. first is the synchronous first issue.
 func (s *RenewingSource) renew(ctx context.Context, first bool) error {
@@ -312,8 +350,8 @@ func (s *RenewingSource) renew(ctx context.Context, first bool) error {
 
 	name := s.iss.Name()
 	if err != nil {
-		s.met.failures.WithLabelValues(name, string(failure.ClassOf(err))).Inc()
-		attrs := []any{"issuer", name, "class", failure.ClassOf(err), "error", err.Error(), "attempt", n, "next_renewal", next}
+		s.met.failures.WithLabelValues(s.o.Name, name, string(failure.ClassOf(err))).Inc()
+		attrs := []any{"source", s.o.Name, "issuer", name, "class", failure.ClassOf(err), "error", err.Error(), "attempt", n, "next_renewal", next}
 		if fe, ok := failure.As(err); ok {
 			if fe.Evidence != "" {
 				attrs = append(attrs, "evidence", fe.Evidence)
@@ -325,15 +363,17 @@ func (s *RenewingSource) renew(ctx context.Context, first bool) error {
 		}
 		s.log.Warn("certificate renewal failed; keeping the current certificate", attrs...)
 	} else {
-		s.met.lastSuccess.WithLabelValues(name).Set(float64(now.Unix()))
-		s.met.notAfter.WithLabelValues(name).Set(float64(st.NotAfter.Unix()))
+		s.met.lastSuccess.WithLabelValues(s.o.Name, name).Set(float64(now.Unix()))
+		s.met.notAfter.WithLabelValues(s.o.Name, name).Set(float64(st.NotAfter.Unix()))
 		msg := "certificate renewed"
 		if first {
 			msg = "certificate issued"
+		} else {
+			s.met.renewals.WithLabelValues(s.o.Name, name).Inc()
 		}
-		s.log.Info(msg, "issuer", name, "subject", st.Subject, "serial", st.Serial, "not_after", st.NotAfter, "next_renewal", next)
+		s.log.Info(msg, "source", s.o.Name, "issuer", name, "subject", st.Subject, "serial", st.Serial, "not_after", st.NotAfter, "next_renewal", next)
 	}
-	s.met.next.WithLabelValues(name).Set(float64(next.Unix()))
+	s.met.next.WithLabelValues(s.o.Name, name).Set(float64(next.Unix()))
 	if s.o.OnRenew != nil {
 		s.o.OnRenew(st, err)
 	}
@@ -468,28 +508,32 @@ func (s *RenewingSource) validate(iss *Issued) (*issuedMaterial, error) {
 	return m, nil
 }
 
-// renewMetrics are the engine's series, labelled by issuer name.
+// renewMetrics are the engine's series, labelled by source (RenewOptions.Name,
+// unique per process) and issuer.
 type renewMetrics struct {
 	next, lastSuccess, notAfter *prometheus.GaugeVec
-	failures                    *prometheus.CounterVec
+	failures, renewals          *prometheus.CounterVec
 }
 
 // newRenewMetrics registers the series on reg (when given). Several
 // sources share one registry: a collector already registered is reused.
-func newRenewMetrics(reg prometheus.Registerer, issuer string) (*renewMetrics, error) {
+func newRenewMetrics(reg prometheus.Registerer, source, issuer string) (*renewMetrics, error) {
 	m := &renewMetrics{
 		next: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Name: "pgtrust_cert_renewal_next_timestamp_seconds", Help: "When the next certificate renewal attempt is scheduled, as a Unix timestamp, per issuer.",
-		}, []string{"issuer"}),
+			Name: "pgtrust_cert_renewal_next_timestamp_seconds", Help: "When the next certificate renewal attempt is scheduled, as a Unix timestamp, per source.",
+		}, []string{"source", "issuer"}),
 		lastSuccess: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Name: "pgtrust_cert_renewal_last_success_timestamp_seconds", Help: "When a certificate was last issued or renewed, as a Unix timestamp, per issuer.",
-		}, []string{"issuer"}),
+			Name: "pgtrust_cert_renewal_last_success_timestamp_seconds", Help: "When a certificate was last issued or renewed, as a Unix timestamp, per source.",
+		}, []string{"source", "issuer"}),
 		notAfter: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Name: "pgtrust_cert_not_after_timestamp_seconds", Help: "NotAfter of the renewed certificate in use, as a Unix timestamp, per issuer.",
-		}, []string{"issuer"}),
+			Name: "pgtrust_cert_not_after_timestamp_seconds", Help: "NotAfter of the renewed certificate in use, as a Unix timestamp, per source.",
+		}, []string{"source", "issuer"}),
 		failures: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "pgtrust_cert_renewal_failures_total", Help: "Failed certificate renewals, by issuer and failure class.",
-		}, []string{"issuer", "class"}),
+			Name: "pgtrust_cert_renewal_failures_total", Help: "Failed certificate renewals, by source, issuer and failure class.",
+		}, []string{"source", "issuer", "class"}),
+		renewals: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pgtrust_cert_renewals_total", Help: "Successful certificate renewals (after the first issue), per source.",
+		}, []string{"source", "issuer"}),
 	}
 	if reg == nil {
 		return m, nil
@@ -505,13 +549,17 @@ func newRenewMetrics(reg prometheus.Registerer, issuer string) (*renewMetrics, e
 	if err == nil {
 		m.failures, err = register(reg, m.failures)
 	}
+	if err == nil {
+		m.renewals, err = register(reg, m.renewals)
+	}
 	if err != nil {
-		return nil, failure.Wrap(failure.ConfigInvalid, err, "could not register the certificate renewal metrics for %s", issuer)
+		return nil, failure.Wrap(failure.ConfigInvalid, err, "could not register the certificate renewal metrics for %s", source)
 	}
 	// Present from the start, so a dashboard sees zero rather than nothing.
 	for _, c := range renewClasses[:4] {
-		m.failures.WithLabelValues(issuer, string(c))
+		m.failures.WithLabelValues(source, issuer, string(c))
 	}
+	m.renewals.WithLabelValues(source, issuer)
 	return m, nil
 }
 

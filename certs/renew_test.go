@@ -377,6 +377,10 @@ func TestRenewBackoff(t *testing.T) {
 	if got := metricValue(t, reg, "pgtrust_cert_renewal_last_success_timestamp_seconds", "issuer", "test-ca"); got != float64(clk.Now().Unix()) {
 		t.Errorf("last success gauge %v, want %v", got, clk.Now().Unix())
 	}
+	// The first issue is not a renewal; the recovery is the one renewal.
+	if got := metricValue(t, reg, "pgtrust_cert_renewals_total", "source", "test-ca", "issuer", "test-ca"); got != 1 {
+		t.Errorf("renewals_total %v, want 1", got)
+	}
 }
 
 // metricValue gathers reg and returns the value of the series of name
@@ -788,6 +792,82 @@ type namedIssuer struct {
 }
 
 func (n *namedIssuer) Name() string { return n.name }
+
+// TestRenewMetricsPerSource: two sources of one issuer in one registry
+// (two upstreams renewing from the same Vault) keep separate series.
+func TestRenewMetricsPerSource(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	iss := newTestIssuer(t, time.Now, time.Hour)
+	var srcs []*RenewingSource
+	for _, name := range []string{"upstream a client certificate", "upstream b client certificate"} {
+		s, err := NewRenewingSource(context.Background(), iss, RenewOptions{Registerer: reg, Name: name})
+		if err != nil {
+			t.Fatal(err)
+		}
+		srcs = append(srcs, s)
+	}
+	if err := srcs[1].Reload(); err != nil {
+		t.Fatal(err)
+	}
+	for i, name := range []string{"upstream a client certificate", "upstream b client certificate"} {
+		if v := metricValue(t, reg, "pgtrust_cert_not_after_timestamp_seconds", "source", name, "issuer", "test-ca"); v != float64(srcs[i].Status().NotAfter.Unix()) {
+			t.Errorf("%s: not_after %v, want %v", name, v, srcs[i].Status().NotAfter.Unix())
+		}
+		if v := metricValue(t, reg, "pgtrust_cert_renewals_total", "source", name); v != float64(i) {
+			t.Errorf("%s: renewals_total %v, want %d", name, v, i)
+		}
+	}
+}
+
+// TestRenewInitialMaterial: material from an earlier run is reused while it
+// is valid (no call to the CA, renewal scheduled from its own lifetime), and
+// ignored for a fresh issue when it is expired or its key does not match.
+func TestRenewInitialMaterial(t *testing.T) {
+	clk := newFakeClock()
+	iss := newTestIssuer(t, clk.Now, 10*time.Minute)
+	earlier, err := iss.Issue(context.Background(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	prev, _ := x509.ParseCertificate(earlier.Certificate.Certificate[0])
+	clk.advance(2 * time.Minute)
+	calls := iss.callCount()
+	s, err := NewRenewingSource(context.Background(), iss, RenewOptions{Initial: earlier, Now: clk.Now, After: clk.After, Rand: constRand(0)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if iss.callCount() != calls {
+		t.Fatal("valid initial material was not reused: the CA was asked")
+	}
+	if l := leafOf(t, s); l.SerialNumber.Cmp(prev.SerialNumber) != 0 {
+		t.Fatalf("serial %s, want the initial %s", SerialHex(l), SerialHex(prev))
+	}
+	if want := prev.NotBefore.Add(7 * time.Minute); !s.NextRenewal().Equal(want) {
+		t.Fatalf("next renewal %v, want %v (70%% of the initial certificate's lifetime)", s.NextRenewal(), want)
+	}
+	if st := s.Status(); st.Reloads != 0 || st.Serial != SerialHex(prev) {
+		t.Fatalf("status %+v", st)
+	}
+
+	for name, mode := range map[string]issueMode{"expired": issueExpired, "key mismatch": issueMismatch} {
+		iss.misbehave(mode)
+		bad, err := iss.Issue(context.Background(), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		calls := iss.callCount()
+		s, err := NewRenewingSource(context.Background(), iss, RenewOptions{Initial: bad, Now: clk.Now, After: clk.After})
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		if iss.callCount() != calls+1 {
+			t.Fatalf("%s initial material: no fresh issue", name)
+		}
+		if l := leafOf(t, s); SerialHex(l) == SerialHex(bad.Certificate.Leaf) {
+			t.Fatalf("%s initial material was used", name)
+		}
+	}
+}
 
 // TestRenewClasses pins the renewal classes' strings (metric labels and
 // /readyz use them) and checks renewClasses lists exactly the declared
