@@ -35,6 +35,18 @@ they would to pgtrust proxy: one that weakens an sslmode the file writes is a
 failure, a PG* or DB_SSL_MODE variable that weakens the verify-full default a
 warning.
 
+${VAR} references in any string of the file are expanded from the
+environment; a variable that is not set (or empty) is an error naming the key
+and the variable (exit 2). Seed 001's [storage.postgres.NAME] tables are
+checked as the upstreams they become.
+
+A [vault] or [step] table (an upstream's client certificate, a gateway's
+server certificate, or seed 001's vault_* keys) is checked as the proxy
+will build it: vault_pki_role / pki_role is "<mount>/issue/<role>", the
+renewal threshold is in (0,1) and the jitter below it, one way to log in to
+Vault, the files it names exist, Vault's CA file parses. No certificate is
+requested: the CA is first contacted when the proxy starts.
+
 With gateway tables ([[upstreams.NAME.gateway]]) it also checks every
 verifier and downgrade pair, and connects upstream (the only step that does)
 as each mapped role with the gateway's credentials; an unreachable database

@@ -46,7 +46,10 @@ Signals: SIGTERM/SIGINT turn /readyz to 503, keep serving for --drain-delay,
 stop accepting, let sessions finish for up to --drain-timeout and exit; a
 second signal exits at once.
 SIGHUP reloads the configuration and certificates; a reload that does not
-validate is logged and the running configuration stays.
+validate is logged and the running configuration stays. A certificate from a
+CA ([upstreams.NAME.vault] / .step, seed 001's vault_pki_role) whose table
+did not change keeps its certificate and renewal schedule: a SIGHUP asks the
+CA for nothing (a failed renewal goes on being retried with backoff).
 
 Exit status: 0 after a clean shutdown, 1 on a runtime failure, 2 when the
 configuration is invalid.`,

@@ -24,6 +24,7 @@ import (
 
 	"github.com/pelletier/go-toml/v2"
 
+	"github.com/pgtrust/pgtrust/connstring"
 	"github.com/pgtrust/pgtrust/failure"
 )
 
@@ -55,6 +56,9 @@ type File struct {
 	Health    Health               `toml:"health"`
 	Proxy     Proxy                `toml:"proxy"`
 	Upstreams map[string]*Upstream `toml:"upstreams"`
+	// Storage holds seed 001's [storage.postgres.NAME] tables (epoch.toml),
+	// each turned into an upstream NAME at parse (storage.go).
+	Storage *Storage `toml:"storage"`
 
 	// sslRequired is DB_SSL_REQUIRED=true: every upstream's sslmode must
 	// refuse plaintext.
@@ -133,6 +137,17 @@ type Upstream struct {
 	ManifestDNSServer       string   `toml:"manifest_dns_server"` // host:port of the DNS server to ask (default: the system's)
 	ManifestTimeout         Duration `toml:"manifest_timeout"`    // one fetch (default 5s)
 
+	// Vault or Step, when set, is where the upstream's client certificate
+	// comes from (a certs.RenewingSource) instead of sslcert/sslkey.
+	Vault *VaultTable `toml:"vault"`
+	Step  *StepTable  `toml:"step"`
+
+	// settingsOrigin names where Settings came from when it was not an
+	// [upstreams.NAME.settings] table (seed 001's [storage.postgres.NAME]).
+	settingsOrigin string
+	// storage marks an upstream made from a [storage.postgres.NAME] table.
+	storage bool
+
 	// overrides are libpq keywords set by DB_SSL_* variables; they win over
 	// DSN and Settings.
 	overrides map[string]string
@@ -171,9 +186,10 @@ func (d Duration) MarshalText() ([]byte, error) { return []byte(time.Duration(d)
 // D returns the value as a time.Duration.
 func (d Duration) D() time.Duration { return time.Duration(d) }
 
-// Load reads and parses the file at path, then applies the process
-// environment (PGTRUST_*, DB_SSL_*). Flags are applied by the caller with
-// ApplyFlags.
+// Load reads and parses the file at path, expands ${VAR} references in
+// every string of it from the process environment (ExpandEnv), then
+// applies the process environment (PGTRUST_*, DB_SSL_*). Flags are applied
+// by the caller with ApplyFlags.
 func Load(path string) (*File, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
@@ -181,7 +197,7 @@ func Load(path string) (*File, error) {
 			WithEvidence("%v", err).
 			WithFix("check the path given to --config and that the file is readable by uid %d", os.Getuid())
 	}
-	f, err := parse(data, path)
+	f, err := parse(data, path, os.Getenv)
 	if err != nil {
 		return nil, err
 	}
@@ -192,8 +208,12 @@ func Load(path string) (*File, error) {
 }
 
 // Parse parses a configuration document and fills in the defaults. It does
-// not read the environment.
-func Parse(data []byte) (*File, error) { return parse(data, "") }
+// not read the environment (${VAR} references stay as written).
+func Parse(data []byte) (*File, error) { return parse(data, "", nil) }
+
+// ParseEnv is Parse with ${VAR} references expanded from getenv, as Load
+// expands them from the process environment.
+func ParseEnv(data []byte, getenv func(string) string) (*File, error) { return parse(data, "", getenv) }
 
 // Empty returns a configuration with only the defaults, for running from the
 // environment and flags without a file.
@@ -203,16 +223,24 @@ func Empty() *File {
 	return f
 }
 
-func parse(data []byte, path string) (*File, error) {
+func parse(data []byte, path string, getenv func(string) string) (*File, error) {
 	f := &File{Path: path}
 	dec := toml.NewDecoder(bytes.NewReader(data)).DisallowUnknownFields()
 	if err := dec.Decode(f); err != nil && !errors.Is(err, io.EOF) {
 		return nil, decodeError(path, err)
 	}
+	if getenv != nil {
+		if err := ExpandEnv(f, "", getenv); err != nil {
+			return nil, f.inFile(err)
+		}
+	}
 	for name, u := range f.Upstreams {
 		if u == nil {
 			f.Upstreams[name] = &Upstream{}
 		}
+	}
+	if err := f.storageUpstreams(); err != nil {
+		return nil, err
 	}
 	f.fillDefaults()
 	if err := f.check(); err != nil {
@@ -275,6 +303,18 @@ func (f *File) invalid(key, format string, args ...any) *failure.Error {
 		WithEvidence("key %s in %s", key, f.where())
 }
 
+// inFile prefixes a config_invalid error built without the file (ExpandEnv,
+// VaultTable.Options) with the file's name, keeping evidence and fix.
+func (f *File) inFile(err error) error {
+	fe, ok := failure.As(err)
+	if !ok || f.Path == "" {
+		return err
+	}
+	e := *fe
+	e.Message = f.Path + ": " + fe.Message
+	return &e
+}
+
 // check applies the structural rules that need no file system or network.
 func (f *File) check() error {
 	switch f.Log.Format {
@@ -290,7 +330,7 @@ func (f *File) check() error {
 	}
 	for _, name := range f.UpstreamNames() {
 		u := f.Upstreams[name]
-		key := "upstreams." + name
+		key := f.upstreamKey(name)
 		if u.DSN != "" && len(u.Settings) > 0 {
 			return f.invalid(key, "both dsn and [%s.settings] are given", key).
 				WithFix("keep one: either dsn = \"...\" or a [%s.settings] table of libpq keywords", key)
@@ -348,6 +388,52 @@ func (f *File) check() error {
 			if _, err := settingString(v); err != nil {
 				return f.invalid(key+".settings."+k, "%v", err).WithFix("write the value as a string, e.g. %s = \"...\"", k)
 			}
+		}
+		if err := f.checkRenewal(key, u); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// checkRenewal refuses a client certificate named twice: a [vault] or
+// [step] table and sslcert/sslkey (in the dsn, the settings or DB_SSL_*),
+// or both tables.
+func (f *File) checkRenewal(key string, u *Upstream) error {
+	if u.Vault == nil && u.Step == nil {
+		return nil
+	}
+	if u.Vault != nil && u.Step != nil {
+		return f.invalid(key, "both [%[1]s.vault] and [%[1]s.step] are given", key).
+			WithEvidence("keys %[1]s.vault and %[1]s.step both name where the client certificate comes from", key).
+			WithFix("keep one of the two tables")
+	}
+	table := key + ".vault"
+	if u.Step != nil {
+		table = key + ".step"
+	}
+	if u.storage {
+		table = "vault_pki_role"
+	}
+	kw := map[string]string{}
+	if u.DSN != "" {
+		kw, _ = connstring.ParseKeywords(u.DSN) // a DSN that does not parse is reported by resolve
+	}
+	for k := range u.Settings {
+		kw[k] = ""
+	}
+	for k, v := range u.overrides {
+		kw[k] = v
+	}
+	for _, k := range []string{"sslcert", "sslkey"} {
+		if _, ok := kw[k]; ok {
+			where := key + "'s connection settings"
+			if u.overrides[k] != "" {
+				where = "DB_SSL_CLIENT_CERT/DB_SSL_CLIENT_KEY"
+			}
+			return f.invalid(key, "%s is set in %s, and %s gives the client certificate too", k, where, table).
+				WithEvidence("the client certificate comes from %s (issued and renewed); %s would name another one", table, k).
+				WithFix("remove %s (and sslkey/sslpassword) from the upstream's settings, or remove %s to use certificate files", k, table)
 		}
 	}
 	return nil

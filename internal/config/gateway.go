@@ -26,6 +26,10 @@ type Gateway struct {
 	RATLS         string   `toml:"ratls"`
 	RATLSDNSNames []string `toml:"ratls_dns_names"`
 	RATLSLifetime Duration `toml:"ratls_lifetime"`
+	// Or a certificate issued and renewed by Vault PKI or step-ca
+	// ([upstreams.NAME.gateway.vault] / .step; common_name required).
+	Vault *VaultTable `toml:"vault"`
+	Step  *StepTable  `toml:"step"`
 
 	// Client certificates: requested and verified when client_ca_file is
 	// set, required in cert mode.
@@ -102,15 +106,29 @@ func (f *File) checkGateways(key string, u *Upstream) error {
 		if (g.CertFile == "") != (g.KeyFile == "") {
 			return f.invalid(gk, "cert_file and key_file go together").WithFix("set both, or ratls instead")
 		}
+		var sources []string
+		if g.CertFile != "" {
+			sources = append(sources, "cert_file")
+		}
+		if g.RATLS != "" {
+			sources = append(sources, "ratls")
+		}
+		if g.Vault != nil {
+			sources = append(sources, "["+gk+".vault]")
+		}
+		if g.Step != nil {
+			sources = append(sources, "["+gk+".step]")
+		}
+		if len(sources) > 1 {
+			return f.invalid(gk, "both %s are given", strings.Join(sources, " and ")).
+				WithFix("keep one source of the server certificate: cert_file and key_file, ratls, a [vault] table or a [step] table")
+		}
 		switch g.RATLS {
 		case "":
-			if g.CertFile == "" {
-				return f.invalid(gk, "TLS is mandatory: no server certificate").WithFix("set cert_file and key_file, or ratls = \"configfs\"")
+			if len(sources) == 0 {
+				return f.invalid(gk, "TLS is mandatory: no server certificate").WithFix("set cert_file and key_file, a [%s.vault] or [%s.step] table, or ratls = \"configfs\"", gk, gk)
 			}
 		case "configfs", "simulator":
-			if g.CertFile != "" {
-				return f.invalid(gk, "both cert_file and ratls are given").WithFix("keep one source of the server certificate")
-			}
 		default:
 			return f.invalid(gk+".ratls", "unknown provider %q", g.RATLS).WithFix(`use "configfs" (a TDX guest) or "simulator" (development only)`)
 		}
@@ -191,6 +209,13 @@ func (f *File) gatewayConfigs(key string, u *Upstream, env map[string]string) ([
 			pg.RATLS.Options.DNSNames = g.RATLSDNSNames
 			pg.RATLS.Lifetime = g.RATLSLifetime.D()
 		}
+		// A server certificate has no default name: clients verify it
+		// against the host they dial (verify-full), so common_name is required.
+		r, err := renewalFor(gk, g.Vault, g.Step, "")
+		if err != nil {
+			return nil, f.inFile(err)
+		}
+		pg.Renewal = r
 		if len(g.IdentitySources) > 0 {
 			src, err := identmap.ParseSources(g.IdentitySources)
 			if err != nil {

@@ -79,6 +79,9 @@ func (f *File) resolve(name string, env map[string]string) (*resolved, error) {
 		settings = kw
 	} else {
 		source = f.where() + ": [" + key + ".settings]"
+		if u.settingsOrigin != "" {
+			source = u.settingsOrigin
+		}
 		for k, v := range u.Settings {
 			s, err := settingString(v)
 			if err != nil {
@@ -204,8 +207,9 @@ func wrapConn(err error, source string) error {
 
 // ProxyConfig turns the configuration into the proxy's. It resolves every
 // upstream (see Upstream) and opens no socket; the only file it reads is an
-// attestation table's kms_root_ca and a followed manifest's epoch_file.
-// Run Validate first for the others.
+// attestation table's kms_root_ca and a followed manifest's epoch_file
+// (a [vault] / [step] table's files are only checked to exist; the CA is
+// contacted by proxy.New). Run Validate first for the others.
 func (f *File) ProxyConfig(logger *slog.Logger, reg prometheus.Registerer) (*proxy.Config, error) {
 	if len(f.Upstreams) == 0 {
 		return nil, failure.New(failure.ConfigInvalid, "%s defines no upstream", f.where()).
@@ -257,6 +261,9 @@ func (f *File) ProxyConfig(logger *slog.Logger, reg prometheus.Registerer) (*pro
 				return nil, err
 			}
 			uc.Leader = fl
+		}
+		if uc.ClientRenewal, err = f.clientRenewal(name, u, conn.User); err != nil {
+			return nil, err
 		}
 		if t := u.ClientTLS; t != nil {
 			uc.ClientTLS = &proxy.ClientTLS{CertFile: t.CertFile, KeyFile: t.KeyFile, AutoCertDir: t.AutoCertDir, Require: t.Require}

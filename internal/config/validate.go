@@ -96,7 +96,7 @@ func validate(f *File, env map[string]string, now time.Time) []Finding {
 	}
 	for _, name := range f.UpstreamNames() {
 		u := f.Upstreams[name]
-		key := "upstreams." + name
+		key := f.upstreamKey(name)
 		if u.Listen != "" {
 			if err := checkAddr(u.Listen); err != nil {
 				v.fail(key+".listen", f.invalid(key+".listen", "%q: %v", u.Listen, err).
@@ -125,7 +125,8 @@ func validate(f *File, env map[string]string, now time.Time) []Finding {
 					fmt.Sprintf("%s=%s in the proxy's environment overrides %s", r.weakenedBy, envValue(env, u, r.weakenedBy), from),
 					fmt.Sprintf("unset %s in the proxy's environment, or write the sslmode you want in the configuration", r.weakenedBy))
 			}
-			v.upstreamTLS(key, r.cfg, u.Attestation != nil)
+			v.upstreamTLS(key, r.cfg, u.Attestation != nil, u.trustIssuedCA())
+			v.renewal(f, name, u, r.cfg.User)
 		}
 		if u.Manifest != "" {
 			if _, err := f.follower(name, u, nil); err != nil {
@@ -173,6 +174,9 @@ func (v *validator) gateways(f *File, name string, u *Upstream, env map[string]s
 		if g.CertFile != "" {
 			v.pair(gk, g.CertFile, g.KeyFile, "")
 		}
+		if g.Vault != nil || g.Step != nil {
+			v.renewalTable(f, gk, g.Vault, g.Step, "", "server")
+		}
 		if g.ClientCAFile != "" {
 			v.certFile(gk+".client_ca_file", g.ClientCAFile, true)
 		}
@@ -215,7 +219,7 @@ func (v *validator) gateways(f *File, name string, u *Upstream, env map[string]s
 }
 
 // upstreamTLS checks the files libpq would use for cfg.
-func (v *validator) upstreamTLS(key string, cfg *connstring.Config, attested bool) {
+func (v *validator) upstreamTLS(key string, cfg *connstring.Config, attested, trustIssued bool) {
 	switch cfg.SSLMode {
 	case connstring.SSLDisable, connstring.SSLAllow, connstring.SSLPrefer:
 		v.warn(key+".sslmode", failure.ConfigInvalid, fmt.Sprintf("sslmode=%s may connect without TLS and never verifies the server", cfg.SSLMode),
@@ -234,6 +238,8 @@ func (v *validator) upstreamTLS(key string, cfg *connstring.Config, attested boo
 	needRoot := cfg.SSLMode == connstring.SSLVerifyCA || cfg.SSLMode == connstring.SSLVerifyFull
 	switch {
 	case cfg.SSLMode == connstring.SSLDisable:
+	case trustIssued:
+		v.ok(key+".sslrootcert", "the server is verified against the CA that issues the client certificate (trust_issued_ca = true)")
 	case cfg.SSLRootCert == "system":
 		if _, err := x509.SystemCertPool(); err != nil {
 			v.fail(key+".sslrootcert", failure.Wrap(failure.ConfigInvalid, err, "could not load system root certificate paths").
@@ -436,4 +442,56 @@ func checkAddr(addr string) error {
 		}
 	}
 	return nil
+}
+
+// trustIssuedCA reports whether the upstream's renewal table makes its CA
+// verify the server in place of sslrootcert.
+func (u *Upstream) trustIssuedCA() bool {
+	return (u.Vault != nil && u.Vault.TrustIssuedCA) || (u.Step != nil && u.Step.TrustIssuedCA)
+}
+
+// renewal checks upstream name's [vault] / [step] table.
+func (v *validator) renewal(f *File, name string, u *Upstream, user string) {
+	if u.Vault == nil && u.Step == nil {
+		return
+	}
+	where := "upstreams." + name
+	if u.storage {
+		where = "storage.postgres." + name
+	}
+	v.renewalTable(f, where, u.Vault, u.Step, user, "client")
+}
+
+// renewalTable checks a [vault] or [step] table as the proxy will build
+// it: the options (pki_role shape, threshold and jitter, one way to log
+// in, files exist) and the issuer's own checks (the CA file parses). It
+// requests no certificate: the CA is first contacted when the proxy
+// starts.
+func (v *validator) renewalTable(f *File, where string, vt *VaultTable, st *StepTable, defaultCN, kind string) {
+	check := where + ".vault"
+	if vt != nil && vt.keyName != nil {
+		check = where + ".vault_pki_role"
+	}
+	if st != nil {
+		check = where + ".step"
+	}
+	r, err := renewalFor(where, vt, st, defaultCN)
+	if err != nil {
+		v.fail(check, f.inFile(err))
+		return
+	}
+	if vt != nil {
+		// NewVaultIssuer contacts nobody; it reads and parses ca_cert.
+		if _, err := r.NewIssuer(nil); err != nil {
+			v.fail(check, f.inFile(err))
+			return
+		}
+		vo, _, _ := vt.Options(check, defaultCN)
+		v.ok(check, "%s certificate from Vault %s (%s/issue/%s) for CN=%q, renewed after %.0f%% of its lifetime; not requested by validate (the proxy asks Vault at start)",
+			kind, vt.Addr, vo.Mount, vo.Role, vo.CommonName, r.Options.Threshold*100)
+		return
+	}
+	so, _, _ := st.Options(check, defaultCN)
+	v.ok(check, "%s certificate from step-ca %s (provisioner %q) for CN=%q, renewed after %.0f%% of its lifetime; not requested by validate (the proxy asks step-ca at start)",
+		kind, st.CAURL, so.Provisioner, so.CommonName, r.Options.Threshold*100)
 }

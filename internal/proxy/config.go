@@ -94,6 +94,11 @@ type UpstreamConfig struct {
 	// file descriptor until StartupTimeout; 0 = 16 × MaxConnections. Above
 	// it a connection is refused at once ("too many clients").
 	MaxPending int
+	// ClientRenewal, when set, is where the upstream client certificate
+	// comes from (a CA, renewed) in place of Conn's sslcert/sslkey, which
+	// must then be unset. With Options.TrustIssuedCA the CAs it names
+	// verify the server in place of sslrootcert.
+	ClientRenewal *Renewal
 	// PlaintextIntended declares that an upstream sslmode that may connect
 	// without TLS is on purpose: health then reports such a connection
 	// "healthy" rather than "insecure".
@@ -214,6 +219,10 @@ func (cfg Config) withDefaults() (Config, error) {
 					WithFix("use sslmode=require (attestation only), verify-ca (chain + attestation) or verify-full (chain + host name + attestation)")
 			}
 		}
+		if u.ClientRenewal != nil && u.Conn.SSLCert != "" && !u.Conn.SSLCertDefault {
+			return cfg, configError("upstream %q: the client certificate comes from a CA, and sslcert=%s names another", u.Name, u.Conn.SSLCert).
+				WithFix("remove sslcert, sslkey and sslpassword from the upstream's settings, or remove the CA table to use files")
+		}
 		if u.Auth != nil && u.Auth.Role == "" && u.Conn.User == "" {
 			return cfg, configError("upstream %q: auth needs the role to open upstream", u.Name).
 				WithFix("set the auth role, or user= in the upstream's connection string")
@@ -237,7 +246,11 @@ func (cfg Config) withDefaults() (Config, error) {
 				}
 				addrs[gws[j].Listen] = u.Name
 				if gws[j].Auth == AuthPassthrough {
-					if why := lentCredentials(u.Conn); why != "" {
+					why := lentCredentials(u.Conn)
+					if u.ClientRenewal != nil {
+						why = "the upstream client certificate is issued by a CA and sent to the upstream"
+					}
+					if why != "" {
 						return cfg, configError("upstream %q gateway #%d (%s): auth = passthrough would let remote clients in on the gateway's own upstream credentials", u.Name, j+1, gws[j].Listen).
 							WithEvidence("%s: passthrough relays the client's login over the gateway's transport, so the server sees the gateway's identity, not the client's", why).
 							WithFix("use auth = \"cluster_secret\" or \"cert\" on this listener, or give passthrough a TCP upstream without sslcert/sslkey (sslcertmode=disable) whose pg_hba.conf authenticates every client itself")

@@ -55,6 +55,14 @@ func sameLeader(a, b *leader.Manifest) bool {
 // fetches the manifest again (the leader may have moved) and, when it
 // names another endpoint, dials that one once, within the same ctx.
 func (p *Proxy) dialTarget(ctx context.Context, u *upstream, set *upstreamSettings) (net.Conn, *pgtls.Facts, error) {
+	if h := set.clientRenew; h != nil {
+		// Refuse before dialling once the renewed certificate has expired:
+		// the client then gets renewal_expired with its evidence and fix,
+		// not a TLS error wrapped around it.
+		if _, err := h.src.GetClientCertificate(nil); err != nil {
+			return nil, nil, err
+		}
+	}
 	conn, m, err := set.target(ctx)
 	if err != nil {
 		return nil, nil, err

@@ -62,6 +62,9 @@ type GatewayConfig struct {
 	// RATLS issues one from the attestation provider.
 	CertFile, KeyFile string
 	RATLS             *RATLSCertificate
+	// Renewal, instead, issues the server certificate from a CA (Vault
+	// PKI, step-ca) and renews it.
+	Renewal *Renewal
 	// ClientCAFile, when set, makes the listener request a client
 	// certificate and verify it (with ClientCRLFile / ClientCRLDir) when
 	// one is sent; cert mode requires one.
@@ -156,9 +159,15 @@ func (g *GatewayConfig) withDefaults(upName string, i int) error {
 	if _, _, err := net.SplitHostPort(g.Listen); err != nil {
 		return configError("%s: invalid listen address: %v", where, err).WithFix("use host:port, e.g. :5433")
 	}
-	if (g.CertFile == "") != (g.KeyFile == "") || (g.CertFile == "") == (g.RATLS == nil) {
-		return configError("%s: TLS is mandatory: give cert_file and key_file, or an RA-TLS provider (not both)", where).
-			WithFix("set cert_file and key_file, or ratls = \"configfs\" (\"simulator\" in development)")
+	n := 0
+	for _, set := range []bool{g.CertFile != "", g.RATLS != nil, g.Renewal != nil} {
+		if set {
+			n++
+		}
+	}
+	if (g.CertFile == "") != (g.KeyFile == "") || n != 1 {
+		return configError("%s: TLS is mandatory: give cert_file and key_file, an RA-TLS provider or a renewing CA source (exactly one)", where).
+			WithFix("set cert_file and key_file, a [vault] or [step] table, or ratls = \"configfs\" (\"simulator\" in development)")
 	}
 	switch g.Auth {
 	case AuthPassthrough:
@@ -244,7 +253,8 @@ type roleEntry struct {
 type gatewayFront struct {
 	cfg        GatewayConfig
 	tls        *tls.Config
-	certSrc    *certs.FileSource // nil with RA-TLS
+	certSrc    *certs.FileSource // nil with RA-TLS or a renewing source
+	renew      *renewHandle      // the certificate comes from a CA (proxy-owned, kept across reloads)
 	ra         *ratlsHolder      // nil with files
 	roles      map[string]*roleEntry
 	iterations int    // advertised for unknown users: the table's one count
@@ -267,6 +277,10 @@ func (f *gatewayFront) certificate() *tls.Certificate {
 	if f.ra != nil {
 		return f.ra.cur.Load()
 	}
+	if f.renew != nil {
+		c, _ := f.renew.src.GetCertificate(nil)
+		return c
+	}
 	c, _ := f.certSrc.GetCertificate(nil)
 	return c
 }
@@ -276,6 +290,9 @@ func (f *gatewayFront) notAfter() time.Time {
 	if f.certSrc != nil {
 		return f.certSrc.Status().NotAfter
 	}
+	if f.renew != nil {
+		return f.renew.src.Status().NotAfter
+	}
 	if c := f.certificate(); c != nil && c.Leaf != nil {
 		return c.Leaf.NotAfter
 	}
@@ -283,7 +300,7 @@ func (f *gatewayFront) notAfter() time.Time {
 }
 
 // buildGateway loads what gateway listener i of u needs.
-func (p *Proxy) buildGateway(u UpstreamConfig, i int) (_ *gatewayFront, err error) {
+func (p *Proxy) buildGateway(u UpstreamConfig, i int, b *renewBuild) (_ *gatewayFront, err error) {
 	g := u.Gateways[i]
 	f := &gatewayFront{cfg: g}
 	defer func() {
@@ -302,6 +319,13 @@ func (p *Proxy) buildGateway(u UpstreamConfig, i int) (_ *gatewayFront, err erro
 		}
 		f.ra = ra
 		getCert = func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return ra.cur.Load(), nil }
+	} else if g.Renewal != nil {
+		h, err := p.renewSource(b, gatewayRenewalName(u.Name, g.Listen), g.Renewal, p.log.With("upstream", u.Name, "gateway", g.Listen, "certificate", kind), u.Name, kind)
+		if err != nil {
+			return nil, wrapUpstream(u.Name, "gateway server certificate", err)
+		}
+		f.renew = h
+		getCert = h.src.GetCertificate
 	} else {
 		src, err := certs.NewFileSource(p.ctx, certs.FileSourceOptions{
 			CertFile: g.CertFile, KeyFile: g.KeyFile,

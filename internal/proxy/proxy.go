@@ -2,7 +2,8 @@
 // whose clients (plaintext, or TLS by SSLRequest or direct TLS with ALPN)
 // are passed to named upstream PostgreSQL servers over transports opened by
 // pgtls with libpq's exact semantics, with the upstream client certificate
-// from a hot-reloading certs.FileSource.
+// from a hot-reloading certs.FileSource or a certs.RenewingSource (a CA:
+// Vault PKI, step-ca; see Renewal).
 //
 // A session reads the client's startup packets exactly (never ahead, so
 // bytes injected after an SSLRequest are seen and refused), dials the
@@ -31,6 +32,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgproto3"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/pgtrust/pgtrust/certs"
 	"github.com/pgtrust/pgtrust/failure"
@@ -58,6 +60,8 @@ type GatewayStatus struct {
 	// failed (re-)issue, while the previous certificate stays in use.
 	Attestation      string          `json:"attestation"`
 	AttestationError *failure.Report `json:"attestation_error,omitempty"`
+	// CertificateRenewal is set when the server certificate comes from a CA.
+	CertificateRenewal *RenewalStatus `json:"certificate_renewal,omitempty"`
 }
 
 // UpstreamStatus is one upstream in the shape of seed 000's
@@ -74,7 +78,11 @@ type UpstreamStatus struct {
 	LastHandshake         time.Time       `json:"last_handshake,omitzero"`
 	LastError             *failure.Report `json:"last_error,omitempty"`
 	ClientCertNotAfter    *time.Time      `json:"client_certificate_not_after,omitempty"`
-	ActiveConnections     int64           `json:"active_connections"`
+	// ClientCertRenewal is set when the client certificate comes from a CA
+	// ([upstreams.NAME.vault] / .step): next renewal, last success,
+	// failures and the last class.
+	ClientCertRenewal *RenewalStatus `json:"client_certificate_renewal,omitempty"`
+	ActiveConnections int64          `json:"active_connections"`
 }
 
 // tuning holds the settings a reload may change outside the upstreams.
@@ -104,6 +112,10 @@ type Proxy struct {
 
 	ctx    context.Context // lives until Close: certificate watchers, probes, dials
 	cancel context.CancelFunc
+
+	reg      prometheus.Registerer // for the renewing sources' series
+	renewMu  sync.Mutex
+	renewing map[string]*renewHandle // running renewing sources by RenewOptions.Name
 
 	mu        sync.Mutex
 	started   bool
@@ -138,7 +150,9 @@ type listener struct {
 // New validates cfg, loads the certificate material (upstream client
 // certificates from Conn.SSLCert/SSLKey/SSLPassword and client-side server
 // certificates, each watched by a certs.FileSource so that rotation applies
-// to new connections) and registers the metrics. It opens no socket.
+// to new connections), obtains the first certificate of every renewing
+// source (Renewal: the only network step of New) and registers the
+// metrics. It opens no listening socket.
 func New(cfg Config) (*Proxy, error) {
 	cfg, err := cfg.withDefaults()
 	if err != nil {
@@ -148,7 +162,7 @@ func New(cfg Config) (*Proxy, error) {
 	if err != nil {
 		return nil, fmt.Errorf("register proxy metrics: %w", err)
 	}
-	p := &Proxy{log: cfg.Logger, metrics: m, probeIvl: cfg.ProbeInterval,
+	p := &Proxy{log: cfg.Logger, metrics: m, probeIvl: cfg.ProbeInterval, reg: cfg.Registerer, renewing: map[string]*renewHandle{},
 		sessions: map[*session]struct{}{}, cancelKeys: map[uint32][]*session{}}
 	p.tune.Store(tuningOf(cfg))
 	p.refusals = newSampledLog(cfg.Logger, cfg.RefusalLogInterval)
@@ -156,20 +170,23 @@ func New(cfg Config) (*Proxy, error) {
 	_, _ = rand.Read(nonce[:])
 	p.nonce = hex.EncodeToString(nonce[:])
 	p.ctx, p.cancel = context.WithCancel(context.Background())
+	var b renewBuild
 	for _, uc := range cfg.Upstreams {
 		u := &upstream{name: uc.Name, cfg: uc, metrics: m.forUpstream(uc.Name)}
 		for _, g := range uc.Gateways {
 			o := g.Backoff
 			u.limiters = append(u.limiters, authlimit.New(o))
 		}
-		set, err := p.buildSettings(uc)
+		set, err := p.buildSettings(uc, &b)
 		if err != nil {
+			b.discard()
 			p.Close()
 			return nil, err
 		}
 		u.settings.Store(set)
 		p.upstreams = append(p.upstreams, u)
 	}
+	p.commitRenewals(&b)
 	return p, nil
 }
 
@@ -470,6 +487,7 @@ func (p *Proxy) Close() error {
 			set.close()
 		}
 	}
+	p.stopRenewals()
 	return nil
 }
 
@@ -499,9 +517,25 @@ func (p *Proxy) reload(cfgNew *Config) error {
 		var errs []error
 		for _, u := range p.upstreams {
 			set := u.settings.Load()
-			srcs := []*certs.FileSource{set.clientCert, set.serverCert}
+			// Files are re-read; a renewing source is asked only when its
+			// certificate has expired or its last renewal failed (an
+			// operator's retry), never for a certificate that is fine.
+			var srcs []certs.Source
+			if fs, ok := set.clientCert.(*certs.FileSource); ok {
+				srcs = append(srcs, fs)
+			}
+			if set.serverCert != nil {
+				srcs = append(srcs, set.serverCert)
+			}
 			for _, g := range set.gateways {
-				srcs = append(srcs, g.certSrc)
+				if g.certSrc != nil {
+					srcs = append(srcs, g.certSrc)
+				}
+			}
+			for _, h := range set.renewals() {
+				if st := h.src.Status(); st.LastReloadClass != failure.OK {
+					srcs = append(srcs, h.src)
+				}
 			}
 			for _, src := range srcs {
 				if src != nil {
@@ -526,12 +560,14 @@ func (p *Proxy) reload(cfgNew *Config) error {
 		byName[uc.Name] = uc
 	}
 	built := make([]*upstreamSettings, len(p.upstreams))
+	var b renewBuild
 	discard := func() {
 		for _, s := range built {
 			if s != nil {
 				s.close()
 			}
 		}
+		b.discard()
 	}
 	for i, u := range p.upstreams {
 		uc, ok := byName[u.name]
@@ -545,7 +581,7 @@ func (p *Proxy) reload(cfgNew *Config) error {
 				WithEvidence("running: listen %q, unix_socket_dir %q; new: listen %q, unix_socket_dir %q", u.cfg.Listen, u.cfg.UnixSocketDir, uc.Listen, uc.UnixSocketDir).
 				WithFix("restart the proxy to change listen addresses or sockets")
 		}
-		set, err := p.buildSettings(uc)
+		set, err := p.buildSettings(uc, &b)
 		if err != nil {
 			discard()
 			return err
@@ -558,6 +594,7 @@ func (p *Proxy) reload(cfgNew *Config) error {
 		// their current material stays usable.
 		old.close()
 	}
+	p.commitRenewals(&b)
 	p.tune.Store(tuningOf(cfg))
 	return nil
 }
@@ -624,6 +661,9 @@ func (p *Proxy) HealthStatus() HealthStatus {
 				gs.Attestation = g.cfg.RATLS.Kind
 				gs.AttestationError = g.ra.lastErr.Load()
 			}
+			if g.renew != nil {
+				gs.CertificateRenewal = g.renew.status()
+			}
 			hs.Gateways = append(hs.Gateways, gs)
 		}
 	}
@@ -687,10 +727,11 @@ func (p *Proxy) Ready() (bool, string) {
 	now := time.Now()
 	for _, u := range p.upstreams {
 		set := u.settings.Load()
+		fileClient, _ := set.clientCert.(*certs.FileSource)
 		for _, c := range []struct {
 			src  *certs.FileSource
 			what string
-		}{{set.clientCert, "upstream client certificate"}, {set.serverCert, "client TLS certificate"}} {
+		}{{fileClient, "upstream client certificate"}, {set.serverCert, "client TLS certificate"}} {
 			if c.src == nil {
 				continue
 			}
@@ -698,7 +739,18 @@ func (p *Proxy) Ready() (bool, string) {
 				return false, fmt.Sprintf("upstream %s: %s expired at %s", u.name, c.what, na.UTC().Format(time.RFC3339))
 			}
 		}
+		if h := set.clientRenew; h != nil {
+			if exp, st := h.expired(now); exp {
+				return false, renewalExpiredReason(u.name, "client certificate", h, st)
+			}
+		}
 		for _, g := range set.gateways {
+			if h := g.renew; h != nil {
+				if exp, st := h.expired(now); exp {
+					return false, renewalExpiredReason(u.name, "gateway "+g.cfg.Listen+" server certificate", h, st)
+				}
+				continue
+			}
 			if na := g.notAfter(); !na.IsZero() && now.After(na) {
 				return false, fmt.Sprintf("upstream %s: gateway %s server certificate expired at %s", u.name, g.cfg.Listen, na.UTC().Format(time.RFC3339))
 			}

@@ -48,20 +48,23 @@ type upstream struct {
 type upstreamSettings struct {
 	conn       *connstring.Config
 	opts       *pgtls.Options
-	clientCert *certs.FileSource // upstream client certificate; nil: none configured (pgtls applies libpq's file rules)
-	serverCert *certs.FileSource // certificate shown to local clients; nil without ClientTLS
-	serverTLS  *tls.Config
-	requireTLS bool
-	maxConns   int
-	reserved   int // slots only the Unix-socket listener may take
-	maxAuth    int
-	maxPending int
-	maxAuthSrc int
-	plainOK    bool             // plaintext upstream declared intended
-	leader     *leader.Follower // nil: conn's own hosts; else the leader manifest's
-	validation string           // "enabled" or "disabled"
-	gateways   []*gatewayFront  // one per UpstreamConfig.Gateways entry
-	auth       *UpstreamAuth    // local listeners open the upstream as a configured role
+	clientCert certs.Source // upstream client certificate (a FileSource, or clientRenew's source); nil: none configured (pgtls applies libpq's file rules)
+	// clientRenew, when the client certificate comes from a CA, is the
+	// proxy-owned renewing source (kept across reloads of an unchanged table).
+	clientRenew *renewHandle
+	serverCert  *certs.FileSource // certificate shown to local clients; nil without ClientTLS
+	serverTLS   *tls.Config
+	requireTLS  bool
+	maxConns    int
+	reserved    int // slots only the Unix-socket listener may take
+	maxAuth     int
+	maxPending  int
+	maxAuthSrc  int
+	plainOK     bool             // plaintext upstream declared intended
+	leader      *leader.Follower // nil: conn's own hosts; else the leader manifest's
+	validation  string           // "enabled" or "disabled"
+	gateways    []*gatewayFront  // one per UpstreamConfig.Gateways entry
+	auth        *UpstreamAuth    // local listeners open the upstream as a configured role
 }
 
 // handshakeStatus is the outcome of the latest upstream dial or probe.
@@ -74,8 +77,9 @@ type handshakeStatus struct {
 }
 
 func (s *upstreamSettings) close() {
-	if s.clientCert != nil {
-		s.clientCert.Close()
+	// A renewing source belongs to the proxy (renewHandle), not to the snapshot.
+	if fs, ok := s.clientCert.(*certs.FileSource); ok {
+		fs.Close()
 	}
 	if s.serverCert != nil {
 		s.serverCert.Close()
@@ -87,8 +91,9 @@ func (s *upstreamSettings) close() {
 	}
 }
 
-// buildSettings loads and validates the certificate material of u.
-func (p *Proxy) buildSettings(u UpstreamConfig) (_ *upstreamSettings, err error) {
+// buildSettings loads and validates the certificate material of u;
+// renewing sources it starts are collected in b.
+func (p *Proxy) buildSettings(u UpstreamConfig, b *renewBuild) (_ *upstreamSettings, err error) {
 	s := &upstreamSettings{conn: u.Conn, opts: &pgtls.Options{Attestation: u.Attestation, AttestationTimeout: u.AttestationTimeout}, leader: u.Leader, maxConns: u.MaxConnections, validation: validationOf(u.Conn),
 		reserved: u.ReservedConnections, maxAuth: u.MaxAuthenticating, maxPending: u.MaxPending, maxAuthSrc: u.MaxAuthenticatingPerSource, plainOK: u.PlaintextIntended}
 	defer func() {
@@ -101,18 +106,32 @@ func (p *Proxy) buildSettings(u UpstreamConfig) (_ *upstreamSettings, err error)
 		s.validation = "enabled"
 	}
 	c := u.Conn
+	trustIssued := u.ClientRenewal != nil && u.ClientRenewal.Options.TrustIssuedCA
 	// Fail closed at load time rather than on every session: verify-ca and
 	// verify-full cannot work without their root file.
-	if (c.SSLMode == connstring.SSLVerifyCA || c.SSLMode == connstring.SSLVerifyFull) && c.SSLRootCert != "system" {
+	if (c.SSLMode == connstring.SSLVerifyCA || c.SSLMode == connstring.SSLVerifyFull) && c.SSLRootCert != "system" && !trustIssued {
 		if _, statErr := os.Stat(c.SSLRootCert); c.SSLRootCert == "" || statErr != nil {
 			return nil, failure.New(failure.RootCertMissing, "upstream %s: root certificate file \"%s\" does not exist", u.Name, c.SSLRootCert).
 				WithEvidence("sslmode=%s verifies the server certificate against sslrootcert", c.SSLMode).
 				WithFix("provide the file, use sslrootcert=system for the system's trusted roots, or change sslmode")
 		}
 	}
-	// Only an existing sslcert becomes a watched source: libpq silently sends
-	// no certificate when the file is absent, and pgtls applies that rule.
-	if c.SSLCertMode != "disable" && c.SSLCert != "" {
+	if r := u.ClientRenewal; r != nil {
+		h, err := p.renewSource(b, clientRenewalName(u.Name), r, p.log.With("upstream", u.Name, "certificate", certUpstreamClient), u.Name, certUpstreamClient)
+		if err != nil {
+			return nil, wrapUpstream(u.Name, "upstream client certificate", err)
+		}
+		s.clientRenew, s.clientCert = h, h.src
+		s.opts.GetClientCertificate = h.src.GetClientCertificate
+		if r.Options.TrustIssuedCA {
+			// The CA that issued the client certificate also verifies the
+			// server (trust_issued_ca = true), in place of sslrootcert.
+			s.opts.RootCAs = h.src.Roots
+			s.validation = "enabled"
+		}
+	} else if c.SSLCertMode != "disable" && c.SSLCert != "" {
+		// Only an existing sslcert becomes a watched source: libpq silently sends
+		// no certificate when the file is absent, and pgtls applies that rule.
 		if _, statErr := os.Stat(c.SSLCert); statErr == nil {
 			src, err := certs.NewFileSource(p.ctx, certs.FileSourceOptions{
 				CertFile: c.SSLCert, KeyFile: c.SSLKey, KeyPassword: c.SSLPassword,
@@ -155,7 +174,7 @@ func (p *Proxy) buildSettings(u UpstreamConfig) (_ *upstreamSettings, err error)
 	}
 	s.auth = u.Auth
 	for i := range u.Gateways {
-		g, err := p.buildGateway(u, i)
+		g, err := p.buildGateway(u, i, b)
 		if err != nil {
 			return nil, err
 		}
@@ -329,6 +348,9 @@ func (u *upstream) status(listen []string) UpstreamStatus {
 		if na := set.clientCert.Status().NotAfter; !na.IsZero() {
 			st.ClientCertNotAfter = &na
 		}
+	}
+	if set.clientRenew != nil {
+		st.ClientCertRenewal = set.clientRenew.status()
 	}
 	return st
 }
