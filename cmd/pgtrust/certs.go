@@ -23,7 +23,8 @@ func newCertsCmd() *cobra.Command {
 		Use:   "certs",
 		Short: "Make, inspect, verify and monitor certificates for PostgreSQL TLS",
 	}
-	cmd.AddCommand(newCertsInitCmd(), newCertsIssueCmd(), newCertsInspectCmd(), newCertsVerifyCmd(), newCertsCheckCmd())
+	cmd.AddCommand(newCertsInitCmd(), newCertsIssueCmd(), newCertsInspectCmd(), newCertsVerifyCmd(), newCertsCheckCmd(),
+		newCertsAgentCmd(), newCertsRenewCmd())
 	return cmd
 }
 

@@ -1,0 +1,231 @@
+package certagent
+
+import (
+	"crypto"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"syscall"
+
+	"github.com/pgtrust/pgtrust/certs"
+	"github.com/pgtrust/pgtrust/failure"
+	"github.com/pgtrust/pgtrust/internal/keyfile"
+)
+
+// file is one file of a set written together.
+type file struct {
+	path string
+	data []byte
+	mode os.FileMode
+}
+
+// encode renders issued material as the files of c, in the order they are
+// renamed into place: CA file, key, certificate.
+//
+// Why this order: the certificate and the key are two files and no rename
+// replaces both at once, so a reader between the two renames sees a pair
+// that does not match. All temp files are complete and synced before the
+// first rename, so that window is only the time between two rename calls
+// (microseconds). The key goes before the certificate because watchers
+// react to the certificate changing (pgtrust's FileSource, most reload
+// hooks); when they see the new certificate its key is already there. The
+// CA file goes first so that a new chain's CA is present before the leaf
+// that needs it. The reload command runs only after all renames, so the
+// server it reloads never sees the window.
+func (c *Config) encode(iss *certs.Issued) ([]file, error) {
+	signer, ok := iss.Certificate.PrivateKey.(crypto.Signer)
+	if !ok {
+		return nil, failure.New(certs.RenewalInvalid, "the issued private key cannot sign (%T)", iss.Certificate.PrivateKey)
+	}
+	keyPEM, err := keyfile.EncodePrivateKeyPEM(signer)
+	if err != nil {
+		return nil, failure.Wrap(certs.RenewalInvalid, err, "could not encode the issued private key as PKCS#8")
+	}
+	var certPEM []byte
+	for _, der := range iss.Certificate.Certificate {
+		certPEM = append(certPEM, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})...)
+	}
+	var out []file
+	if c.Agent.CAFile != "" && len(iss.CAs) > 0 {
+		var caPEM []byte
+		for _, ca := range iss.CAs {
+			caPEM = append(caPEM, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: ca.Raw})...)
+		}
+		out = append(out, file{c.Agent.CAFile, caPEM, 0o644})
+	}
+	out = append(out, file{c.Agent.KeyFile, keyPEM, c.KeyMode()}, file{c.Agent.CertFile, certPEM, 0o644})
+	return out, nil
+}
+
+// writeFiles writes the set atomically, each file on its own: temp file in
+// the target's directory (created 0600, so a key is never exposed), write,
+// fsync, chmod, chown when an owner is set, close; once every temp file is
+// complete, rename each into place in order and fsync the directories. A
+// failure before the renames changes no file.
+func (c *Config) writeFiles(files []file) (err error) {
+	uid, gid, chown := c.Owner()
+	temps := make([]string, 0, len(files))
+	defer func() {
+		if err != nil {
+			for _, t := range temps {
+				os.Remove(t)
+			}
+		}
+	}()
+	for _, f := range files {
+		tmp, err := writeTemp(f, uid, gid, chown)
+		if err != nil {
+			return err
+		}
+		temps = append(temps, tmp)
+	}
+	dirs := map[string]bool{}
+	for i, f := range files {
+		if err := os.Rename(temps[i], f.path); err != nil {
+			e := writeError(f.path, err)
+			if i > 0 {
+				e.Evidence += fmt.Sprintf("; already replaced: %d of %d files", i, len(files))
+			}
+			temps = temps[i:]
+			return e
+		}
+		dirs[filepath.Dir(f.path)] = true
+	}
+	temps = nil
+	// Make the renames durable; a file system that cannot fsync a
+	// directory has the data safe already, so that is not an error.
+	for dir := range dirs {
+		if d, derr := os.Open(dir); derr == nil {
+			_ = d.Sync()
+			d.Close()
+		}
+	}
+	return nil
+}
+
+func writeTemp(f file, uid, gid int, chown bool) (name string, err error) {
+	dir := filepath.Dir(f.path)
+	tmp, err := os.CreateTemp(dir, "."+filepath.Base(f.path)+".tmp-*")
+	if err != nil {
+		return "", writeError(f.path, err)
+	}
+	defer func() {
+		if err != nil {
+			tmp.Close()
+			os.Remove(tmp.Name())
+		}
+	}()
+	if _, err = tmp.Write(f.data); err != nil {
+		return "", writeError(f.path, err)
+	}
+	if err = tmp.Sync(); err != nil {
+		return "", writeError(f.path, err)
+	}
+	if err = tmp.Chmod(f.mode); err != nil {
+		return "", writeError(f.path, err)
+	}
+	if chown {
+		if err = tmp.Chown(uid, gid); err != nil {
+			e := writeError(f.path, err)
+			if errors.Is(err, os.ErrPermission) {
+				e.Fix = fmt.Sprintf("giving files to uid %d needs root (or CAP_CHOWN); run the agent as root, or as that user without agent.owner", uid)
+			}
+			return "", e
+		}
+	}
+	if err = tmp.Close(); err != nil {
+		return "", writeError(f.path, err)
+	}
+	return tmp.Name(), nil
+}
+
+// writeError is config_invalid like keyfile's writes: the operator fixes
+// the path, the permissions or the disk.
+func writeError(path string, err error) *failure.Error {
+	dir := filepath.Dir(path)
+	e := failure.Wrap(failure.ConfigInvalid, err, "could not write \"%s\"", path).WithEvidence("%v", err)
+	switch {
+	case errors.Is(err, syscall.ENOSPC), errors.Is(err, syscall.EDQUOT):
+		e.Fix = fmt.Sprintf("free space on the file system that holds %s (the old files are intact)", dir)
+	case errors.Is(err, syscall.EROFS):
+		e.Fix = fmt.Sprintf("%s is on a read-only file system; choose a writable directory", dir)
+	case errors.Is(err, os.ErrPermission):
+		e.Fix = fmt.Sprintf("make %s writable by uid %d, or run the agent as a user that may write there", dir, os.Getuid())
+	case errors.Is(err, os.ErrNotExist):
+		e.Fix = fmt.Sprintf("create the directory first: mkdir -p %s", keyfile.ShellQuote(dir))
+	default:
+		e.Fix = fmt.Sprintf("check %s", dir)
+	}
+	return e
+}
+
+// readInitial loads the files a previous run wrote, for
+// certs.RenewOptions.Initial. It returns nil, with the reason, when they
+// are missing or do not load; the engine then issues a new certificate.
+func (c *Config) readInitial() (*certs.Issued, string) {
+	pair, err := keyfile.LoadKeyPair(c.Agent.CertFile, c.Agent.KeyFile, "")
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return nil, "no certificate on disk yet"
+		}
+		return nil, string(failure.ClassOf(err)) + ": " + errText(err)
+	}
+	iss := &certs.Issued{Certificate: pair}
+	if c.Agent.CAFile != "" {
+		// A CA file that is gone or broken is rewritten with a new issue:
+		// reusing the pair would leave it missing until the next renewal.
+		cas, err := keyfile.LoadCertificates(c.Agent.CAFile)
+		if err != nil {
+			return nil, "ca_file: " + errText(err)
+		}
+		iss.CAs = cas
+	}
+	return iss, ""
+}
+
+// errText is an error's message without its evidence (enough for a log
+// line's reason; keyfile's messages name files, never key material).
+func errText(err error) string {
+	if fe, ok := failure.As(err); ok {
+		return fe.Message
+	}
+	return err.Error()
+}
+
+// leafOf returns the leaf of a tls.Certificate.
+func leafOf(c *tls.Certificate) *x509.Certificate {
+	if c.Leaf != nil {
+		return c.Leaf
+	}
+	if len(c.Certificate) == 0 {
+		return nil
+	}
+	l, _ := x509.ParseCertificate(c.Certificate[0])
+	return l
+}
+
+// fixMetadata gives files reused from an earlier run the configured modes
+// and owner (the configuration may have changed since they were written);
+// metadata changes are atomic, so no reader sees a partial state.
+func (c *Config) fixMetadata() error {
+	uid, gid, chown := c.Owner()
+	set := []file{{path: c.Agent.CertFile, mode: 0o644}, {path: c.Agent.KeyFile, mode: c.KeyMode()}}
+	if c.Agent.CAFile != "" {
+		set = append(set, file{path: c.Agent.CAFile, mode: 0o644})
+	}
+	for _, f := range set {
+		if chown {
+			if err := os.Chown(f.path, uid, gid); err != nil && !errors.Is(err, os.ErrNotExist) {
+				return writeError(f.path, err)
+			}
+		}
+		if err := os.Chmod(f.path, f.mode); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return writeError(f.path, err)
+		}
+	}
+	return nil
+}
