@@ -51,6 +51,7 @@ var Known = []Secret{
 	{"vault token (certs vault tests)", "hvs.R2-vault-Token-secret-1"},
 	{"vault AppRole secret_id (certs vault tests)", "r2-Secret-ID-value-2"},
 	{"vault Kubernetes JWT (certs vault tests)", "eyJhbGciOiJSUzI1NiJ9.r2-k8s-JWT-payload-3.sig"},
+	{"step-ca provisioner key password (internal/steptest)", "r3-step-Provisioner-pw-5"},
 }
 
 // pemPrivateKey matches the header of any PEM private key block ("PRIVATE
