@@ -99,8 +99,12 @@ type RenewingSource struct {
 	mu       sync.Mutex // guards the fields below
 	status   Status
 	next     time.Time
-	failures int   // consecutive failed renewals
-	lastErr  error // of the last failed renewal, nil after a success
+	failures int // consecutive failed renewals
+	// dueOnArrival counts consecutive renewals whose new certificate was
+	// already past its renewal instant (a CA clock far behind, a TTL capped
+	// below the threshold, a CA that returns the same certificate).
+	dueOnArrival int
+	lastErr      error // of the last failed renewal, nil after a success
 
 	changed chan struct{} // wakes Run when Reload rescheduled
 }
@@ -344,8 +348,14 @@ func (s *RenewingSource) renew(ctx context.Context, first bool) error {
 			LastReload: now, LastReloadClass: failure.OK, Reloads: reloads, Failures: failures}
 		s.failures, s.lastErr = 0, nil
 		s.next = s.renewAt(leaf, now)
+		if s.next.After(now) {
+			s.dueOnArrival = 0
+		} else {
+			s.dueOnArrival++
+			s.next = now.Add(s.arrivalDelay(s.dueOnArrival, now, leaf))
+		}
 	}
-	st, next, n := s.status, s.next, s.failures
+	st, next, n, due := s.status, s.next, s.failures, s.dueOnArrival
 	s.mu.Unlock()
 
 	name := s.iss.Name()
@@ -370,6 +380,11 @@ func (s *RenewingSource) renew(ctx context.Context, first bool) error {
 			msg = "certificate issued"
 		} else {
 			s.met.renewals.WithLabelValues(s.o.Name, name).Inc()
+		}
+		if due > 1 {
+			s.log.Warn("the CA keeps issuing certificates that are already due for renewal; slowing down", "source", s.o.Name, "issuer", name,
+				"in_a_row", due, "not_before", m.cert.Leaf.NotBefore, "not_after", st.NotAfter, "next_renewal", next,
+				"fix", "check the CA's clock and that its maximum lifetime (Vault role max_ttl, step-ca maxTLSCertDuration) leaves room for the renewal threshold")
 		}
 		s.log.Info(msg, "source", s.o.Name, "issuer", name, "subject", st.Subject, "serial", st.Serial, "not_after", st.NotAfter, "next_renewal", next)
 	}
@@ -417,6 +432,26 @@ func (s *RenewingSource) backoff(n int, now time.Time, current *tls.Certificate)
 				d = min(base, left)
 			}
 		}
+	}
+	return d
+}
+
+// arrivalDelay is the wait before renewing a certificate that was already
+// due when it arrived, the k-th such in a row: at once the first time (one
+// issued backdated is simply renewed), then BackoffBase doubling up to
+// BackoffMax, never reaching NotAfter — so a CA that keeps answering with
+// certificates already due is not asked in a tight loop.
+func (s *RenewingSource) arrivalDelay(k int, now time.Time, leaf *x509.Certificate) time.Duration {
+	if k <= 1 {
+		return 0
+	}
+	d := s.o.BackoffBase
+	for i := 2; i < k && d < s.o.BackoffMax; i++ {
+		d *= 2
+	}
+	d = min(d, s.o.BackoffMax)
+	if left := leaf.NotAfter.Sub(now); left > 0 && d >= left {
+		d = left / 2
 	}
 	return d
 }

@@ -907,3 +907,34 @@ func TestRenewClasses(t *testing.T) {
 		t.Fatalf("declared %v, listed %v: keep renewClasses and this test in step", declared, want)
 	}
 }
+
+// TestRenewDueOnArrivalSlowsDown: a CA that keeps answering with
+// certificates already past their renewal point (its clock far behind, a
+// lifetime capped below the threshold) is not asked in a tight loop: the
+// first such certificate is renewed at once, the next ones after a doubling
+// delay from BackoffBase, never reaching NotAfter.
+func TestRenewDueOnArrivalSlowsDown(t *testing.T) {
+	clk := newFakeClock()
+	iss := newTestIssuer(t, clk.Now, time.Hour)
+	for range 8 {
+		iss.misbehave(issueBackdated) // valid since 80% of its hour: due at once
+	}
+	s := startRenewing(t, iss, clk, RenewOptions{Rand: constRand(0), BackoffBase: time.Second, BackoffMax: 8 * time.Second})
+	want := []time.Duration{0, time.Second, 2 * time.Second, 4 * time.Second, 8 * time.Second, 8 * time.Second, 8 * time.Second, 8 * time.Second}
+	for i, w := range want {
+		r := clk.next(t)
+		if r.d != w {
+			t.Fatalf("due-on-arrival %d: the loop waits %v, want %v", i+1, r.d, w)
+		}
+		clk.fire(r)
+	}
+	// The ninth certificate is a normal one: back to the threshold schedule.
+	r := clk.next(t)
+	leaf := leafOf(t, s)
+	if want := leaf.NotBefore.Add(42 * time.Minute); !clk.Now().Add(r.d).Equal(want) {
+		t.Fatalf("after a normal certificate the renewal is at %v, want %v", clk.Now().Add(r.d), want)
+	}
+	if n := iss.callCount(); n != 9 {
+		t.Fatalf("%d issue calls, want 9", n)
+	}
+}

@@ -10,7 +10,10 @@ import (
 	"crypto/x509"
 	"encoding/pem"
 	"fmt"
+	"io"
 	"log/slog"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -560,5 +563,63 @@ func TestStepForeignCertificate(t *testing.T) {
 	fe := stepErr(t, e, s, &foreign, RenewalAuth)
 	if !strings.Contains(fe.Fix, "step ca token alice") {
 		t.Errorf("%s", fe.Detail())
+	}
+}
+
+// Answers a real step-ca gives only when broken (400 for a malformed
+// request, 5xx, a non-JSON body, a certificate for another key, no answer)
+// come from a TLS test server that speaks step-ca's JSON, trusted through
+// RootFile like step-ca.
+func TestStepHTTPErrorMapping(t *testing.T) {
+	other := testpki.NewRootCA(t, "other").Client(t, "alice")
+	var mu sync.Mutex
+	status, body := 0, ""
+	release := make(chan struct{})
+	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		st, b := status, body
+		mu.Unlock()
+		if st == 0 {
+			<-release // never answers within the request timeout
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(st)
+		_, _ = io.WriteString(w, b)
+	}))
+	defer srv.Close()
+	defer close(release) // before Close, which waits for the handler
+	dir := t.TempDir()
+	root := write(t, filepath.Join(dir, "root.crt"), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw}), 0o644)
+	tf := write(t, filepath.Join(dir, "token"), []byte("not-a-real-token\n"), 0o600)
+	s, err := NewStepIssuer(StepOptions{CAURL: srv.URL, RootFile: root, TokenFile: tf, CommonName: "alice", RequestTimeout: 500 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := &stepEnv{ca: &steptest.CA{PlainKeyFile: tf, ProvisionerKeyFile: tf}}
+	for _, tc := range []struct {
+		name   string
+		status int
+		body   string
+		want   failure.Class
+		text   string
+	}{
+		{"400", 400, `{"status":400,"message":"The request could not be completed: malformed certificate request."}`, RenewalIssueFailed, "malformed certificate request"},
+		{"500", 500, `{"status":500,"message":"The certificate authority encountered an Internal Server Error."}`, RenewalIssueFailed, "Internal Server Error"},
+		{"502-html", 502, `<html>bad gateway</html>`, RenewalIssueFailed, "not step-ca's JSON"},
+		{"201-not-json", 201, `certificate!`, RenewalInvalid, "not JSON"},
+		{"201-other-key", 201, `{"crt":` + strconv.Quote(string(other.CertPEM)) + `}`, RenewalInvalid, "not the key pgtrust sent"},
+		{"201-empty", 201, `{}`, RenewalInvalid, "no certificate"},
+		{"no-answer", 0, "", RenewalUnreachable, "no answer within 500ms"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			mu.Lock()
+			status, body = tc.status, tc.body
+			mu.Unlock()
+			fe := stepErr(t, e, s, nil, tc.want)
+			if !strings.Contains(fe.Detail(), tc.text) {
+				t.Errorf("want %q in:\n%s", tc.text, fe.Detail())
+			}
+		})
 	}
 }
