@@ -12,9 +12,11 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"slices"
 	"strings"
@@ -151,6 +153,9 @@ func NewVaultIssuer(o VaultOptions) (*VaultIssuer, error) {
 			WithEvidence("address=%q mount=%q role=%q common_name=%q", o.Address, o.Mount, o.Role, o.CommonName).
 			WithFix("set vault address, the PKI mount and role (e.g. pki/issue/<role>) and the certificate's common name (the PostgreSQL user)")
 	}
+	if err := CheckVaultAddress(o.Address); err != nil {
+		return nil, err
+	}
 	if o.RequestTimeout <= 0 {
 		o.RequestTimeout = DefaultVaultRequestTimeout
 	}
@@ -197,10 +202,21 @@ func NewVaultIssuer(o VaultOptions) (*VaultIssuer, error) {
 	}
 	cfg := &vault.Config{
 		Address: o.Address,
-		HttpClient: &http.Client{Transport: tr,
-			// The Vault client follows standby redirects itself.
-			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }},
-		Timeout: o.RequestTimeout,
+		// No redirect is followed, by net/http or by the Vault client's own
+		// loop: a redirect re-sends X-Vault-Token and a login's secret_id to
+		// whatever host the answer names. Vault standbys forward requests
+		// to the active node themselves, so a redirect means the address
+		// points at something else; noRedirects turns it into an error.
+		HttpClient: &http.Client{Transport: noRedirects{tr},
+			CheckRedirect: func(req *http.Request, _ []*http.Request) error {
+				status := 0
+				if req.Response != nil {
+					status = req.Response.StatusCode
+				}
+				return &redirectError{status: status, host: req.URL.Host}
+			}},
+		DisableRedirects: true,
+		Timeout:          o.RequestTimeout,
 		// The renewal engine owns retries and backoff; the client's own
 		// retries would multiply the wait and hide failures from the metrics.
 		MaxRetries: 0,
@@ -394,6 +410,12 @@ func keysOf(m map[string]any) []string {
 // classify maps a Vault client error to a renewal class. Evidence carries
 // Vault's own messages (scrubbed of this issuer's secrets), never the token.
 func (v *VaultIssuer) classify(err error, op string) error {
+	var rd *redirectError
+	if errors.As(err, &rd) {
+		return failure.New(RenewalIssueFailed, "vault answered %s with a redirect (HTTP %d), which pgtrust does not follow", op, rd.status).
+			WithEvidence("vault at %s answered HTTP %d redirecting to host %q; following it would send the Vault token or login secret there", v.o.Address, rd.status, rd.host).
+			WithFix("point the Vault address at the active node or at the load balancer in front of the cluster (Vault standbys forward requests themselves); pgtrust keeps retrying with backoff")
+	}
 	var re *vault.ResponseError
 	if errors.As(err, &re) {
 		msgs := make([]string, len(re.Errors))
@@ -470,4 +492,57 @@ func ParseVaultPKIRole(s string) (mount, role string, err error) {
 			WithFix(`write it as "<mount>/issue/<role>", e.g. vault_pki_role = "pki/issue/epoch-client"`)
 	}
 	return mount, role, nil
+}
+
+// redirectError is a 3xx answer from Vault, refused rather than followed.
+// Only the target's host is kept: a Location may carry anything.
+type redirectError struct {
+	status int
+	host   string
+}
+
+func (e *redirectError) Error() string {
+	return fmt.Sprintf("vault answered HTTP %d redirecting to host %q; redirects are not followed", e.status, e.host)
+}
+
+// noRedirects turns every 3xx answer into a redirectError before net/http
+// or the Vault client can act on it (net/http returns a 307 to a request
+// whose body it cannot replay as a plain answer, which the Vault client
+// would follow or misread as a success).
+type noRedirects struct{ rt http.RoundTripper }
+
+func (n noRedirects) RoundTrip(req *http.Request) (*http.Response, error) {
+	resp, err := n.rt.RoundTrip(req)
+	if err != nil || resp.StatusCode < 300 || resp.StatusCode > 399 {
+		return resp, err
+	}
+	host := ""
+	if loc, lerr := resp.Location(); lerr == nil {
+		host = loc.Host
+	}
+	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 4096))
+	resp.Body.Close()
+	return nil, &redirectError{status: resp.StatusCode, host: host}
+}
+
+// CheckVaultAddress refuses a Vault address that is not an http(s) URL, and
+// plain http:// to anything but this host: the token, AppRole secret_id and
+// the issued private key would cross the network in clear text.
+func CheckVaultAddress(addr string) error {
+	u, err := url.Parse(addr)
+	if err != nil || u.Host == "" || (u.Scheme != "https" && u.Scheme != "http") {
+		return failure.New(failure.ConfigInvalid, "vault address %q is not an http(s) URL", addr).
+			WithEvidence("the Vault address must be https://HOST[:PORT] (http:// only for a Vault on this host)").
+			WithFix(`set the Vault address to e.g. "https://vault.example:8200"`)
+	}
+	if u.Scheme == "https" {
+		return nil
+	}
+	h := u.Hostname()
+	if ip := net.ParseIP(h); (ip != nil && ip.IsLoopback()) || strings.EqualFold(h, "localhost") {
+		return nil
+	}
+	return failure.New(failure.ConfigInvalid, "vault address %q uses plain http:// to a host other than this one", addr).
+		WithEvidence("host %q is not a loopback address; over http:// the Vault token, login secrets and issued private keys travel unencrypted", h).
+		WithFix("use https:// (with the Vault CA certificate setting if Vault's certificate is not publicly trusted), or for a local dev Vault an address on 127.0.0.1")
 }

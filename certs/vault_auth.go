@@ -138,6 +138,12 @@ func (v *VaultIssuer) ensureToken(ctx context.Context, strict bool) error {
 	}
 	ttl, _ := sec.TokenTTL()
 	renewable, _ := sec.TokenIsRenewable()
+	if ttl <= 0 && sec.Data != nil && sec.Data["expire_time"] != nil {
+		// Vault reports ttl in whole seconds: 0 with an expire_time is a
+		// token in its last second, not one that never expires (a root
+		// token has no expire_time). Renew it now.
+		ttl = time.Second
+	}
 	v.setLease(ttl, renewable)
 	if renewable && ttl > 0 {
 		if err := v.renewSelf(ctx); err != nil {

@@ -10,11 +10,15 @@ import (
 	"encoding/json"
 	"encoding/pem"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -665,5 +669,93 @@ func TestParseVaultPKIRole(t *testing.T) {
 		if _, _, err := ParseVaultPKIRole(bad); failure.ClassOf(err) != failure.ConfigInvalid {
 			t.Errorf("%q accepted: %v", bad, err)
 		}
+	}
+}
+
+// A Vault address that answers with a redirect (a standby with request
+// forwarding off, a misrouted load balancer, or a hostile server) is not
+// followed: the target never sees the token nor the AppRole secret_id, and
+// the failure names the status and the target host.
+func TestVaultRedirectNotFollowed(t *testing.T) {
+	var seen atomic.Int64
+	var seenText atomic.Value
+	evil := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		seen.Add(1)
+		b, _ := io.ReadAll(r.Body)
+		seenText.Store(r.Header.Get("X-Vault-Token") + " " + string(b))
+		w.WriteHeader(http.StatusInternalServerError)
+	}))
+	defer evil.Close()
+	evilHost := strings.TrimPrefix(evil.URL, "http://")
+	e := newVaultEnv(t, vaulttest.Options{})
+	roleFile, secretFile := e.file(t, "role_id", vtRoleID), e.file(t, "secret_id", vtSecretID)
+	for _, status := range []int{301, 302, 303, 307, 308} {
+		for _, auth := range []string{"token", "approle"} {
+			t.Run(fmt.Sprintf("%d %s", status, auth), func(t *testing.T) {
+				var asked atomic.Int64
+				redirector := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+					asked.Add(1)
+					http.Redirect(w, r, evil.URL+r.URL.Path, status)
+				}))
+				defer redirector.Close()
+				v := e.issuer(t, func(o *VaultOptions) {
+					o.Address = redirector.URL
+					if auth == "approle" {
+						o.Token = ""
+						o.AppRole = &VaultAppRole{RoleIDFile: roleFile, SecretIDFile: secretFile}
+					}
+				})
+				fe := issueErr(t, v, RenewalIssueFailed)
+				if asked.Load() != 1 || seen.Load() != 0 {
+					t.Fatalf("vault asked %d time(s), redirect target %d time(s) (saw %v)", asked.Load(), seen.Load(), seenText.Load() != nil)
+				}
+				if !strings.Contains(fe.Evidence, fmt.Sprintf("HTTP %d", status)) || !strings.Contains(fe.Evidence, evilHost) ||
+					!strings.Contains(fe.Fix, "active node") || !strings.Contains(fe.Fix, "load balancer") {
+					t.Fatalf("redirect failure: %s", fe.Detail())
+				}
+			})
+		}
+	}
+}
+
+// http:// is for a Vault on this host only: the token, secret_id and the
+// issued private key would otherwise cross the network in clear text.
+func TestVaultPlainHTTPOnlyOnLoopback(t *testing.T) {
+	for _, addr := range []string{"http://vault.example.com:8200", "http://10.0.0.5:8200", "http://localhost.example.com",
+		"ftp://vault.example.com", "vault.example.com:8200", "unix:///run/vault.sock", ""} {
+		_, err := NewVaultIssuer(VaultOptions{Address: addr, Mount: "pki", Role: "r", CommonName: "alice", Token: vtToken})
+		fe, ok := failure.As(err)
+		if !ok || fe.Class != failure.ConfigInvalid || fe.Fix == "" {
+			t.Fatalf("%q: want config_invalid, got %v", addr, err)
+		}
+		if strings.HasPrefix(addr, "http://") && (!strings.Contains(fe.Fix, "https://") || !strings.Contains(fe.Fix, "127.0.0.1")) {
+			t.Fatalf("%q: fix %q", addr, fe.Fix)
+		}
+		assertNoVaultSecrets(t, "error", errorTexts(err))
+	}
+	for _, addr := range []string{"http://127.0.0.1:8200", "http://127.3.0.1:8200", "http://[::1]:8200", "http://localhost:8200",
+		"http://LOCALHOST", "https://vault.example.com:8200"} {
+		if _, err := NewVaultIssuer(VaultOptions{Address: addr, Mount: "pki", Role: "r", CommonName: "alice", Token: vtToken}); err != nil {
+			t.Fatalf("%q refused: %v", addr, err)
+		}
+	}
+}
+
+// lookup-self reports ttl in whole seconds: a token in its last second
+// says ttl 0 with an expire_time. That is a token to renew now, not one
+// that never expires (RunTokenRenewal stopped on it before).
+func TestVaultTokenInLastSecondRenewed(t *testing.T) {
+	e := newVaultEnv(t, vaulttest.Options{})
+	e.srv.AddToken(vtToken, 3*time.Second, true)
+	e.srv.Advance(2500 * time.Millisecond)
+	v := e.issuer(t, nil)
+	if err := v.RenewToken(context.Background()); err != nil {
+		t.Fatal(errorTexts(err))
+	}
+	if info, _ := e.srv.TokenInfo(vtToken); info.Renewals != 1 {
+		t.Fatalf("renewals %d, want 1: a token with 0.5s left was taken for one without expiry", info.Renewals)
+	}
+	if d := v.TokenRefreshIn(); d <= 0 {
+		t.Fatalf("refresh in %s after renewal, want the renewed lifetime's two thirds", d)
 	}
 }

@@ -34,7 +34,12 @@ agent.key_file (PKCS#8, 0600) and agent.ca_file atomically, renew it once the
 renewal threshold of its lifetime has passed, and run agent.reload_command
 (an argument list, no shell) after each write — for example
 ["pg_ctl", "reload", "-D", DATADIR] to make PostgreSQL load its new server
-certificate. Files left by an earlier run are reused while they are valid.
+certificate. Files left by an earlier run are reused while they are valid
+and match the configuration (common name, SANs, and for step-ca the
+configured root); otherwise a new certificate is issued. The three paths
+must be regular files (or absent): a symbolic link, hard link or other
+file there is refused (exit 2), and a directory that another user may write
+is warned about at start.
 A failed reload is retried with backoff and never stops the agent.
 
 Signals: SIGTERM/SIGINT stop the agent (exit 0); SIGHUP renews now.
@@ -122,6 +127,9 @@ on disk is missing, expired, or past its renewal time (or with --force), ask
 the CA for a new one, write the files atomically and run agent.reload_command;
 otherwise say when it will be due.
 
+Files on disk that do not match the configuration (another common name,
+other SANs, another step-ca root) are replaced, never reported "not due".
+
 Exit status: 0 renewed or not yet due (printed, with the next due time),
 1 the renewal (or the reload command) failed but the current certificate is
 still valid, 2 usage or configuration error, 3 the renewal failed and the
@@ -150,6 +158,11 @@ func runCertsRenew(cmd *cobra.Command, path string, force bool) error {
 	cfg, err := certagent.Load(path, nil)
 	if err != nil {
 		return failWith(cmd, false, 2, err)
+	}
+	// Cron mails what a job prints: the warning reaches the operator.
+	for _, w := range cfg.DirectoryWarnings() {
+		fmt.Fprintf(cmd.ErrOrStderr(), "pgtrust certs renew: warning: another user may write %s (%s): that user could swap the certificate files\n  fix: %s\n",
+			w.Dir, w.Why, certagent.DirectoryFix())
 	}
 	now := time.Now()
 	a, err := certagent.New(ctx, cfg, certagent.Options{})
@@ -202,5 +215,8 @@ func runCertsRenew(cmd *cobra.Command, path string, force bool) error {
 	}
 	fmt.Fprintf(out, "renewed: %s, written to %s%s; next renewal due at %s\n", describeStatus(src.Status()),
 		cfg.Agent.CertFile, reload, src.NextRenewal().UTC().Format(time.RFC3339))
+	if why := a.NotReusedReason(); a.Initial() == nil && why != "" && why != "no certificate on disk yet" {
+		fmt.Fprintf(out, "the files on disk were not reused: %s\n", why)
+	}
 	return nil
 }

@@ -56,6 +56,7 @@ func agentDir(t *testing.T) string {
 
 type agentFile struct {
 	dir, name, vault, owner, ttl string
+	cn                           string // default localhost
 	reload                       []string
 }
 
@@ -78,7 +79,11 @@ func (f agentFile) write(t *testing.T) string {
 	if ttl == "" {
 		ttl = "1h"
 	}
-	fmt.Fprintf(&b, "\n[vault]\naddr = %q\npki_role = \"pki/issue/pg-server\"\ncommon_name = \"localhost\"\nip_sans = [\"127.0.0.1\"]\nttl = %q\ntoken = \"${PGTRUST_TEST_VAULT_TOKEN}\"\n", f.vault, ttl)
+	cn := f.cn
+	if cn == "" {
+		cn = "localhost"
+	}
+	fmt.Fprintf(&b, "\n[vault]\naddr = %q\npki_role = \"pki/issue/pg-server\"\ncommon_name = %q\nip_sans = [\"127.0.0.1\"]\nttl = %q\ntoken = \"${PGTRUST_TEST_VAULT_TOKEN}\"\n", f.vault, cn, ttl)
 	p := filepath.Join(f.dir, f.name+".toml")
 	if err := os.WriteFile(p, []byte(b.String()), 0o600); err != nil {
 		t.Fatal(err)
@@ -363,4 +368,100 @@ func TestCertsAgentStartFailures(t *testing.T) {
 		t.Fatalf("no certificate obtainable: %v\n%s", err, logs.String())
 	}
 	noAgentSecret(t, "certs agent output", logs.String())
+}
+
+// TestCertsRenewChangedCommonName: after common_name changes, certs renew
+// replaces the valid certificate on disk instead of saying "not due", and
+// the agent issues a new one at its next start; a symbolic link at
+// cert_file stops both with exit 2.
+func TestCertsRenewChangedCommonName(t *testing.T) {
+	vault := newAgentVault(t)
+	dir := t.TempDir()
+	cfg := agentFile{dir: dir, name: "a", vault: vault.URL}.write(t)
+	if out, errOut, code := runCerts(t, "certs", "renew", "--config", cfg); code != 0 {
+		t.Fatalf("first renew: %d\n%s%s", code, out, errOut)
+	}
+	s1 := serialOnDisk(t, dir, "a")
+	cfg = agentFile{dir: dir, name: "a", vault: vault.URL, cn: "db.localhost"}.write(t)
+	out, errOut, code := runCerts(t, "certs", "renew", "--config", cfg)
+	if code != 0 || !strings.HasPrefix(out, "renewed: ") || !strings.Contains(out, `the files on disk were not reused: the certificate on disk does not match the configuration: its common name is "localhost", the configuration asks for "db.localhost"`) {
+		t.Fatalf("renew after a common_name change: %d\n%s%s", code, out, errOut)
+	}
+	pair, err := keyfile.LoadKeyPair(filepath.Join(dir, "a.crt"), filepath.Join(dir, "a.key"), "")
+	if err != nil || pair.Leaf.Subject.CommonName != "db.localhost" || certs.SerialHex(pair.Leaf) == s1 {
+		t.Fatalf("files not replaced: %v", err)
+	}
+	if out, _, code := runCerts(t, "certs", "renew", "--config", cfg); code != 0 || !strings.HasPrefix(out, "not due: ") {
+		t.Fatalf("matching files: %d %s", code, out)
+	}
+
+	// The daemon, started with the common name changed back.
+	cfg = agentFile{dir: dir, name: "a", vault: vault.URL}.write(t)
+	started := make(chan *certagent.Agent, 1)
+	certsAgentStarted = func(a *certagent.Agent) { started <- a }
+	t.Cleanup(func() { certsAgentStarted = nil })
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	logs := &syncBuffer{}
+	done := make(chan error, 1)
+	go func() { done <- runCertsAgent(ctx, cfg, logs, make(chan os.Signal)) }()
+	select {
+	case a := <-started:
+		if a.Reused() || a.Source().Status().Subject != "CN=localhost" {
+			t.Fatalf("agent reused %v, subject %s\n%s", a.Reused(), a.Source().Status().Subject, logs.String())
+		}
+	case err := <-done:
+		t.Fatalf("agent exited: %v\n%s", err, logs.String())
+	case <-time.After(30 * time.Second):
+		t.Fatal("agent did not start")
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(logs.String(), "level=INFO msg=\"no reusable certificate on disk; asking the CA\"") || !strings.Contains(logs.String(), "does not match the configuration") {
+		t.Fatalf("agent did not say why it issued:\n%s", logs.String())
+	}
+	if pair, err := keyfile.LoadKeyPair(filepath.Join(dir, "a.crt"), filepath.Join(dir, "a.key"), ""); err != nil || pair.Leaf.Subject.CommonName != "localhost" {
+		t.Fatalf("agent did not write the new certificate: %v", err)
+	}
+
+	// A symbolic link at cert_file: refused, exit 2, the target untouched.
+	victim := filepath.Join(t.TempDir(), "victim")
+	os.WriteFile(victim, []byte("precious"), 0o600)
+	os.Remove(filepath.Join(dir, "a.crt"))
+	os.Symlink(victim, filepath.Join(dir, "a.crt"))
+	_, errOut, code = runCerts(t, "certs", "renew", "--config", cfg)
+	if code != 2 || !strings.Contains(errOut, "is not a regular file") || !strings.Contains(errOut, "fix:") {
+		t.Fatalf("symlinked cert_file, renew: %d\n%s", code, errOut)
+	}
+	logs = &syncBuffer{}
+	err = runCertsAgent(context.Background(), cfg, logs, make(chan os.Signal))
+	var ee *exitError
+	if !errors.As(err, &ee) || ee.code != 2 || !strings.Contains(logs.String(), "symbolic link") {
+		t.Fatalf("symlinked cert_file, agent: %v\n%s", err, logs.String())
+	}
+	if b, _ := os.ReadFile(victim); string(b) != "precious" {
+		t.Fatalf("victim changed: %q", b)
+	}
+	if fi, _ := os.Stat(victim); fi.Mode().Perm() != 0o600 {
+		t.Fatalf("victim mode changed: %o", fi.Mode().Perm())
+	}
+	noAgentSecret(t, "certs output", out+errOut+logs.String())
+}
+
+// TestCertsRenewDirectoryWarning: certs renew warns on stderr when another
+// user may write the directory of the files.
+func TestCertsRenewDirectoryWarning(t *testing.T) {
+	vault := newAgentVault(t)
+	dir := t.TempDir()
+	cfg := agentFile{dir: dir, name: "a", vault: vault.URL}.write(t)
+	if _, errOut, code := runCerts(t, "certs", "renew", "--config", cfg); code != 0 || strings.Contains(errOut, "warning") {
+		t.Fatalf("private directory: %d\n%s", code, errOut)
+	}
+	os.Chmod(dir, 0o777)
+	_, errOut, code := runCerts(t, "certs", "renew", "--config", cfg)
+	if code != 0 || strings.Count(errOut, "warning: another user may write "+dir) != 1 || !strings.Contains(errOut, "every user may write it") {
+		t.Fatalf("world-writable directory: %d\n%s", code, errOut)
+	}
 }

@@ -40,8 +40,9 @@ type Agent struct {
 	src *certs.RenewingSource
 	met *agentMetrics
 
-	initial *certs.Issued // what was on disk at start; nil when nothing usable
-	reused  bool          // the engine adopted initial instead of issuing
+	initial   *certs.Issued // what was on disk at start; nil when nothing usable
+	notReused string        // why initial is nil
+	reused    bool          // the engine adopted initial instead of issuing
 
 	mu         sync.Mutex
 	pending    *certs.Issued // renewed material not yet written
@@ -109,11 +110,19 @@ func New(ctx context.Context, cfg *Config, o Options) (*Agent, error) {
 		return nil, err
 	}
 	a.rec = &recordingIssuer{Issuer: iss}
-	initial, why := cfg.readInitial()
+	cfg.warnDirectories(a.log)
+	id, err := cfg.identity()
+	if err != nil {
+		return nil, err
+	}
+	initial, why, err := cfg.readInitial(id, o.Now())
+	if err != nil {
+		return nil, err
+	}
 	if initial == nil {
 		a.log.Info("no reusable certificate on disk; asking the CA", "cert_file", cfg.Agent.CertFile, "reason", why)
 	}
-	a.initial = initial
+	a.initial, a.notReused = initial, why
 	ro.Initial = initial
 	ro.Logger = o.Logger
 	ro.Registerer = o.Registry
@@ -129,7 +138,7 @@ func New(ctx context.Context, cfg *Config, o Options) (*Agent, error) {
 	a.reused = a.pending == nil
 	if len(cfg.Agent.ReloadCommand) == 0 {
 		_ = os.Remove(cfg.reloadMarker()) // nothing to run any more
-	} else if _, err := os.Stat(cfg.reloadMarker()); err == nil {
+	} else if _, err := os.Lstat(cfg.reloadMarker()); err == nil {
 		// An earlier run wrote files and its reload did not succeed (or it
 		// stopped before running it): the reload is still due.
 		a.written = 1
@@ -187,6 +196,11 @@ func (a *Agent) Reused() bool {
 // Initial is the certificate found on disk at start (nil when none was usable).
 func (a *Agent) Initial() *certs.Issued { return a.initial }
 
+// NotReusedReason says why the files on disk at start were not handed to
+// the engine (missing, unreadable, or not matching the configuration); ""
+// when they were.
+func (a *Agent) NotReusedReason() string { return a.notReused }
+
 // Sync writes renewed material that is not on disk yet and runs the reload
 // command when the files changed since its last success. It returns the
 // first failure; the material stays queued and the reload due, so a later
@@ -214,8 +228,8 @@ func (a *Agent) sync(ctx context.Context) error {
 		if len(a.cfg.Agent.ReloadCommand) > 0 {
 			// Until the reload succeeds, the marker tells the next run
 			// (cron's certs renew, a restarted agent) that it is due.
-			if err := os.WriteFile(a.cfg.reloadMarker(), nil, 0o600); err != nil {
-				a.log.Warn("could not record the pending reload", "marker", a.cfg.reloadMarker(), "error", err.Error())
+			if err := writeMarker(a.cfg.reloadMarker()); err != nil {
+				a.log.Warn("could not record the pending reload; a restart before the reload succeeds will not rerun it", "marker", a.cfg.reloadMarker(), "error", err.Error())
 			}
 		}
 		a.mu.Lock()

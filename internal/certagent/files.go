@@ -163,30 +163,6 @@ func writeError(path string, err error) *failure.Error {
 	return e
 }
 
-// readInitial loads the files a previous run wrote, for
-// certs.RenewOptions.Initial. It returns nil, with the reason, when they
-// are missing or do not load; the engine then issues a new certificate.
-func (c *Config) readInitial() (*certs.Issued, string) {
-	pair, err := keyfile.LoadKeyPair(c.Agent.CertFile, c.Agent.KeyFile, "")
-	if err != nil {
-		if errors.Is(err, os.ErrNotExist) {
-			return nil, "no certificate on disk yet"
-		}
-		return nil, string(failure.ClassOf(err)) + ": " + errText(err)
-	}
-	iss := &certs.Issued{Certificate: pair}
-	if c.Agent.CAFile != "" {
-		// A CA file that is gone or broken is rewritten with a new issue:
-		// reusing the pair would leave it missing until the next renewal.
-		cas, err := keyfile.LoadCertificates(c.Agent.CAFile)
-		if err != nil {
-			return nil, "ca_file: " + errText(err)
-		}
-		iss.CAs = cas
-	}
-	return iss, ""
-}
-
 // errText is an error's message without its evidence (enough for a log
 // line's reason; keyfile's messages name files, never key material).
 func errText(err error) string {
@@ -206,26 +182,4 @@ func leafOf(c *tls.Certificate) *x509.Certificate {
 	}
 	l, _ := x509.ParseCertificate(c.Certificate[0])
 	return l
-}
-
-// fixMetadata gives files reused from an earlier run the configured modes
-// and owner (the configuration may have changed since they were written);
-// metadata changes are atomic, so no reader sees a partial state.
-func (c *Config) fixMetadata() error {
-	uid, gid, chown := c.Owner()
-	set := []file{{path: c.Agent.CertFile, mode: 0o644}, {path: c.Agent.KeyFile, mode: c.KeyMode()}}
-	if c.Agent.CAFile != "" {
-		set = append(set, file{path: c.Agent.CAFile, mode: 0o644})
-	}
-	for _, f := range set {
-		if chown {
-			if err := os.Chown(f.path, uid, gid); err != nil && !errors.Is(err, os.ErrNotExist) {
-				return writeError(f.path, err)
-			}
-		}
-		if err := os.Chmod(f.path, f.mode); err != nil && !errors.Is(err, os.ErrNotExist) {
-			return writeError(f.path, err)
-		}
-	}
-	return nil
 }

@@ -52,7 +52,7 @@ func expandValue(v reflect.Value, path string, getenv func(string) string) error
 		}
 		return expandValue(v.Elem(), path, getenv)
 	case reflect.String:
-		s, err := expandString(v.String(), path, getenv)
+		s, err := expandString(v.String(), path, getenv, false)
 		if err != nil {
 			return err
 		}
@@ -72,6 +72,18 @@ func expandValue(v reflect.Value, path string, getenv func(string) string) error
 			}
 			if name == "" {
 				name = f.Name
+			}
+			if fv := v.Field(i); fv.Kind() == reflect.String && isDSNKey(name) {
+				// A connection string is parsed after expansion: a value
+				// must not be able to add keywords to it.
+				out, err := expandString(fv.String(), joinKey(path, name), getenv, true)
+				if err != nil {
+					return err
+				}
+				if fv.CanSet() {
+					fv.SetString(out)
+				}
+				continue
 			}
 			if err := expandValue(v.Field(i), joinKey(path, name), getenv); err != nil {
 				return err
@@ -103,8 +115,32 @@ func expandValue(v reflect.Value, path string, getenv func(string) string) error
 	return nil
 }
 
-// expandString replaces ${NAME}; "$${" stands for a literal "${".
-func expandString(s, path string, getenv func(string) string) (string, error) {
+// isDSNKey reports whether a key holds a connection string (libpq
+// key/value or postgres:// URI), which is parsed after expansion.
+func isDSNKey(name string) bool { return name == "dsn" || strings.HasSuffix(name, "_dsn") }
+
+// dsnSyntax is what a value expanded into a connection string may not
+// contain, because the parser would read it as syntax (a new keyword, a
+// quoted value, an escape) instead of as part of the value: for key/value
+// strings whitespace, quotes, backslash and '='; in a URI also the
+// delimiters of its user, host, path, query and fragment, and '%'.
+func dsnSyntax(val string, uri bool) bool {
+	bad := " \t\n\r\v\f'\"\\="
+	if uri {
+		bad += "@/?#&%"
+	}
+	return strings.ContainsAny(val, bad)
+}
+
+func isURI(s string) bool {
+	return strings.HasPrefix(s, "postgres://") || strings.HasPrefix(s, "postgresql://")
+}
+
+// expandString replaces ${NAME}; "$${" stands for a literal "${". In a
+// connection string (dsn), a value that would change its structure is
+// refused rather than quoted: fail closed, and the settings table is the
+// place for arbitrary values.
+func expandString(s, path string, getenv func(string) string, dsn bool) (string, error) {
 	if !strings.Contains(s, "${") {
 		return s, nil
 	}
@@ -128,8 +164,10 @@ func expandString(s, path string, getenv func(string) string) (string, error) {
 		}
 		name := s[i+2 : i+2+end]
 		if !validVarName(name) {
-			return "", failure.New(failure.ConfigInvalid, "%s: ${%s} is not a valid variable reference", path, name).
-				WithEvidence("key %s refers to %q; a variable name is letters, digits and _, not starting with a digit", path, name).
+			// The text between the braces is not shown: in a password or
+			// token it may be part of the secret.
+			return "", failure.New(failure.ConfigInvalid, "%s: the ${ at byte %d is not a valid variable reference", path, i).
+				WithEvidence("key %s has a ${…} at byte offset %d whose name is not letters, digits and _ (not starting with a digit); the text is not shown, it may hold a secret", path, i).
 				WithFix("write ${NAME} with a valid variable name, or $${ for a literal ${")
 		}
 		val := getenv(name)
@@ -137,6 +175,18 @@ func expandString(s, path string, getenv func(string) string) (string, error) {
 			return "", failure.New(failure.ConfigInvalid, "%s: environment variable %s is not set", path, name).
 				WithEvidence("key %s refers to ${%s}, and %s is not set (or empty) in the environment", path, name, name).
 				WithFix("set %s in the environment of the process (e.g. export %s=...), or write the value in the file", name, name)
+		}
+		// dsn = "${DATABASE_URL}": the variable is the whole connection
+		// string, there is no structure around it to change.
+		whole := i == 0 && 2+end+1 == len(s)
+		if dsn && !whole && dsnSyntax(val, isURI(s)) {
+			what := "whitespace, a quote, a backslash or '='"
+			if isURI(s) {
+				what = "whitespace, a quote, a backslash, '=' or one of @ / ? # & %"
+			}
+			return "", failure.New(failure.ConfigInvalid, "%s: environment variable %s would change the connection string's structure", path, name).
+				WithEvidence("key %s is a connection string and the value of ${%s} contains %s, which the connection string parser reads as syntax (the value is not shown)", path, name, what).
+				WithFix("put the value in a [upstreams.NAME.settings] table, where values are not parsed, or percent-encode/quote it in the file")
 		}
 		b.WriteString(val)
 		i += 2 + end + 1

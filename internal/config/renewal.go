@@ -118,10 +118,14 @@ func (v *VaultTable) Options(where, defaultCN string) (certs.VaultOptions, certs
 		return o, certs.RenewOptions{}, tableInvalid(k, "the Vault address is not set").
 			WithFix(`set %s = "https://vault.example:8200"`, k)
 	}
-	if !strings.HasPrefix(v.Addr, "https://") && !strings.HasPrefix(v.Addr, "http://") {
+	if err := certs.CheckVaultAddress(v.Addr); err != nil {
+		// http:// only to this host: the token, secret_id and issued keys
+		// would otherwise cross the network in clear text.
 		k := v.key(where, "addr")
-		return o, certs.RenewOptions{}, tableInvalid(k, "%q is not an http(s) URL", v.Addr).
-			WithFix(`set %s = "https://vault.example:8200"`, k)
+		fe, _ := failure.As(err)
+		return o, certs.RenewOptions{}, tableInvalid(k, "%s", fe.Message).
+			WithEvidence("key %s: %s", k, fe.Evidence).
+			WithFix("%s", strings.Replace(fe.Fix, "the Vault address", k, 1))
 	}
 	k := v.key(where, "pki_role")
 	if v.PKIRole == "" {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -132,9 +133,18 @@ func (p *Proxy) renewSource(b *renewBuild, name string, r *Renewal, log *slog.Lo
 	}
 	ctx, cancel := context.WithCancel(p.ctx)
 	h.cancel = cancel
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() { defer wg.Done(); src.Run(ctx) }()
+	if tr, ok := iss.(interface{ RunTokenRenewal(context.Context) }); ok {
+		// A Vault token may live shorter than the gap between two
+		// issues; kept alive here, it is stopped with the source.
+		wg.Add(1)
+		go func() { defer wg.Done(); tr.RunTokenRenewal(ctx) }()
+	}
 	go func() {
-		defer close(h.done)
-		src.Run(ctx)
+		wg.Wait()
+		close(h.done)
 	}()
 	b.created = append(b.created, h)
 	return h, nil

@@ -63,6 +63,7 @@ type upstreamSettings struct {
 	plainOK     bool             // plaintext upstream declared intended
 	leader      *leader.Follower // nil: conn's own hosts; else the leader manifest's
 	validation  string           // "enabled" or "disabled"
+	trustIssued bool             // the client renewal's CAs verify the server (trust_issued_ca)
 	gateways    []*gatewayFront  // one per UpstreamConfig.Gateways entry
 	auth        *UpstreamAuth    // local listeners open the upstream as a configured role
 }
@@ -125,9 +126,17 @@ func (p *Proxy) buildSettings(u UpstreamConfig, b *renewBuild) (_ *upstreamSetti
 		s.opts.GetClientCertificate = h.src.GetClientCertificate
 		if r.Options.TrustIssuedCA {
 			// The CA that issued the client certificate also verifies the
-			// server (trust_issued_ca = true), in place of sslrootcert.
+			// server (trust_issued_ca = true), in place of sslrootcert. A CA
+			// that named no certificates leaves nothing to verify with:
+			// under sslmode=require the server would go unchecked.
+			if h.src.Roots() == nil {
+				return nil, failure.New(failure.RootCertMissing, "upstream %s: trust_issued_ca is set but %s named no CA certificates", u.Name, h.issuer).
+					WithEvidence("the certificate %s issued (serial %s) came without its issuing CA or chain, so there is no root to verify the PostgreSQL server with", h.issuer, h.src.Status().Serial).
+					WithFix("have the CA return its chain (Vault: the PKI mount's issuing_ca / ca_chain; step-ca: its root), or set trust_issued_ca = false and name the server's CA with sslrootcert")
+			}
 			s.opts.RootCAs = h.src.Roots
 			s.validation = "enabled"
+			s.trustIssued = true
 		}
 	} else if c.SSLCertMode != "disable" && c.SSLCert != "" {
 		// Only an existing sslcert becomes a watched source: libpq silently sends
@@ -191,6 +200,15 @@ func wrapUpstream(name, what string, err error) error {
 		return &e
 	}
 	return failure.Wrap(failure.ConfigInvalid, err, "upstream %s: %s", name, what)
+}
+
+// certificateValidation is the health report's validation, read from the
+// pool in use: a renewal may bring material whose CA named no certificates.
+func (s *upstreamSettings) certificateValidation() string {
+	if s.trustIssued && s.opts.Attestation == nil && s.clientRenew != nil && s.clientRenew.src.Roots() == nil {
+		return "disabled (the CA named no certificates)"
+	}
+	return s.validation
 }
 
 // validationOf says whether the upstream's server certificate is checked:
@@ -321,7 +339,7 @@ func (u *upstream) status(listen []string) UpstreamStatus {
 		Name:                  u.name,
 		Listen:                listen,
 		SSLMode:               string(set.conn.SSLMode),
-		CertificateValidation: set.validation,
+		CertificateValidation: set.certificateValidation(),
 		Status:                StatusUnknown,
 		ActiveConnections:     u.active.Load(),
 	}
