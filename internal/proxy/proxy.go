@@ -73,7 +73,7 @@ type UpstreamStatus struct {
 	SSLMode               string          `json:"ssl_mode"`
 	SSLVersion            string          `json:"ssl_version"` // "TLSv1.3" from the latest upstream handshake or probe
 	SSLCipher             string          `json:"ssl_cipher"`
-	CertificateValidation string          `json:"certificate_validation"` // "enabled" or "disabled"
+	CertificateValidation string          `json:"certificate_validation"` // "enabled", "disabled", or "disabled (the CA named no certificates)" for trust_issued_ca
 	Status                string          `json:"status"`                 // "healthy" | "unhealthy" | "insecure" (plaintext not declared intended) | "unknown" (no handshake yet)
 	LastHandshake         time.Time       `json:"last_handshake,omitzero"`
 	LastError             *failure.Report `json:"last_error,omitempty"`
