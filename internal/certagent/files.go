@@ -61,86 +61,21 @@ func (c *Config) encode(iss *certs.Issued) ([]file, error) {
 	return out, nil
 }
 
-// writeFiles writes the set atomically, each file on its own: temp file in
-// the target's directory (created 0600, so a key is never exposed), write,
-// fsync, chmod, chown when an owner is set, close; once every temp file is
-// complete, rename each into place in order and fsync the directories. A
-// failure before the renames changes no file.
-func (c *Config) writeFiles(files []file) (err error) {
-	uid, gid, chown := c.Owner()
-	temps := make([]string, 0, len(files))
-	defer func() {
-		if err != nil {
-			for _, t := range temps {
-				os.Remove(t)
-			}
-		}
-	}()
-	for _, f := range files {
-		tmp, err := writeTemp(f, uid, gid, chown)
-		if err != nil {
-			return err
-		}
-		temps = append(temps, tmp)
+// writeFiles writes the set with keyfile.WriteFilesAtomic: each to a temp
+// file in the target's directory (created 0600, so a key is never
+// exposed), synced, given its mode and, when an owner is set, its owner;
+// once every temp file is complete they are renamed into place in order and
+// the directories synced. A failure before the renames changes no file.
+func (c *Config) writeFiles(files []file) error {
+	var owner *keyfile.Owner
+	if uid, gid, chown := c.Owner(); chown {
+		owner = &keyfile.Owner{UID: uid, GID: gid}
 	}
-	dirs := map[string]bool{}
+	set := make([]keyfile.File, len(files))
 	for i, f := range files {
-		if err := os.Rename(temps[i], f.path); err != nil {
-			e := writeError(f.path, err)
-			if i > 0 {
-				e.Evidence += fmt.Sprintf("; already replaced: %d of %d files", i, len(files))
-			}
-			temps = temps[i:]
-			return e
-		}
-		dirs[filepath.Dir(f.path)] = true
+		set[i] = keyfile.File{Path: f.path, Data: f.data, Mode: f.mode, Owner: owner}
 	}
-	temps = nil
-	// Make the renames durable; a file system that cannot fsync a
-	// directory has the data safe already, so that is not an error.
-	for dir := range dirs {
-		if d, derr := os.Open(dir); derr == nil {
-			_ = d.Sync()
-			d.Close()
-		}
-	}
-	return nil
-}
-
-func writeTemp(f file, uid, gid int, chown bool) (name string, err error) {
-	dir := filepath.Dir(f.path)
-	tmp, err := os.CreateTemp(dir, "."+filepath.Base(f.path)+".tmp-*")
-	if err != nil {
-		return "", writeError(f.path, err)
-	}
-	defer func() {
-		if err != nil {
-			tmp.Close()
-			os.Remove(tmp.Name())
-		}
-	}()
-	if _, err = tmp.Write(f.data); err != nil {
-		return "", writeError(f.path, err)
-	}
-	if err = tmp.Sync(); err != nil {
-		return "", writeError(f.path, err)
-	}
-	if err = tmp.Chmod(f.mode); err != nil {
-		return "", writeError(f.path, err)
-	}
-	if chown {
-		if err = tmp.Chown(uid, gid); err != nil {
-			e := writeError(f.path, err)
-			if errors.Is(err, os.ErrPermission) {
-				e.Fix = fmt.Sprintf("giving files to uid %d needs root (or CAP_CHOWN); run the agent as root, or as that user without agent.owner", uid)
-			}
-			return "", e
-		}
-	}
-	if err = tmp.Close(); err != nil {
-		return "", writeError(f.path, err)
-	}
-	return tmp.Name(), nil
+	return keyfile.WriteFilesAtomic(set)
 }
 
 // writeError is config_invalid like keyfile's writes: the operator fixes

@@ -20,6 +20,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -445,6 +446,39 @@ func TestWriteFileAtomic(t *testing.T) {
 	fe := wantClass(t, err, failure.ConfigInvalid)
 	if !strings.Contains(fe.Fix, "mkdir -p") {
 		t.Errorf("fix %q", fe.Fix)
+	}
+}
+
+// TestWriteFilesAtomicOwner: an Owner is given the file before it appears
+// (PostgreSQL must own its key), so the file is never visible with the
+// writer's ownership. Tests run as root in CI; as another user giving a file
+// away fails with a fix that says so.
+func TestWriteFilesAtomicOwner(t *testing.T) {
+	pg, err := user.Lookup("postgres")
+	if err != nil {
+		t.Fatalf("the postgres user is needed (run .ci/setup): %v", err)
+	}
+	uid, _ := strconv.Atoi(pg.Uid)
+	gid, _ := strconv.Atoi(pg.Gid)
+	p := filepath.Join(t.TempDir(), "server.key")
+	err = WriteFilesAtomic([]File{{Path: p, Data: []byte("k"), Mode: 0o600, Owner: &Owner{UID: uid, GID: gid}}})
+	if os.Getuid() != 0 {
+		fe := wantClass(t, err, failure.ConfigInvalid)
+		if !strings.Contains(fe.Fix, "CAP_CHOWN") {
+			t.Fatalf("fix %q", fe.Fix)
+		}
+		return
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	fi, err := os.Stat(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := fi.Sys().(*syscall.Stat_t)
+	if int(st.Uid) != uid || int(st.Gid) != gid || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("owner %d:%d mode %v, want %d:%d 0600", st.Uid, st.Gid, fi.Mode().Perm(), uid, gid)
 	}
 }
 

@@ -65,7 +65,13 @@ type File struct {
 	Path string
 	Data []byte
 	Mode os.FileMode
+	// Owner, when set, is given the file before it is renamed into place
+	// (a key PostgreSQL must own); giving files away needs root or CAP_CHOWN.
+	Owner *Owner
 }
+
+// Owner is a numeric owner and group for File.
+type Owner struct{ UID, GID int }
 
 // WriteFilesAtomic writes a set of files that belong together (a
 // certificate and its key, a whole development PKI) all or nothing: every
@@ -141,6 +147,15 @@ func writeTemp(f File) (name string, err error) {
 	}
 	if err = tmp.Chmod(f.Mode); err != nil {
 		return "", writeError(f.Path, dir, err)
+	}
+	if f.Owner != nil {
+		if err = tmp.Chown(f.Owner.UID, f.Owner.GID); err != nil {
+			e := writeError(f.Path, dir, err).(*failure.Error)
+			if errors.Is(err, os.ErrPermission) {
+				e.Fix = fmt.Sprintf("giving files to uid %d needs root (or CAP_CHOWN): run as root, or as that user without an owner setting", f.Owner.UID)
+			}
+			return "", e
+		}
 	}
 	if err = tmp.Close(); err != nil {
 		return "", writeError(f.Path, dir, err)
