@@ -28,10 +28,10 @@ import (
 // PostgreSQL's pg_stat_ssl.client_serial must show each new certificate on
 // new connections; the metrics must count the renewals.
 //
-// The lifetime is PGTRUST_STEP_E2E_LIFETIME (default 45s, so that 3
+// The lifetime is PGTRUST_STEP_E2E_LIFETIME (default 30s, so that 3
 // renewals fit in CI's budget; docs/renewal.md reports a run with 3m).
 func TestProxyRenewsFromStepCAUnderLoad(t *testing.T) {
-	lifetime := 45 * time.Second
+	lifetime := 30 * time.Second
 	if v := os.Getenv("PGTRUST_STEP_E2E_LIFETIME"); v != "" {
 		d, err := time.ParseDuration(v)
 		if err != nil {
