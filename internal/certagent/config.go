@@ -133,7 +133,7 @@ func Parse(data []byte, path string, getenv func(string) string) (*Config, error
 	c := &Config{Path: path}
 	dec := toml.NewDecoder(bytes.NewReader(data)).DisallowUnknownFields()
 	if err := dec.Decode(c); err != nil && !errors.Is(err, io.EOF) {
-		return nil, decodeError(where, err)
+		return nil, config.TOMLError(where, "the agent configuration", "docs/renewal.md", err)
 	}
 	if err := config.ExpandEnv(c, "", getenv); err != nil {
 		return nil, err
@@ -226,31 +226,6 @@ func lookupOwner(s string) (uid, gid int, err error) {
 		return 0, 0, fmt.Errorf("group of %q has no numeric gid", s)
 	}
 	return uid, gid, nil
-}
-
-// decodeError names the keys and lines at fault, never the text of the
-// line (it may hold a token).
-func decodeError(where string, err error) error {
-	var strict *toml.StrictMissingError
-	if errors.As(err, &strict) && len(strict.Errors) > 0 {
-		var keys []string
-		for _, e := range strict.Errors {
-			row, _ := e.Position()
-			keys = append(keys, fmt.Sprintf("%s (line %d)", strings.Join(e.Key(), "."), row))
-		}
-		return failure.New(failure.ConfigInvalid, "%s: unknown key %s", where, strings.Join(keys, ", ")).
-			WithEvidence("%d key(s) that the agent configuration does not have: %s", len(keys), strings.Join(keys, ", ")).
-			WithFix("remove or correct the key; the agent's keys are listed in docs/renewal.md (a misspelt key is never ignored)")
-	}
-	var de *toml.DecodeError
-	if errors.As(err, &de) {
-		row, col := de.Position()
-		return failure.New(failure.ConfigInvalid, "%s: line %d, column %d: %s", where, row, col, de.Error()).
-			WithEvidence("the TOML parser stopped at line %d, column %d (the line's text is not shown: it may hold a secret)", row, col).
-			WithFix("correct the TOML at line %d", row)
-	}
-	return failure.Wrap(failure.ConfigInvalid, err, "%s: invalid value", where).
-		WithFix("correct the value (see docs/renewal.md for each key's type)")
 }
 
 // Issuer builds the CA client and the renewal options of the [vault] or

@@ -474,13 +474,20 @@ func settingString(v any) (string, error) {
 	return "", fmt.Errorf("unsupported value type %T", v)
 }
 
-// decodeError turns a go-toml error into a config_invalid error with the
-// line and key.
+// decodeError renders a TOML decoding error of the proxy's file.
 func decodeError(path string, err error) error {
 	where := path
 	if where == "" {
 		where = "configuration"
 	}
+	return TOMLError(where, "the configuration format", "docs/proxy.md", err)
+}
+
+// TOMLError renders a TOML decoding error of a configuration file (what
+// names the format, doc where its keys are listed) as config_invalid that
+// names the file, the line and the key. The evidence never quotes the
+// source text: a misplaced password line would otherwise be printed back.
+func TOMLError(where, what, doc string, err error) error {
 	var strict *toml.StrictMissingError
 	if errors.As(err, &strict) && len(strict.Errors) > 0 {
 		var keys []string
@@ -488,11 +495,9 @@ func decodeError(path string, err error) error {
 			row, _ := e.Position()
 			keys = append(keys, fmt.Sprintf("%s (line %d)", strings.Join(e.Key(), "."), row))
 		}
-		// The evidence names keys and lines, never the source text: a
-		// misplaced password line would otherwise be printed back.
 		return failure.New(failure.ConfigInvalid, "%s: unknown key %s", where, strings.Join(keys, ", ")).
-			WithEvidence("%d key(s) that the configuration format does not have: %s", len(keys), strings.Join(keys, ", ")).
-			WithFix("remove or correct the key; the keys are listed in docs/proxy.md (a misspelt key is never ignored)")
+			WithEvidence("%d key(s) that %s does not have: %s", len(keys), what, strings.Join(keys, ", ")).
+			WithFix("remove or correct the key; the keys are listed in %s (a misspelt key is never ignored)", doc)
 	}
 	var de *toml.DecodeError
 	if errors.As(err, &de) {
@@ -504,11 +509,11 @@ func decodeError(path string, err error) error {
 		}
 		return failure.Wrap(failure.ConfigInvalid, err, "%s", msg).
 			WithEvidence("the TOML parser stopped at line %d, column %d (the line's text is not shown: it may hold a secret)", row, col).
-			WithFix("correct the TOML at line %d (see docs/proxy.md for each key's type)", row)
+			WithFix("correct the TOML at line %d (see %s for each key's type)", row, doc)
 	}
 	// Errors from UnmarshalText and type mismatches carry no position.
 	return failure.Wrap(failure.ConfigInvalid, err, "%s: invalid value", where).
-		WithFix("correct the value (see docs/proxy.md for each key's type)")
+		WithFix("correct the value (see %s for each key's type)", doc)
 }
 
 // ParseLevel parses a log level name.
