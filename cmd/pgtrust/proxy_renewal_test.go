@@ -56,14 +56,7 @@ func TestProxySeed001EpochToml(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	read := func(p string) []byte {
-		b, err := os.ReadFile(p)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return b
-	}
-	srv := pgtest.Start(t, pgtest.Options{SSL: true, ServerCert: read(pki.ServerCert), ServerKey: read(pki.ServerKey), CA: read(pki.CACert),
+	srv := pgtest.Start(t, pgtest.Options{SSL: true, ServerCert: readFile(t, pki.ServerCert), ServerKey: readFile(t, pki.ServerKey), CA: readFile(t, pki.CACert),
 		HBA: []string{"hostssl all all 127.0.0.1/32 cert clientcert=verify-full"}, Setup: epochSetup})
 	path := seedFile(t, "epoch.toml", srv.Port, map[string]string{
 		"/etc/epoch/certs/client.crt": pki.ClientCert, "/etc/epoch/certs/client.key": pki.ClientKey, "/etc/epoch/certs/ca.crt": pki.CACert})
@@ -94,15 +87,8 @@ func vaultPG(t *testing.T) (*vaulttest.Server, *pgtest.Server, *certs.DevPKI) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	read := func(p string) []byte {
-		b, err := os.ReadFile(p)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return b
-	}
 	vaultCAs := append(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: v.Root.Raw}), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: v.Issuing.Raw})...)
-	srv := pgtest.Start(t, pgtest.Options{SSL: true, ServerCert: read(pki.ServerCert), ServerKey: read(pki.ServerKey), CA: vaultCAs,
+	srv := pgtest.Start(t, pgtest.Options{SSL: true, ServerCert: readFile(t, pki.ServerCert), ServerKey: readFile(t, pki.ServerKey), CA: vaultCAs,
 		HBA: []string{"hostssl all all 127.0.0.1/32 cert clientcert=verify-full"}, Setup: epochSetup})
 	return v, srv, pki
 }

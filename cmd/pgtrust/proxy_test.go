@@ -117,14 +117,7 @@ func startUpstream(t *testing.T) (*pgtest.Server, *certs.DevPKI) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	read := func(p string) []byte {
-		b, err := os.ReadFile(p)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return b
-	}
-	srv := pgtest.Start(t, pgtest.Options{SSL: true, ServerCert: read(pki.ServerCert), ServerKey: read(pki.ServerKey), CA: read(pki.CACert),
+	srv := pgtest.Start(t, pgtest.Options{SSL: true, ServerCert: readFile(t, pki.ServerCert), ServerKey: readFile(t, pki.ServerKey), CA: readFile(t, pki.CACert),
 		HBA: []string{"hostssl all all 127.0.0.1/32 cert clientcert=verify-full"}})
 	return srv, pki
 }
@@ -185,6 +178,16 @@ func (rp *runningProxy) addr(t *testing.T) *net.TCPAddr {
 	}
 	t.Fatal("no TCP listener")
 	return nil
+}
+
+// readFile returns the content of p; the test fails when it cannot be read.
+func readFile(t *testing.T, p string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }
 
 func httpStatus(t *testing.T, url string) (int, string) {

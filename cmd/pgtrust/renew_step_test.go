@@ -52,14 +52,7 @@ func TestProxyRenewsFromStepCAUnderLoad(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	read := func(p string) []byte {
-		b, err := os.ReadFile(p)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return b
-	}
-	srv := pgtest.Start(t, pgtest.Options{SSL: true, ServerCert: read(pki.ServerCert), ServerKey: read(pki.ServerKey), CA: rootPEM,
+	srv := pgtest.Start(t, pgtest.Options{SSL: true, ServerCert: readFile(t, pki.ServerCert), ServerKey: readFile(t, pki.ServerKey), CA: rootPEM,
 		HBA:   []string{"hostssl all all 127.0.0.1/32 cert clientcert=verify-full"},
 		Setup: []string{"CREATE ROLE app LOGIN", "CREATE DATABASE bench OWNER app"}})
 
