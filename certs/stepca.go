@@ -24,6 +24,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"regexp"
 	"strings"
 	"sync"
 	"time"
@@ -618,10 +619,14 @@ func (s *StepIssuer) message(data []byte) string {
 		if e.Detail != "" && e.Detail != e.Message {
 			m = strings.TrimSpace(m + " " + e.Detail)
 		}
-		return clip(m, 300)
+		return clip(jwtLike.ReplaceAllString(m, "[token]"), 300)
 	}
 	return fmt.Sprintf("a %d-byte body that is not step-ca's JSON error", len(data))
 }
+
+// jwtLike matches a compact JWS/JWT (three base64url segments): a message
+// that quotes the token pgtrust sent must not carry it into an error.
+var jwtLike = regexp.MustCompile(`[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}`)
 
 // transportErr classifies a failed exchange: no answer is
 // renewal_unreachable, including a CA whose certificate does not verify

@@ -611,6 +611,8 @@ func TestStepHTTPErrorMapping(t *testing.T) {
 		{"201-other-key", 201, `{"crt":` + strconv.Quote(string(other.CertPEM)) + `}`, RenewalInvalid, "not the key pgtrust sent"},
 		{"201-empty", 201, `{}`, RenewalInvalid, "no certificate"},
 		{"no-answer", 0, "", RenewalUnreachable, "no answer within 500ms"},
+		// A CA message that quotes a token: the token is replaced.
+		{"400-quoting-a-token", 400, `{"status":400,"message":"bad token eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.c2lnbmF0dXJlLWJ5dGVz"}`, RenewalIssueFailed, "bad token [token]"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			mu.Lock()
@@ -619,6 +621,9 @@ func TestStepHTTPErrorMapping(t *testing.T) {
 			fe := stepErr(t, e, s, nil, tc.want)
 			if !strings.Contains(fe.Detail(), tc.text) {
 				t.Errorf("want %q in:\n%s", tc.text, fe.Detail())
+			}
+			if strings.Contains(fe.Detail(), "c2lnbmF0dXJlLWJ5dGVz") {
+				t.Errorf("a token reached the error:\n%s", fe.Detail())
 			}
 		})
 	}
