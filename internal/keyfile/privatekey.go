@@ -188,25 +188,35 @@ const (
 
 // checkKDFCost reads the PBES2 key-derivation parameters and refuses a
 // PBKDF2 iteration count or scrypt memory above the bounds, before any
-// work is done.
+// work is done. Parameters it cannot read are refused too: the decrypting
+// library parses more leniently, and a count hidden from this check (say an
+// INTEGER that swallows the bytes after it) would be honoured there.
 func checkKDFCost(pbes2Params []byte) error {
 	var params struct {
 		KDF    pkix.AlgorithmIdentifier
 		Scheme asn1.RawValue
 	}
 	if _, err := asn1.Unmarshal(pbes2Params, &params); err != nil {
-		return nil // malformed: the decryption reports it
+		return fmt.Errorf("%w: PBES2 parameters: %v", errKDFUnreadable, err)
 	}
 	switch {
 	case params.KDF.Algorithm.Equal(oidPBKDF2):
-		var p struct {
-			Salt       asn1.RawValue
-			Iterations *big.Int
-			Rest       asn1.RawValue `asn1:"optional"`
+		// PBKDF2-params: SEQUENCE { salt, iterationCount INTEGER, ... }.
+		var seq asn1.RawValue
+		var salt asn1.RawValue
+		var iter *big.Int
+		if _, err := asn1.Unmarshal(params.KDF.Parameters.FullBytes, &seq); err != nil || seq.Tag != asn1.TagSequence {
+			return fmt.Errorf("%w: PBKDF2 parameters are not a SEQUENCE", errKDFUnreadable)
 		}
-		if _, err := asn1.Unmarshal(params.KDF.Parameters.FullBytes, &p); err == nil && p.Iterations != nil &&
-			p.Iterations.Cmp(big.NewInt(maxPBKDF2Iterations)) > 0 {
-			return fmt.Errorf("PBKDF2 with %s iterations (at most %d)", p.Iterations, maxPBKDF2Iterations)
+		rest, err := asn1.Unmarshal(seq.Bytes, &salt)
+		if err == nil {
+			_, err = asn1.Unmarshal(rest, &iter)
+		}
+		if err != nil || iter == nil {
+			return fmt.Errorf("%w: PBKDF2 iteration count", errKDFUnreadable)
+		}
+		if iter.Cmp(big.NewInt(maxPBKDF2Iterations)) > 0 {
+			return fmt.Errorf("PBKDF2 with %s iterations (at most %d)", iter, maxPBKDF2Iterations)
 		}
 	case params.KDF.Algorithm.Equal(oidScrypt):
 		var p struct {
@@ -214,17 +224,21 @@ func checkKDFCost(pbes2Params []byte) error {
 			N, R, P  *big.Int
 			Optional asn1.RawValue `asn1:"optional"`
 		}
-		if _, err := asn1.Unmarshal(params.KDF.Parameters.FullBytes, &p); err == nil && p.N != nil && p.R != nil && p.P != nil {
-			// OpenSSL's bound: 128·r·p for B plus 128·r·(N+2) for V.
-			mem := new(big.Int).Mul(big.NewInt(128), p.R)
-			mem.Mul(mem, new(big.Int).Add(p.P, new(big.Int).Add(p.N, big.NewInt(2))))
-			if mem.Cmp(big.NewInt(maxScryptMemory)) > 0 || p.N.Sign() <= 0 || p.R.Sign() <= 0 || p.P.Sign() <= 0 {
-				return fmt.Errorf("scrypt with N=%s, r=%s, p=%s (needs more than the 32 MiB OpenSSL allows)", p.N, p.R, p.P)
-			}
+		if _, err := asn1.Unmarshal(params.KDF.Parameters.FullBytes, &p); err != nil || p.N == nil || p.R == nil || p.P == nil {
+			return fmt.Errorf("%w: scrypt parameters", errKDFUnreadable)
+		}
+		// OpenSSL's bound: 128·r·p for B plus 128·r·(N+2) for V.
+		mem := new(big.Int).Mul(big.NewInt(128), p.R)
+		mem.Mul(mem, new(big.Int).Add(p.P, new(big.Int).Add(p.N, big.NewInt(2))))
+		if mem.Cmp(big.NewInt(maxScryptMemory)) > 0 || p.N.Sign() <= 0 || p.R.Sign() <= 0 || p.P.Sign() <= 0 {
+			return fmt.Errorf("scrypt with N=%s, r=%s, p=%s (needs more than the 32 MiB OpenSSL allows)", p.N, p.R, p.P)
 		}
 	}
 	return nil
 }
+
+// errKDFUnreadable marks key-derivation parameters checkKDFCost cannot read.
+var errKDFUnreadable = errors.New("unreadable key-derivation parameters")
 
 func isEncryptedPKCS8(der []byte) bool {
 	var info encryptedPrivateKeyInfo
@@ -246,7 +260,9 @@ func parseEncryptedPKCS8(der []byte, password, path string) (crypto.Signer, erro
 	if password == "" {
 		return nil, needPassphrase(path, "encrypted PKCS#8 (ENCRYPTED PRIVATE KEY)")
 	}
-	if err := checkKDFCost(info.Algorithm.Parameters.FullBytes); err != nil {
+	if err := checkKDFCost(info.Algorithm.Parameters.FullBytes); errors.Is(err, errKDFUnreadable) {
+		return nil, unreadable(path, "an ENCRYPTED PRIVATE KEY whose "+err.Error())
+	} else if err != nil {
 		return nil, failure.Wrap(failure.KeyDecryptFailed, err,
 			"could not load private key file \"%s\": key derivation too expensive", path).
 			WithEvidence("%s is encrypted with %v; pgtrust refuses to spend that much to open a key (a hostile or corrupted file could stall every reload)", path, err).
