@@ -52,6 +52,9 @@ var Known = []Secret{
 	{"vault AppRole secret_id (certs vault tests)", "r2-Secret-ID-value-2"},
 	{"vault Kubernetes JWT (certs vault tests)", "eyJhbGciOiJSUzI1NiJ9.r2-k8s-JWT-payload-3.sig"},
 	{"step-ca provisioner key password (internal/steptest)", "r3-step-Provisioner-pw-5"},
+	{"MCP HTTP bearer token (internal/mcphttp)", "r13-mcp-Bearer-Token-secret-1"},
+	{"MCP HTTP wrong token, same length (internal/mcphttp)", "r13-mcp-Bearer-Wrong-secret-2"},
+	{"MCP HTTP wrong token, other length (internal/mcphttp)", "r13-mcp-Other-len-Token-secret-3-longer"},
 }
 
 // pemPrivateKey matches the header of any PEM private key block ("PRIVATE
