@@ -15,6 +15,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"slices"
 	"time"
 
 	"github.com/google/jsonschema-go/jsonschema"
@@ -169,6 +170,15 @@ func addTool[In, Out any](s *Server, t *mcp.Tool, marked bool, h func(ctx contex
 	out, err := jsonschema.For[Out](nil)
 	if err != nil {
 		return fmt.Errorf("mcp server: output schema of %s: %w", t.Name, err)
+	}
+	// A pointer Out infers as ["null","object"]; MCP requires an output
+	// schema of type "object" (the TypeScript SDK rejects anything else),
+	// and a successful result is never null.
+	if out.Type == "" && slices.Equal(out.Types, []string{"null", "object"}) {
+		out.Type, out.Types = "object", nil
+	}
+	if out.Type != "object" {
+		return fmt.Errorf("mcp server: output schema of %s has type %q %v, want \"object\"", t.Name, out.Type, out.Types)
 	}
 	t.OutputSchema = out
 	name := t.Name

@@ -98,7 +98,14 @@ func TestServer(t *testing.T) {
 			got = append(got, tool.Name)
 			in, _ := json.Marshal(tool.InputSchema)
 			out, _ := json.Marshal(tool.OutputSchema)
-			if !strings.Contains(string(in), `"type":"object"`) || !strings.Contains(string(out), `"type":"object"`) {
+			// The top-level type must be exactly "object" (MCP; the
+			// TypeScript SDK refuses ["null","object"]).
+			var inTop, outTop struct {
+				Type any `json:"type"`
+			}
+			_ = json.Unmarshal(in, &inTop)
+			_ = json.Unmarshal(out, &outTop)
+			if inTop.Type != "object" || outTop.Type != "object" {
 				t.Errorf("%s: input schema %s, output schema %s", tool.Name, in, out)
 			}
 			if tool.Annotations == nil || !tool.Annotations.ReadOnlyHint || tool.Description == "" || tool.Title == "" {
