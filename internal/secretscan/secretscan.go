@@ -54,6 +54,9 @@ var Known = []Secret{
 	{"step-ca provisioner key password (internal/steptest)", "r3-step-Provisioner-pw-5"},
 	{"MCP HTTP bearer token (internal/mcphttp)", "r13-mcp-Bearer-Token-secret-1"},
 	{"MCP HTTP wrong token, same length (internal/mcphttp)", "r13-mcp-Bearer-Wrong-secret-2"},
+	{"DSN password (cmd/pgtrust mcp tests)", "r13-dsn-Password-6"},
+	{"MCP CLI bearer token (cmd/pgtrust mcp tests)", "r13-mcp-Cli-Token-secret-4"},
+	{"MCP CLI wrong token (cmd/pgtrust mcp tests)", "r13-mcp-Cli-Wrong-secret-5"},
 	{"MCP HTTP wrong token, other length (internal/mcphttp)", "r13-mcp-Other-len-Token-secret-3-longer"},
 }
 
