@@ -3,6 +3,8 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"fmt"
 	"math/big"
@@ -592,5 +594,63 @@ func TestMCPRefusesBadSettings(t *testing.T) {
 				t.Errorf("stdout is not empty: %q", stdout.String())
 			}
 		})
+	}
+}
+
+// bearerTransport adds the bearer token to every request.
+type bearerTransport struct {
+	token string
+	base  http.RoundTripper
+}
+
+func (b bearerTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	r = r.Clone(r.Context())
+	r.Header.Set("Authorization", "Bearer "+b.token)
+	return b.base.RoundTrip(r)
+}
+
+// TestMCPHTTPSGoClient serves streamable HTTP over TLS (--http-tls-cert,
+// --http-tls-key) with the token from a file (--http-token-file), and
+// drives every tool with the go-sdk client trusting the dev CA.
+func TestMCPHTTPSGoClient(t *testing.T) {
+	f := startMCPFixture(t)
+	const token = "r13-mcp-Cli-Token-secret-4"
+	tokenFile := filepath.Join(t.TempDir(), "token")
+	if err := os.WriteFile(tokenFile, []byte(token+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	addr, log := startMCPHTTP(t, map[string]string{"POSTGRES_CONNECTION": f.dsn()},
+		"--http-token-file", tokenFile, "--http-tls-cert", f.pki.ServerCert, "--http-tls-key", f.pki.ServerKey)
+	roots := x509.NewCertPool()
+	roots.AppendCertsFromPEM(readFile(t, f.pki.CACert))
+	base := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots}}
+	_, port, _ := net.SplitHostPort(addr)
+	endpoint := "https://localhost:" + port + "/mcp"
+	client := mcp.NewClient(&mcp.Implementation{Name: "pgtrust-test", Version: "0"}, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	s, err := client.Connect(ctx, &mcp.StreamableClientTransport{Endpoint: endpoint,
+		HTTPClient: &http.Client{Transport: bearerTransport{token, base}}, MaxRetries: -1}, nil)
+	if err != nil {
+		t.Fatalf("connect: %v\n%s", err, log.String())
+	}
+	defer s.Close()
+	results := map[string]json.RawMessage{}
+	for _, c := range everyToolCall {
+		b, _ := json.Marshal(mustSucceed(t, c.tool, callTool(t, s, c.tool, c.args)))
+		results[c.tool] = b
+	}
+	checkEveryTool(t, results)
+	if !strings.Contains(log.String(), "url=https://") || !strings.Contains(log.String(), "token_required=true") {
+		t.Errorf("log:\n%s", log.String())
+	}
+	// Without the token the same endpoint answers 401.
+	resp, err := (&http.Client{Transport: base}).Post(endpoint, "application/json", strings.NewReader(`{}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusUnauthorized {
+		t.Errorf("no token: %d", resp.StatusCode)
 	}
 }
