@@ -13,7 +13,7 @@ func register(f func() *cobra.Command) { subcommands = append(subcommands, f) }
 func newRootCmd() *cobra.Command {
 	root := &cobra.Command{
 		Use:           "pgtrust",
-		Short:         "libpq-exact TLS for PostgreSQL: ping, doctor, certs, proxy, attest",
+		Short:         "libpq-exact TLS for PostgreSQL: ping, doctor, certs, proxy, gateway, mcp, attest",
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
