@@ -43,6 +43,24 @@ const (
 	SSLVerifyFull SSLMode = "verify-full"
 )
 
+// Strength orders sslmodes by what they guarantee, from disable (0) to
+// verify-full (5), so that a setting can be refused for weakening another.
+func (m SSLMode) Strength() int {
+	switch m {
+	case SSLDisable:
+		return 0
+	case SSLAllow:
+		return 1
+	case SSLPrefer:
+		return 2
+	case SSLRequire:
+		return 3
+	case SSLVerifyCA:
+		return 4
+	}
+	return 5
+}
+
 // Defaults of libpq as packaged by Debian.
 const (
 	// DefaultSocketDir is libpq's DEFAULT_PGSOCKET_DIR on Debian: the host

@@ -437,3 +437,12 @@ func TestClone(t *testing.T) {
 		t.Error("nil.Clone() != nil")
 	}
 }
+
+func TestSSLModeStrength(t *testing.T) {
+	order := []SSLMode{SSLDisable, SSLAllow, SSLPrefer, SSLRequire, SSLVerifyCA, SSLVerifyFull}
+	for i, m := range order {
+		if m.Strength() != i {
+			t.Errorf("%s.Strength() = %d, want %d", m, m.Strength(), i)
+		}
+	}
+}

@@ -8,7 +8,6 @@ import (
 	"net"
 	"os"
 	"os/signal"
-	"strings"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -50,7 +49,7 @@ type mcpFlags struct {
 // mcpStarted, when set by a test, is told the running server (HTTP: its address).
 var mcpStarted func(addr net.Addr)
 
-func newMCPCmd() *cobra.Command { return mcpCommand(environMap) }
+func newMCPCmd() *cobra.Command { return mcpCommand(config.Environ) }
 
 // mcpCommand builds the command reading its environment from environ
 // (tests give their own instead of the process's).
@@ -100,16 +99,6 @@ Exit status: 0 stopped cleanly, 1 the server failed, 2 the settings are invalid.
 	fs.BoolVar(&f.allowSuperuser, "allow-superuser", false, "let query and explain run when the role is a superuser (not recommended)")
 	f.att.Register(fs, false)
 	return cmd
-}
-
-func environMap() map[string]string {
-	env := map[string]string{}
-	for _, kv := range os.Environ() {
-		if k, v, ok := strings.Cut(kv, "="); ok {
-			env[k] = v
-		}
-	}
-	return env
 }
 
 // runMCP serves until ctx is done (stdio: until the client closes stdin).

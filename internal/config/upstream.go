@@ -41,23 +41,6 @@ type resolved struct {
 	weakenedBy string
 }
 
-// sslStrength orders sslmodes by what they guarantee.
-func sslStrength(m connstring.SSLMode) int {
-	switch m {
-	case connstring.SSLDisable:
-		return 0
-	case connstring.SSLAllow:
-		return 1
-	case connstring.SSLPrefer:
-		return 2
-	case connstring.SSLRequire:
-		return 3
-	case connstring.SSLVerifyCA:
-		return 4
-	}
-	return 5
-}
-
 func (f *File) resolve(name string, env map[string]string) (*resolved, error) {
 	u, ok := f.Upstreams[name]
 	if !ok {
@@ -124,7 +107,7 @@ func (f *File) resolve(name string, env map[string]string) (*resolved, error) {
 	if base == "" {
 		base = connstring.SSLVerifyFull // pgtrust's default
 	}
-	if sslStrength(cfg.SSLMode) < sslStrength(base) {
+	if cfg.SSLMode.Strength() < base.Strength() {
 		switch {
 		case u.overrides["sslmode"] != "":
 			r.weakenedBy = "DB_SSL_MODE"

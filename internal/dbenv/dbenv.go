@@ -72,28 +72,13 @@ var Variables = []string{
 	"DB_SSL_AUTO_CERT_DIR", "PGTRUST_ALLOW_WEAKER_ENV_SSLMODE",
 }
 
-// strength orders sslmodes by what they guarantee (as internal/config).
-func strength(m connstring.SSLMode) int {
-	switch m {
-	case connstring.SSLDisable:
-		return 0
-	case connstring.SSLAllow:
-		return 1
-	case connstring.SSLPrefer:
-		return 2
-	case connstring.SSLRequire:
-		return 3
-	case connstring.SSLVerifyCA:
-		return 4
-	}
-	return 5
+// mayBePlaintext: the modes with which libpq can end up without TLS.
+func mayBePlaintext(m connstring.SSLMode) bool {
+	return m.Strength() < connstring.SSLRequire.Strength()
 }
 
-// mayBePlaintext: the modes with which libpq can end up without TLS.
-func mayBePlaintext(m connstring.SSLMode) bool { return strength(m) < strength(connstring.SSLRequire) }
-
 // verifies: the modes that always check the server's certificate chain.
-func verifies(m connstring.SSLMode) bool { return strength(m) >= strength(connstring.SSLVerifyCA) }
+func verifies(m connstring.SSLMode) bool { return m.Strength() >= connstring.SSLVerifyCA.Strength() }
 
 var validModes = map[string]bool{"disable": true, "allow": true, "prefer": true, "require": true, "verify-ca": true, "verify-full": true}
 
@@ -190,7 +175,7 @@ func Resolve(flagDSN string, env map[string]string, home string) (*Settings, err
 	final, finalFrom := baseMode, baseFrom
 	if envMode != "" {
 		final, finalFrom = envMode, envFrom
-		if written && strength(envMode) < strength(baseMode) {
+		if written && envMode.Strength() < baseMode.Strength() {
 			if !v.allowWeaker {
 				// The environment of an agent is easy to change and hard to
 				// see: it must not undo what the connection string states.
