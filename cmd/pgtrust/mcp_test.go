@@ -83,9 +83,24 @@ CREATE TABLE public.orders (id int PRIMARY KEY, customer text NOT NULL, total nu
 COMMENT ON TABLE public.orders IS 'Orders placed in the shop';
 INSERT INTO public.orders SELECT g, 'customer ' || g, g * 1.5 FROM generate_series(1, 50) g;
 CREATE TABLE public.order_lines (order_id int REFERENCES public.orders(id), line int, sku text, PRIMARY KEY (order_id, line));
+-- A volatile function that writes, run with its owner's rights: only read-only mode stops it.
+CREATE FUNCTION public.add_order() RETURNS int LANGUAGE sql VOLATILE SECURITY DEFINER
+  AS 'INSERT INTO public.orders VALUES (1000, ''injected'', 0) RETURNING id';
 ANALYZE;
 `+roleSQL(t))
 	return &mcpFixture{srv: srv, pki: pki, ca: ca, certFile: pki.ClientCert, keyFile: pki.ClientKey}
+}
+
+// state is what the refused writes must leave unchanged, read as superuser.
+func (f *mcpFixture) state(t *testing.T) string {
+	t.Helper()
+	return f.srv.Exec(t, `\connect app
+SELECT concat_ws(' | ',
+  (SELECT count(*) || ':' || sum(id) || ':' || sum(total) FROM public.orders),
+  (SELECT count(*) FROM public.order_lines),
+  (SELECT string_agg(relname, ',' ORDER BY relname) FROM pg_class WHERE relnamespace = 'public'::regnamespace),
+  (SELECT rolsuper FROM pg_roles WHERE rolname = 'mcp_agent'),
+  (SELECT string_agg(array_to_string(setconfig, ';'), ',') FROM pg_db_role_setting))`)
 }
 
 // dsn is the agent's connection string: verify-full with the dev CA and the
@@ -272,14 +287,42 @@ func TestMCPStdioGoClient(t *testing.T) {
 	}
 	checkEveryTool(t, results)
 
-	// A write is refused by PostgreSQL and comes back as a tool error with its SQLSTATE.
-	res := callTool(t, s, "query", map[string]any{"sql": "DELETE FROM public.orders"})
-	if !res.IsError || !strings.Contains(resultText(res), "25006") {
-		t.Errorf("DELETE: %v %s", res.IsError, resultText(res))
+	// The issue's list of writes, as docs/mcp.md's role through the real
+	// binary: each is refused by PostgreSQL (a tool error carrying the
+	// SQLSTATE) and the database is unchanged afterwards.
+	before := f.state(t)
+	marker := filepath.Join(t.TempDir(), "copy-ran")
+	for _, c := range []struct {
+		sql      string
+		params   []any
+		sqlstate string
+	}{
+		{"INSERT INTO public.orders VALUES (999, 'x', 1)", nil, "25006"},
+		{"UPDATE public.orders SET total = 0", nil, "25006"},
+		{"DELETE FROM public.orders", nil, "25006"},
+		{"DROP TABLE public.order_lines", nil, "25006"},
+		{"CREATE TABLE public.x (i int)", nil, "25006"},
+		{"SELECT public.add_order()", nil, "25006"},
+		{"COPY (SELECT 1) TO PROGRAM 'touch " + marker + "'", nil, "42501"},
+		{"COMMIT; DROP TABLE public.orders", nil, "42601"},
+		{"SELECT 1; DELETE FROM public.orders", nil, "42601"},
+		{"SET SESSION CHARACTERISTICS AS TRANSACTION READ WRITE", nil, ""},
+		{"DELETE FROM public.orders", nil, "25006"}, // the previous call changed nothing
+		{"SELECT $1::text", []any{"BEGIN; DROP TABLE public.orders; COMMIT;"}, ""},
+	} {
+		res := callTool(t, s, "query", map[string]any{"sql": c.sql, "params": c.params})
+		switch {
+		case c.sqlstate == "" && res.IsError:
+			t.Errorf("%s: %s", c.sql, resultText(res))
+		case c.sqlstate != "" && (!res.IsError || fmt.Sprint(structured(t, res)["error"].(map[string]any)["sqlstate"]) != c.sqlstate):
+			t.Errorf("%s: want %s, got %v %s", c.sql, c.sqlstate, res.IsError, resultText(res))
+		}
 	}
-	if n := f.srv.Exec(t, `\connect app
-SELECT count(*) FROM public.orders`); n != "50" {
-		t.Errorf("orders has %s rows after the refused DELETE, want 50", n)
+	if after := f.state(t); after != before {
+		t.Errorf("the database changed:\nbefore %s\nafter  %s", before, after)
+	}
+	if _, err := os.Stat(marker); !os.IsNotExist(err) {
+		t.Errorf("COPY TO PROGRAM ran: %v", err)
 	}
 	rs, err := s.ReadResource(context.Background(), &mcp.ReadResourceParams{URI: "pgtrust://table/public/orders"})
 	if err != nil || len(rs.Contents) != 1 || !strings.Contains(rs.Contents[0].Text, "numeric(10,2)") {
