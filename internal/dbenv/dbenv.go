@@ -28,8 +28,8 @@
 // root_cert_missing and its fix).
 //
 // Contradictions between the variables, and an environment variable that
-// weakens an sslmode the connection string writes (unless
-// PGTRUST_ALLOW_WEAKER_ENV_SSLMODE=true, as for the proxy), are refused with
+// weakens an sslmode or replaces an sslrootcert the connection string writes
+// (unless PGTRUST_ALLOW_WEAKER_ENV_SSLMODE=true, as for the proxy), are refused with
 // failure.ConfigInvalid. No error or warning contains a password: the
 // connection string itself is never quoted, only variable names, sslmode
 // values and file paths.
@@ -196,6 +196,15 @@ func Resolve(flagDSN string, env map[string]string, home string) (*Settings, err
 		settings["sslmode"] = string(connstring.SSLVerifyFull)
 	}
 	for _, f := range v.files {
+		_, pinned := dsnKW[f.keyword]
+		if old := base.Settings[f.keyword]; f.keyword == "sslrootcert" && pinned && s.Source != SourcePGEnv && old != f.value && !v.allowWeaker {
+			// The trust anchor the connection string pins: an environment
+			// variable replacing it (say with "system", every public CA)
+			// can widen whom the agent trusts as the database.
+			return nil, failure.New(failure.ConfigInvalid, "the connection string in %s pins sslrootcert=%s, but %s=%s would replace it", sourceName(s.Source), old, f.variable, f.value).
+				WithEvidence("sslrootcert=%s in %s; the environment variable %s=%s", old, sourceName(s.Source), f.variable, f.value).
+				WithFix("unset %s, or change sslrootcert in the connection string itself; to let the environment replace it on purpose, set PGTRUST_ALLOW_WEAKER_ENV_SSLMODE=true", f.variable)
+		}
 		if old, ok := base.Settings[f.keyword]; ok && old != f.value {
 			s.Warnings = append(s.Warnings, fmt.Sprintf("%s=%s replaces %s=%s (from %s)", f.variable, f.value, f.keyword, old, keywordOrigin(f.keyword, dsnKW, s.Source)))
 		}
