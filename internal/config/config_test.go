@@ -403,3 +403,37 @@ func TestValidateProblems(t *testing.T) {
 }
 
 func ptr(s string) *string { return &s }
+
+// TestEnvCannotReplacePinnedRoot: DB_SSL_CA may not replace the sslrootcert
+// an upstream's DSN writes (DB_SSL_CA=system would widen a private CA to
+// every public one), unless allow_weaker_env_sslmode; it may fill one in.
+func TestEnvCannotReplacePinnedRoot(t *testing.T) {
+	for _, c := range []struct {
+		dsn, ca, want string
+		allow         bool
+	}{
+		{dsn: "host=db sslrootcert=/etc/pinned.crt", ca: "system", want: "would replace it"},
+		{dsn: "host=db sslrootcert=/etc/pinned.crt", ca: "/env/ca.crt", want: "would replace it"},
+		{dsn: "host=db sslrootcert=/etc/pinned.crt", ca: "/etc/pinned.crt"},
+		{dsn: "host=db sslrootcert=/etc/pinned.crt", ca: "system", allow: true},
+		{dsn: "host=db", ca: "system"},
+	} {
+		doc := fmt.Sprintf("[proxy]\nallow_weaker_env_sslmode = %v\n[upstreams.only]\nlisten = \"127.0.0.1:2\"\ndsn = %q\n", c.allow, c.dsn)
+		f, err := Parse([]byte(doc))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := f.ApplyEnv(map[string]string{"DB_SSL_CA": c.ca}); err != nil {
+			t.Fatal(err)
+		}
+		cfg, err := f.upstream("only", testEnv(t.TempDir()))
+		switch {
+		case c.want != "" && (err == nil || !strings.Contains(err.Error(), c.want) || failure.ClassOf(err) != failure.ConfigInvalid):
+			t.Errorf("%s + DB_SSL_CA=%s: %v, want %q", c.dsn, c.ca, err, c.want)
+		case c.want == "" && err != nil:
+			t.Errorf("%s + DB_SSL_CA=%s (allow %v): %v", c.dsn, c.ca, c.allow, err)
+		case c.want == "" && cfg.SSLRootCert != c.ca:
+			t.Errorf("%s + DB_SSL_CA=%s: sslrootcert %s", c.dsn, c.ca, cfg.SSLRootCert)
+		}
+	}
+}

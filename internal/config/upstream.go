@@ -87,6 +87,14 @@ func (f *File) resolve(name string, env map[string]string) (*resolved, error) {
 		}
 	}
 	written := writtenSSLMode(settings)
+	if root, ok := settings["sslrootcert"]; ok && u.overrides["sslrootcert"] != "" && u.overrides["sslrootcert"] != root && !f.Proxy.AllowWeakerEnvSSLMode {
+		// The trust anchor the configuration pins: DB_SSL_CA=system in its
+		// place would accept every public CA as the database.
+		return nil, failure.New(failure.ConfigInvalid, "%s: sslrootcert=%s is written in the configuration, but DB_SSL_CA (or DB_SSL_CA_CERT)=%s would replace it",
+			source, root, u.overrides["sslrootcert"]).
+			WithEvidence("upstream %q: the configuration pins the root certificate %s; the environment names %s", name, root, u.overrides["sslrootcert"]).
+			WithFix("unset DB_SSL_CA and DB_SSL_CA_CERT, or change sslrootcert in the configuration itself; to let the environment replace it on purpose, set proxy.allow_weaker_env_sslmode = true (or PGTRUST_ALLOW_WEAKER_ENV_SSLMODE=true)")
+	}
 	for k, v := range u.overrides {
 		settings[k] = v
 	}
