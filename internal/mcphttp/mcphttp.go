@@ -139,6 +139,22 @@ func IsLoopback(addr string) bool {
 }
 
 // withDefaults fills the zero fields and validates o.
+// Warnings are what Serve logs at start about a configuration it accepts
+// but that exposes something: a non-loopback address without TLS sends the
+// bearer token and every result in plaintext over the network (fine behind
+// a TLS-terminating proxy on the same host, hence not refused).
+func (o Options) Warnings() []string {
+	addr := o.Addr
+	if addr == "" {
+		addr = DefaultAddr
+	}
+	if IsLoopback(addr) || o.TLS != nil {
+		return nil
+	}
+	return []string{fmt.Sprintf("serving MCP on the non-loopback address %s without TLS: the bearer token and every query result cross the network in plaintext; "+
+		"serve HTTPS with --http-tls-cert and --http-tls-key, or put a TLS-terminating proxy in front on the same host", addr)}
+}
+
 func (o Options) withDefaults() (Options, error) {
 	if o.Addr == "" {
 		o.Addr = DefaultAddr

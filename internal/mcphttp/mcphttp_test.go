@@ -626,3 +626,25 @@ func TestLoadToken(t *testing.T) {
 	_, err = LoadToken(write("long", strings.Repeat("a", MaxTokenLength+1), 0o600), "", nil)
 	checkRefusal(t, "too long", err, "longer than")
 }
+
+// TestWarnings: a non-loopback address without TLS is accepted (a token
+// is still required) but warned about; loopback or TLS draws no warning.
+func TestWarnings(t *testing.T) {
+	var src certs.Source = (*certs.FileSource)(nil)
+	for _, c := range []struct {
+		o    Options
+		warn bool
+	}{
+		{Options{}, false},
+		{Options{Addr: "127.0.0.1:8765"}, false},
+		{Options{Addr: "[::1]:8765"}, false},
+		{Options{Addr: "0.0.0.0:8765", Token: []byte("x")}, true},
+		{Options{Addr: "192.0.2.1:8765", Token: []byte("x")}, true},
+		{Options{Addr: "192.0.2.1:8765", Token: []byte("x"), TLS: src}, false},
+	} {
+		w := c.o.Warnings()
+		if (len(w) > 0) != c.warn || (c.warn && !strings.Contains(w[0], "--http-tls-cert")) {
+			t.Errorf("%s: warnings %q", c.o.Addr, w)
+		}
+	}
+}

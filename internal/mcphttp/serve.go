@@ -75,6 +75,9 @@ func Serve(ctx context.Context, srv *mcp.Server, o Options, ready func(net.Addr)
 	}
 	o.Logger.Info("mcp http listening", "url", scheme+"://"+ln.Addr().String()+o.Path,
 		"tls", tlsConfig != nil, "token_required", len(o.Token) > 0)
+	for _, w := range o.Warnings() {
+		o.Logger.Warn(w)
+	}
 	if ready != nil {
 		ready(ln.Addr())
 	}
