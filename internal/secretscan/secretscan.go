@@ -55,6 +55,7 @@ var Known = []Secret{
 	{"MCP HTTP bearer token (internal/mcphttp)", "r13-mcp-Bearer-Token-secret-1"},
 	{"MCP HTTP wrong token, same length (internal/mcphttp)", "r13-mcp-Bearer-Wrong-secret-2"},
 	{"DSN password (cmd/pgtrust mcp tests)", "r13-dsn-Password-6"},
+	{"fuzzed DSN password (internal/dbenv FuzzResolve)", "fz-Resolve-Password-7"},
 	{"MCP CLI bearer token (cmd/pgtrust mcp tests)", "r13-mcp-Cli-Token-secret-4"},
 	{"MCP CLI wrong token (cmd/pgtrust mcp tests)", "r13-mcp-Cli-Wrong-secret-5"},
 	{"MCP HTTP wrong token, other length (internal/mcphttp)", "r13-mcp-Other-len-Token-secret-3-longer"},
