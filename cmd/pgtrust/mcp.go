@@ -113,6 +113,10 @@ func runMCP(ctx context.Context, f *mcpFlags, env map[string]string, stderr io.W
 	if _, err := config.ParseLevel(f.logLevel); err != nil {
 		return fail(2, err)
 	}
+	if f.logFormat != "text" && f.logFormat != "json" {
+		return fail(2, failure.New(failure.ConfigInvalid, "--log-format %q is not a log format", f.logFormat).
+			WithEvidence("--log-format=%s", f.logFormat).WithFix(`use "text" or "json"`))
+	}
 	log := lf.NewLogger(stderr)
 
 	home := env["HOME"]

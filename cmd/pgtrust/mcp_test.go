@@ -620,6 +620,7 @@ func TestMCPRefusesBadSettings(t *testing.T) {
 			[]string{"--http", "0.0.0.0:0"}, "non-loopback"},
 		{"contradicting DB_SSL variables", map[string]string{"POSTGRES_CONNECTION": "host=localhost", "DB_SSL_REJECT_UNAUTHORIZED": "false", "DB_SSL_MODE": "verify-full"},
 			nil, "DB_SSL_REJECT_UNAUTHORIZED=false contradicts DB_SSL_MODE=verify-full"},
+		{"unknown log format", map[string]string{"POSTGRES_CONNECTION": "host=localhost"}, []string{"--log-format", "xml"}, `--log-format "xml"`},
 		{"env weakening the DSN", map[string]string{"DATABASE_URL": "host=localhost sslmode=verify-full password=r13-dsn-Password-6", "DB_SSL_MODE": "require"},
 			nil, "would weaken it"},
 	}
