@@ -240,11 +240,13 @@ func probeDatabase(ctx context.Context, pool *dbpool.Pool, log *slog.Logger, all
 	attrs := []any{"user", c.PgConn.ParameterStatus("session_authorization"), "server_version", c.PgConn.ParameterStatus("server_version"),
 		"tls", c.Facts.TLSVersionName()}
 	log.Info("database connection checked", attrs...)
-	if c.PgConn.ParameterStatus("is_superuser") == "on" {
+	if err := mcpserver.CheckAgentRole(ctx, c.PgConn, probeTimeout); err != nil {
+		r := failure.ReportOf(err)
 		if allowSuperuser {
-			log.Warn("the agent's SQL runs as a superuser (--allow-superuser): read-only transactions do not stop COPY … TO PROGRAM or file writes")
+			log.Warn("the agent's SQL runs as a superuser or equivalent (--allow-superuser): read-only transactions do not stop COPY … TO PROGRAM or server file access",
+				"evidence", r.Evidence)
 		} else {
-			log.Warn("the role is a superuser: query and explain will refuse to run; connect as a least-privilege role (docs/mcp.md) or pass --allow-superuser")
+			log.Warn("the role is a superuser or equivalent: query and explain will refuse to run", "evidence", r.Evidence, "fix", r.Fix)
 		}
 	}
 }

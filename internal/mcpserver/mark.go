@@ -91,7 +91,7 @@ func errorResult(err error) (res *mcp.CallToolResult, class, sqlstate string) {
 		if e.Position > 0 {
 			text += fmt.Sprintf("\nPosition: %d", e.Position)
 		}
-		return errResult(wrap(text), body), "sql_error", pe.Code
+		return errResult(wrap(escapeMarkup(text)), body), "sql_error", pe.Code
 	}
 	r := failure.ReportOf(classify(err))
 	text := fmt.Sprintf("Error (%s): %s", r.Class, r.Message)
@@ -101,7 +101,15 @@ func errorResult(err error) (res *mcp.CallToolResult, class, sqlstate string) {
 	if r.Fix != "" {
 		text += "\nFix: " + r.Fix
 	}
-	return errResult(text, ErrorBody{Error: r}), string(r.Class), ""
+	return errResult(escapeMarkup(text), ErrorBody{Error: r}), string(r.Class), ""
+}
+
+// escapeMarkup escapes < and > as JSON does (\u003c, \u003e) in an error's
+// text content: a PostgreSQL message quotes data (and a failure can quote
+// an agent-given name), which must not spell an untrusted-data marker. The
+// structured content keeps the exact text (JSON escapes it there too).
+func escapeMarkup(s string) string {
+	return strings.NewReplacer("<", `\u003c`, ">", `\u003e`).Replace(s)
 }
 
 func errResult(text string, body ErrorBody) *mcp.CallToolResult {

@@ -16,6 +16,7 @@ import (
 	"io"
 	"log/slog"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/google/jsonschema-go/jsonschema"
@@ -44,11 +45,21 @@ type Options struct {
 	// construction and appear in connection_health (dbpool.Options.Warnings also carries them — do not
 	// report them twice).
 	Warnings []string
-	// AllowSuperuser lets query and explain run as a superuser. Off by
-	// default: read-only mode does not stop a superuser's COPY … TO PROGRAM,
-	// so the agent's role must be an ordinary one (docs/mcp.md).
+	// AllowSuperuser lets query and explain run as a superuser or
+	// equivalent: a role that is, or is a member of, a superuser role or
+	// pg_execute_server_program / pg_write_server_files /
+	// pg_read_server_files. Off by default: read-only mode does not stop
+	// their COPY … TO PROGRAM or file access, so the agent's role must be an
+	// ordinary one (docs/mcp.md).
 	AllowSuperuser bool
+	// DiagnoseWait bounds how long a tls_diagnose call waits while another
+	// one runs (zero = DefaultDiagnoseWait); after it the call is refused
+	// with class timeout.
+	DiagnoseWait time.Duration
 }
+
+// DefaultDiagnoseWait is Options.DiagnoseWait's default.
+const DefaultDiagnoseWait = 30 * time.Second
 
 // Server holds the go-sdk server and what its handlers need.
 type Server struct {
@@ -56,6 +67,10 @@ type Server struct {
 	limits readonly.Limits // o.Limits with the defaults filled in
 	log    *slog.Logger
 	mcp    *mcp.Server
+	// diagnosing holds one token while a tls_diagnose runs: doctor opens
+	// its own connection outside the pool (and its connection limit), so
+	// only one runs at a time.
+	diagnosing chan struct{}
 }
 
 // New validates o and registers the tools and resources.
@@ -95,7 +110,15 @@ func New(o Options) (*Server, error) {
 	if version == "" {
 		version = "dev"
 	}
-	s := &Server{o: o, limits: l, log: log}
+	if o.DiagnoseWait < 0 {
+		return nil, failure.New(failure.ConfigInvalid, "mcp server: negative tls_diagnose wait").
+			WithEvidence("Options.DiagnoseWait=%s", o.DiagnoseWait).
+			WithFix("use zero for the default (%s) or a positive value", DefaultDiagnoseWait)
+	}
+	if o.DiagnoseWait == 0 {
+		o.DiagnoseWait = DefaultDiagnoseWait
+	}
+	s := &Server{o: o, limits: l, log: log, diagnosing: make(chan struct{}, 1)}
 	s.mcp = mcp.NewServer(&mcp.Implementation{Name: Name, Title: "pgtrust PostgreSQL (read-only)", Version: version},
 		&mcp.ServerOptions{Instructions: instructions(l), CompletionHandler: s.complete})
 	if err := s.addTools(); err != nil {
@@ -133,18 +156,65 @@ func (s *Server) withConn(ctx context.Context, fn func(*pgconn.PgConn) error) er
 }
 
 // withUserConn is withConn for the agent's own SQL (query, explain): it
-// refuses a connection whose role is a superuser unless AllowSuperuser,
-// because a superuser's statement can reach outside the read-only
-// transaction (COPY … TO PROGRAM, file writes, pg_terminate_backend).
+// refuses, unless AllowSuperuser, a connection whose role is a superuser or
+// can become one or act as one of the server-file roles, because such a
+// statement reaches outside the read-only transaction (COPY … TO PROGRAM,
+// COPY to/from files; a DO block can SET LOCAL ROLE first).
 func (s *Server) withUserConn(ctx context.Context, fn func(*pgconn.PgConn) error) error {
 	return s.withConn(ctx, func(c *pgconn.PgConn) error {
-		if !s.o.AllowSuperuser && c.ParameterStatus("is_superuser") == "on" {
-			return failure.New(failure.ConfigInvalid, "refusing to run an agent's SQL as the superuser %q", c.ParameterStatus("session_authorization")).
-				WithEvidence("the server reports is_superuser=on for this connection; read-only transactions do not stop a superuser's COPY … TO PROGRAM or file writes").
-				WithFix("connect as a least-privilege role (docs/mcp.md gives its SQL), or start pgtrust mcp with --allow-superuser if you accept that risk")
+		if !s.o.AllowSuperuser {
+			if err := CheckAgentRole(ctx, c, s.limits.StatementTimeout); err != nil {
+				return err
+			}
 		}
 		return fn(c)
 	})
+}
+
+// mightyRoles lists the roles the session's role is, or may become (any
+// membership, direct or through other roles: pg_has_role MEMBER), that are
+// superusers or hold PostgreSQL's server-file/program roles. It is a plain
+// SELECT outside any transaction, so it leaves no state; it runs on every
+// call, not cached, because grants can change while the server runs.
+const mightyRoles = `SELECT r.rolname, r.rolsuper FROM pg_catalog.pg_roles r
+WHERE (r.rolsuper OR r.rolname IN ('pg_execute_server_program', 'pg_write_server_files', 'pg_read_server_files'))
+  AND pg_catalog.pg_has_role(session_user, r.oid, 'MEMBER')
+ORDER BY r.rolsuper DESC, r.rolname COLLATE "C" LIMIT 10`
+
+// CheckAgentRole returns a config_invalid refusal naming the role and the
+// membership that make the session's role a superuser or equivalent, nil
+// for a least-privilege role. query and explain run it before every
+// statement unless AllowSuperuser; a start-up probe may run it too. It
+// sends one plain SELECT (no transaction, no state) bounded by timeout.
+func CheckAgentRole(ctx context.Context, c *pgconn.PgConn, timeout time.Duration) error {
+	user := c.ParameterStatus("session_authorization")
+	refusal := func(evidence string, a ...any) error {
+		return failure.New(failure.ConfigInvalid, "refusing to run an agent's SQL as %q: the role is a superuser or equivalent", user).
+			WithEvidence(evidence, a...).
+			WithFix("connect as a least-privilege role (docs/mcp.md gives its SQL; REVOKE the membership), or start pgtrust mcp with --allow-superuser if you accept that risk")
+	}
+	if c.ParameterStatus("is_superuser") == "on" {
+		return refusal("the server reports is_superuser=on for this connection; read-only transactions do not stop a superuser's COPY … TO PROGRAM or file writes")
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	rr := c.ExecParams(ctx, mightyRoles, nil, nil, nil, nil).Read()
+	if rr.Err != nil {
+		return fmt.Errorf("checking the role's memberships: %w", rr.Err)
+	}
+	if len(rr.Rows) == 0 {
+		return nil
+	}
+	var found []string
+	for _, r := range rr.Rows {
+		kind := "a superuser role"
+		if string(r[1]) != "t" {
+			kind = "a server file/program role"
+		}
+		found = append(found, fmt.Sprintf("%q (%s)", r[0], kind))
+	}
+	return refusal("role %q is a member of %s: a statement can SET ROLE to it (or use its privileges) and run COPY … TO PROGRAM or read/write server files despite the read-only transaction",
+		user, strings.Join(found, ", "))
 }
 
 // catalogCall runs fn in readonly.Guard on a pooled connection.

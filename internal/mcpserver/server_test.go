@@ -325,7 +325,7 @@ func TestServer(t *testing.T) {
 	t.Run("resources", func(t *testing.T) {
 		ctx := context.Background()
 		lr, err := cs.ListResources(ctx, nil)
-		if err != nil || len(lr.Resources) != 1 || lr.Resources[0].URI != mcpserver.TablesURI || lr.Resources[0].MIMEType != "application/json" {
+		if err != nil || len(lr.Resources) != 1 || lr.Resources[0].URI != mcpserver.TablesURI || lr.Resources[0].MIMEType != mcpserver.ResourceMIMEType {
 			t.Fatalf("resources/list: %+v %v", lr, err)
 		}
 		lt, err := cs.ListResourceTemplates(ctx, nil)
@@ -337,7 +337,8 @@ func TestServer(t *testing.T) {
 			t.Fatal(err)
 		}
 		var idx mcpserver.TableIndex
-		if err := json.Unmarshal([]byte(rr.Contents[0].Text), &idx); err != nil {
+		inner, _ := unmarkResource(t, rr)
+		if err := json.Unmarshal([]byte(inner), &idx); err != nil {
 			t.Fatal(err)
 		}
 		var uris []string
@@ -355,8 +356,9 @@ func TestServer(t *testing.T) {
 				t.Fatalf("%s: %v", uri, err)
 			}
 			var d mcpserver.TableResource
-			if err := json.Unmarshal([]byte(rr.Contents[0].Text), &d); err != nil || mcpserver.TableURI(d.Schema, d.Name) != uri ||
-				len(d.Columns) == 0 || !d.UntrustedData || rr.Contents[0].MIMEType != "application/json" {
+			inner, _ := unmarkResource(t, rr)
+			if err := json.Unmarshal([]byte(inner), &d); err != nil || mcpserver.TableURI(d.Schema, d.Name) != uri ||
+				len(d.Columns) == 0 || !d.UntrustedData {
 				t.Fatalf("%s: %s %v", uri, rr.Contents[0].Text, err)
 			}
 			if uri == "pgtrust://table/shop/customers" {

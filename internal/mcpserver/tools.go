@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/modelcontextprotocol/go-sdk/mcp"
@@ -140,7 +141,8 @@ func (s *Server) addTools() error {
 			Description: "Run pgtrust doctor on the connection settings: each stage (configuration, DNS, TCP, TLS " +
 				"negotiation, server certificate, client certificate, authentication, server facts) with its status, " +
 				"the failure class and a fix when one fails, and warnings. Use it when queries fail with a " +
-				"connection, TLS or authentication error. It opens its own connection and can take several seconds."},
+				"connection, TLS or authentication error. It opens its own connection and can take several seconds; one " +
+				"diagnosis runs at a time (a second call waits for it, then fails with class timeout)."},
 			false, s.tlsDiagnose),
 	}
 	for _, err := range steps {
@@ -283,6 +285,18 @@ func (s *Server) connectionHealth(ctx context.Context, _ ConnectionHealthIn) (*d
 }
 
 func (s *Server) tlsDiagnose(ctx context.Context, _ TLSDiagnoseIn) (*doctor.Report, outcome, error) {
+	wait := time.NewTimer(s.o.DiagnoseWait)
+	defer wait.Stop()
+	select {
+	case s.diagnosing <- struct{}{}:
+	case <-ctx.Done():
+		return nil, outcome{}, ctx.Err()
+	case <-wait.C:
+		return nil, outcome{}, failure.New(failure.Timeout, "tls_diagnose: another diagnosis is still running").
+			WithEvidence("waited %s for the diagnosis already in progress (one runs at a time: it opens its own connection)", s.o.DiagnoseWait).
+			WithFix("call tls_diagnose again when the other call has returned")
+	}
+	defer func() { <-s.diagnosing }()
 	r := doctor.Run(ctx, s.o.Config, s.o.Doctor)
 	return r, outcome{}, nil
 }
