@@ -8,6 +8,13 @@
 // (TxStatus 'I'); anything else is closed and replaced on demand, so a
 // caller that left a transaction open or lost the backend cannot hand that
 // state to the next caller.
+//
+// A connection dropped while it was not idle (closed by its user, busy, or
+// inside a transaction) may still have a running backend: a statement that
+// catches query_canceled outlives both statement_timeout and a
+// CancelRequest, and closing the socket does not stop it. Release therefore
+// ends such a backend by PID from a separate, fresh connection with
+// pg_terminate_backend (a FATAL nothing can catch); see terminate.go.
 package dbpool
 
 import (
@@ -67,6 +74,15 @@ type Pool struct {
 	isClosed bool
 	opened   uint64
 	dropped  uint64
+
+	// Terminations in flight and their outcome (terminate.go).
+	terminating     int
+	terminateDone   chan struct{} // closed when terminating drops to 0; set by Close
+	terminated      uint64
+	terminateFailed uint64
+	// terminateDisabled is a test hook (export_test.go): the mutation that
+	// proves the tests fail without the terminate.
+	terminateDisabled bool
 }
 
 // Conn is a connection checked out of a Pool. Release it exactly once.
@@ -81,6 +97,10 @@ type Conn struct {
 	created  time.Time
 	gen      uint64
 	released bool
+	// backendStart identifies the backend with its PID (PIDs are reused):
+	// pg_stat_activity.backend_start in microseconds since the epoch, as
+	// the server computes it; 0 when the server did not list the backend.
+	backendStart int64
 }
 
 // New returns a pool for cfg; no connection is opened until Acquire. cfg
@@ -161,7 +181,7 @@ func (p *Pool) Acquire(ctx context.Context) (*Conn, error) {
 		if p.reusable(c) && p.ping(ctx, c) {
 			// A fresh handle: a stale one released twice stays a no-op
 			// instead of releasing the next caller's connection.
-			return &Conn{PgConn: c.PgConn, Facts: c.Facts, pool: p, created: c.created, gen: c.gen}, nil
+			return &Conn{PgConn: c.PgConn, Facts: c.Facts, pool: p, created: c.created, gen: c.gen, backendStart: c.backendStart}, nil
 		}
 		p.closeConn(c) // idle connections hold no slot; ours stays taken
 	}
@@ -172,11 +192,17 @@ func (p *Pool) Acquire(ctx context.Context) (*Conn, error) {
 		p.slots <- struct{}{}
 		return nil, err
 	}
+	start, err := backendStart(cctx, pg)
+	if err != nil {
+		_ = pg.Close(cctx)
+		p.slots <- struct{}{}
+		return nil, err
+	}
 	p.mu.Lock()
 	p.opened++
 	gen := p.gen
 	p.mu.Unlock()
-	return &Conn{PgConn: pg, Facts: facts, pool: p, created: p.o.Now(), gen: gen}, nil
+	return &Conn{PgConn: pg, Facts: facts, pool: p, created: p.o.Now(), gen: gen, backendStart: start}, nil
 }
 
 // ping checks an idle connection with an empty query before it is handed
@@ -228,9 +254,16 @@ func (p *Pool) reusable(c *Conn) bool {
 		p.o.Now().Sub(c.created) < p.o.MaxLifetime
 }
 
-// drop closes c, which is in use (holds a slot), and frees the slot.
+// drop closes c, which is in use (holds a slot), and frees the slot. A
+// connection that was not idle may have a backend still running: it is
+// terminated in the background, and the slot stays taken until that is
+// done, so that the pool never counts a live backend as free.
 func (p *Pool) drop(c *Conn) {
+	mayRun := c.PgConn.IsClosed() || c.PgConn.IsBusy() || c.PgConn.TxStatus() != 'I'
 	p.closeConn(c)
+	if mayRun && p.startTerminate(c) {
+		return
+	}
 	p.slots <- struct{}{}
 }
 
@@ -246,7 +279,9 @@ func (p *Pool) closeConn(c *Conn) {
 // Release gives the connection back. One that is closed, inside a
 // transaction (or failed one), past MaxLifetime or older than the last
 // RetireAll is closed instead, and a new one is opened on demand.
-// Releasing twice is a no-op.
+// Releasing twice is a no-op. Release does not wait for the network: a
+// connection closed or dropped while not idle gets its backend terminated
+// in the background (Stats.Terminated), holding its slot until then.
 func (c *Conn) Release() {
 	if c == nil || c.released {
 		return
@@ -284,8 +319,9 @@ func (p *Pool) RetireAll() {
 
 // Close closes the idle connections and refuses further Acquires; a
 // connection in use is closed when it is released (pgconn is not safe to
-// close under its user). Waiting Acquires fail at once. Close starts no
-// goroutine and is idempotent.
+// close under its user). Waiting Acquires fail at once. Close then waits
+// for the backend terminations in flight, at most TerminateTimeout +
+// ConnectTimeout (each is bounded by that itself). Close is idempotent.
 func (p *Pool) Close() {
 	p.mu.Lock()
 	if p.isClosed {
@@ -300,6 +336,7 @@ func (p *Pool) Close() {
 	for _, c := range idle {
 		p.closeConn(c)
 	}
+	p.waitTerminations()
 }
 
 // Stats are counters for metrics and tests.
@@ -309,6 +346,13 @@ type Stats struct {
 	InUse   int    `json:"in_use"`
 	Opened  uint64 `json:"opened"`  // connections opened since New
 	Dropped uint64 `json:"dropped"` // connections closed instead of reused
+	// Terminated counts backends of dropped connections that were still
+	// running and were ended with pg_terminate_backend; TerminateFailed
+	// those that could not be (side connection refused, timeout, no
+	// backend_start recorded). A backend already gone counts in neither.
+	Terminated      uint64 `json:"terminated"`
+	TerminateFailed uint64 `json:"terminate_failed"`
+	Terminating     int    `json:"terminating"` // terminations in flight
 }
 
 // Stats returns the current counters.
@@ -316,5 +360,6 @@ func (p *Pool) Stats() Stats {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	free := len(p.slots)
-	return Stats{Size: p.o.Size, Idle: len(p.idle), InUse: p.o.Size - free, Opened: p.opened, Dropped: p.dropped}
+	return Stats{Size: p.o.Size, Idle: len(p.idle), InUse: p.o.Size - free, Opened: p.opened, Dropped: p.dropped,
+		Terminated: p.terminated, TerminateFailed: p.terminateFailed, Terminating: p.terminating}
 }

@@ -42,11 +42,15 @@ func Guard(ctx context.Context, conn *pgconn.PgConn, l Limits, fn func(ctx conte
 	// trailing SELECT 1 takes, so a multi-statement description is consistent.
 	begin := "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET LOCAL statement_timeout = " + strconv.FormatInt(ms(l.StatementTimeout), 10) +
 		"; SET LOCAL idle_in_transaction_session_timeout = " + strconv.FormatInt(ms(l.IdleInTransactionTimeout), 10) +
-		"; SELECT 1"
+		checkInterval(conn) + "; SELECT 1"
 	_, err := conn.Exec(sctx, begin).ReadAll()
 	cancel()
 	if err != nil || conn.TxStatus() != 'T' {
-		return finish(ctx, conn, stepCtx, wrapSetup(err, conn))
+		err = finish(ctx, conn, stepCtx, wrapSetup(err, conn))
+		if checkIntervalRefused(err, conn) {
+			return Guard(ctx, conn, l, fn)
+		}
+		return err
 	}
 	fctx, fcancel := context.WithTimeout(ctx, l.StatementTimeout+Grace)
 	err = fn(fctx, conn)

@@ -12,6 +12,18 @@
 //   - ROLLBACK ends every call, whatever happened; a connection that cannot
 //     be brought back to idle is closed and the error says so.
 //
+// Closing is not the end of the backend: PL/pgSQL can catch query_canceled
+// (57014), so a statement may outlive both statement_timeout and the
+// CancelRequest, and a backend busy in it does not read the socket. Every
+// call that gives up on a connection (the read deadline at StatementTimeout
+// + Grace, a message over the byte limit, a failed ROLLBACK/DISCARD ALL, a
+// broken stream) leaves it closed and, when it returns an error, one that
+// errors.Is ErrAbandoned: the caller must end the backend by PID from
+// another connection (dbpool does so on Release for every closed
+// connection). As a second line, each call sets client_connection_check_interval
+// (PostgreSQL 14+) so that a backend notices the closed socket by itself;
+// the statement can override that setting, so it is not relied on.
+//
 // See /work/contract/docs13-readonly.md for what PostgreSQL does in each case.
 package readonly
 
@@ -22,6 +34,8 @@ import (
 	"fmt"
 	"math"
 	"strconv"
+	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
@@ -45,6 +59,25 @@ const (
 	DefaultMaxRows                  = 1000
 	DefaultMaxBytes                 = 1 << 20
 )
+
+// ErrAbandoned marks an error after which the connection is closed while
+// its backend may still be running: end it by PID from another connection
+// (pg_terminate_backend), as dbpool's Release does. A call that returns a
+// truncated result with a nil error can also leave the connection closed
+// (a message over the byte limit): check conn.IsClosed() as well.
+var ErrAbandoned = errors.New("readonly: the connection was abandoned; its backend may still be running")
+
+// abandoned carries ErrAbandoned in an error chain without changing the
+// cause's message.
+type abandoned struct{ err error }
+
+func (a abandoned) Error() string        { return a.err.Error() }
+func (a abandoned) Unwrap() error        { return a.err }
+func (a abandoned) Is(target error) bool { return target == ErrAbandoned }
+
+// CheckInterval is the client_connection_check_interval each call sets
+// (PostgreSQL 14+): how soon a running statement notices a closed socket.
+const CheckInterval = time.Second
 
 // Grace is how long past the statement timeout the client waits for the
 // server before it gives up on the connection; the server's own timeout
@@ -169,7 +202,7 @@ func run(ctx context.Context, conn *pgconn.PgConn, sql string, params []any, l L
 	sctx, cancel := stepCtx()
 	begin := "BEGIN READ ONLY; SET LOCAL statement_timeout = " + strconv.FormatInt(ms(l.StatementTimeout), 10) +
 		"; SET LOCAL idle_in_transaction_session_timeout = " + strconv.FormatInt(ms(l.IdleInTransactionTimeout), 10) +
-		"; SET LOCAL bytea_output = 'hex'" +
+		"; SET LOCAL bytea_output = 'hex'" + checkInterval(conn) +
 		// A query takes the transaction's first snapshot, after which
 		// SET TRANSACTION READ WRITE is refused (25001) instead of lifting
 		// the guard for the user statement.
@@ -177,7 +210,11 @@ func run(ctx context.Context, conn *pgconn.PgConn, sql string, params []any, l L
 	_, err = conn.Exec(sctx, begin).ReadAll()
 	cancel()
 	if err != nil || conn.TxStatus() != 'T' {
-		return nil, finish(ctx, conn, stepCtx, wrapSetup(err, conn))
+		err = finish(ctx, conn, stepCtx, wrapSetup(err, conn))
+		if checkIntervalRefused(err, conn) {
+			return run(ctx, conn, sql, params, l)
+		}
+		return nil, err
 	}
 
 	res, runErr := execute(ctx, conn, sql, values, l)
@@ -243,16 +280,58 @@ func finish(ctx context.Context, conn *pgconn.PgConn, stepCtx func() (context.Co
 		}
 		return closedError(cause, fmt.Sprintf("ROLLBACK/DISCARD ALL failed (%v), transaction status %q", rbErr, conn.TxStatus()))
 	}
+	if errors.Is(err, ErrAbandoned) {
+		return err // closeOnError has said it already
+	}
 	return closedError(err, "the connection broke during the call")
 }
 
+// closedError is the error of every path that leaves the connection
+// closed; it errors.Is ErrAbandoned.
 func closedError(cause error, evidence string) error {
-	e := failure.Wrap(failure.ProtocolError, cause, "readonly: the connection was closed")
+	e := failure.Wrap(failure.ProtocolError, abandoned{cause}, "readonly: the connection was closed")
 	if cause == nil {
-		e = failure.New(failure.ProtocolError, "readonly: the connection was closed")
+		e = failure.Wrap(failure.ProtocolError, ErrAbandoned, "readonly: the connection was closed")
 	}
 	return e.WithEvidence("%s", evidence).
-		WithFix("discard this connection and open a new one; the call's read-only transaction committed no write")
+		WithFix("discard this connection and end its backend by PID from another connection (dbpool's Release does); the call's read-only transaction committed no write")
+}
+
+// noCheckInterval is set once a server refused a non-zero
+// client_connection_check_interval (platforms without the kernel support,
+// e.g. Windows): the setting is then left out for this process.
+var noCheckInterval atomic.Bool
+
+// checkInterval is the SET LOCAL client_connection_check_interval clause
+// for servers that have the setting (14+).
+func checkInterval(conn *pgconn.PgConn) string {
+	if noCheckInterval.Load() || serverMajor(conn) < 14 {
+		return ""
+	}
+	return "; SET LOCAL client_connection_check_interval = " + strconv.FormatInt(ms(CheckInterval), 10)
+}
+
+// checkIntervalRefused says whether a failed setup was the server refusing
+// client_connection_check_interval on a connection that is still idle; the
+// setting is then disabled and the call may be retried once without it.
+func checkIntervalRefused(err error, conn *pgconn.PgConn) bool {
+	var pe *pgconn.PgError
+	if noCheckInterval.Load() || !errors.As(err, &pe) || !strings.Contains(pe.Message, "client_connection_check_interval") ||
+		conn.IsClosed() || conn.TxStatus() != 'I' {
+		return false
+	}
+	noCheckInterval.Store(true)
+	return true
+}
+
+// serverMajor is the major version from server_version ("15.4", "18beta1").
+func serverMajor(conn *pgconn.PgConn) int {
+	v := conn.ParameterStatus("server_version")
+	if end := strings.IndexFunc(v, func(r rune) bool { return r < '0' || r > '9' }); end >= 0 {
+		v = v[:end]
+	}
+	n, _ := strconv.Atoi(v)
+	return n
 }
 
 // execute runs the user statement: Parse, Bind, Describe portal,
