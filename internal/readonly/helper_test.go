@@ -28,8 +28,17 @@ CREATE FUNCTION blob(n int) RETURNS text LANGUAGE sql AS 'SELECT repeat(''x'', n
 
 func server(t *testing.T) *pgtest.Server {
 	t.Helper()
-	s := pgtest.Start(t, pgtest.Options{Setup: []string{setupSQL}})
-	return s
+	return pgtest.Start(t, pgtest.Options{Setup: []string{setupSQL}})
+}
+
+// eachVersion runs f against PostgreSQL 15 and 18: the guard's refusals are
+// the server's, so they are checked on both majors the project supports.
+func eachVersion(t *testing.T, f func(t *testing.T, s *pgtest.Server)) {
+	for _, v := range []int{15, 18} {
+		t.Run("PostgreSQL "+strconv.Itoa(v), func(t *testing.T) {
+			f(t, pgtest.Start(t, pgtest.Options{Version: v, Setup: []string{setupSQL}}))
+		})
+	}
 }
 
 func connect(t *testing.T, s *pgtest.Server, user string) *pgconn.PgConn {

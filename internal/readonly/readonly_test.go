@@ -13,6 +13,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/pgtrust/pgtrust/failure"
+	"github.com/pgtrust/pgtrust/internal/pgtest"
 )
 
 var bg = context.Background()
@@ -27,103 +28,106 @@ func wantState(t *testing.T, err error, code string) {
 // Every write is refused by PostgreSQL with 25006, even though agent holds
 // all privileges on t, and t is unchanged afterwards.
 func TestWritesRefused(t *testing.T) {
-	s := server(t)
-	c := connect(t, s, "agent")
-	for _, q := range []string{
-		"INSERT INTO t VALUES (2, 'two')",
-		"UPDATE t SET v = 'changed'",
-		"DELETE FROM t",
-		"TRUNCATE t",
-		"DROP TABLE t",
-		"ALTER TABLE t ADD COLUMN w int",
-		"CREATE TABLE t2 (a int)",
-		"CREATE TEMP TABLE tt (a int)",
-		"SELECT writes()",
-		"SELECT nextval('s')",
-		"COPY t FROM STDIN",
-		"SELECT * FROM t FOR UPDATE",
-		"DO $$BEGIN INSERT INTO t VALUES (7, 'd'); END$$",
-		"WITH d AS (DELETE FROM t RETURNING *) SELECT * FROM d",
-	} {
-		t.Run(q, func(t *testing.T) {
-			_, err := Query(bg, c, q, nil, Limits{})
-			wantState(t, err, "25006")
-			if got := tableState(t, s); got != "1=one" {
-				t.Fatalf("t is %q after %q", got, q)
-			}
-			usable(t, c)
-		})
-	}
-	if got := s.Exec(t, "SELECT count(*) FROM pg_class WHERE relname IN ('t2', 'tt')"); got != "0" {
-		t.Fatalf("%s tables were created", got)
-	}
+	eachVersion(t, func(t *testing.T, s *pgtest.Server) {
+		c := connect(t, s, "agent")
+		for _, q := range []string{
+			"INSERT INTO t VALUES (2, 'two')",
+			"UPDATE t SET v = 'changed'",
+			"DELETE FROM t",
+			"TRUNCATE t",
+			"DROP TABLE t",
+			"ALTER TABLE t ADD COLUMN w int",
+			"CREATE TABLE t2 (a int)",
+			"CREATE TEMP TABLE tt (a int)",
+			"SELECT writes()",
+			"SELECT nextval('s')",
+			"COPY t FROM STDIN",
+			"SELECT * FROM t FOR UPDATE",
+			"DO $$BEGIN INSERT INTO t VALUES (7, 'd'); END$$",
+			"WITH d AS (DELETE FROM t RETURNING *) SELECT * FROM d",
+		} {
+			t.Run(q, func(t *testing.T) {
+				_, err := Query(bg, c, q, nil, Limits{})
+				wantState(t, err, "25006")
+				if got := tableState(t, s); got != "1=one" {
+					t.Fatalf("t is %q after %q", got, q)
+				}
+				usable(t, c)
+			})
+		}
+		if got := s.Exec(t, "SELECT count(*) FROM pg_class WHERE relname IN ('t2', 'tt')"); got != "0" {
+			t.Fatalf("%s tables were created", got)
+		}
+	})
 }
 
 // A second statement is refused by the server at Parse; none of it runs.
 func TestMultiStatementRefused(t *testing.T) {
-	s := server(t)
-	c := connect(t, s, "postgres") // even a superuser
-	for _, q := range []string{
-		"SELECT 1; DROP TABLE t",
-		"COMMIT; DROP TABLE t",
-		"ROLLBACK; INSERT INTO t VALUES (3, 'x')",
-		"SELECT 1; SET SESSION CHARACTERISTICS AS TRANSACTION READ WRITE; DELETE FROM t",
-	} {
-		_, err := Query(bg, c, q, nil, Limits{})
-		wantState(t, err, "42601")
-		var pe *pgconn.PgError
-		errors.As(err, &pe)
-		if pe.Message != "cannot insert multiple commands into a prepared statement" {
-			t.Fatalf("message %q", pe.Message)
+	eachVersion(t, func(t *testing.T, s *pgtest.Server) {
+		c := connect(t, s, "postgres") // even a superuser
+		for _, q := range []string{
+			"SELECT 1; DROP TABLE t",
+			"COMMIT; DROP TABLE t",
+			"ROLLBACK; INSERT INTO t VALUES (3, 'x')",
+			"SELECT 1; SET SESSION CHARACTERISTICS AS TRANSACTION READ WRITE; DELETE FROM t",
+		} {
+			_, err := Query(bg, c, q, nil, Limits{})
+			wantState(t, err, "42601")
+			var pe *pgconn.PgError
+			errors.As(err, &pe)
+			if pe.Message != "cannot insert multiple commands into a prepared statement" {
+				t.Fatalf("message %q", pe.Message)
+			}
+			if got := tableState(t, s); got != "1=one" {
+				t.Fatalf("t is %q after %q", got, q)
+			}
+			usable(t, c)
 		}
-		if got := tableState(t, s); got != "1=one" {
-			t.Fatalf("t is %q after %q", got, q)
-		}
-		usable(t, c)
-	}
+	})
 }
 
 // Transaction control and read-write switches as the user statement cannot
 // open a window for a write: the next call's write is still refused, and
 // nothing persists.
 func TestTransactionControlCannotLiftGuard(t *testing.T) {
-	s := server(t)
-	for _, user := range []string{"agent", "postgres"} {
-		c := connect(t, s, user)
-		for _, tc := range []struct{ q, code string }{
-			{"SET TRANSACTION READ WRITE", "25001"},
-			{"SELECT set_config('transaction_read_only', 'off', true)", "25001"},
-			{"SET transaction_read_only = off", "25001"},
-			{"SET SESSION CHARACTERISTICS AS TRANSACTION READ WRITE", ""},
-			{"SELECT set_config('default_transaction_read_only', 'off', false)", ""},
-			{"COMMIT", ""},
-			{"COMMIT AND CHAIN", ""},
-			{"ROLLBACK", ""},
-			{"BEGIN", ""},
-			{"BEGIN READ WRITE", "25001"},
-			{"SAVEPOINT a", ""},
-			{"PREPARE TRANSACTION 'x'", "55000"},
-			{"PREPARE p AS DELETE FROM t", ""},
-		} {
-			_, err := Query(bg, c, tc.q, nil, Limits{})
-			if got := sqlstate(err); got != tc.code {
-				t.Fatalf("%s %q: SQLSTATE %q (%v), want %q", user, tc.q, got, err, tc.code)
+	eachVersion(t, func(t *testing.T, s *pgtest.Server) {
+		for _, user := range []string{"agent", "postgres"} {
+			c := connect(t, s, user)
+			for _, tc := range []struct{ q, code string }{
+				{"SET TRANSACTION READ WRITE", "25001"},
+				{"SELECT set_config('transaction_read_only', 'off', true)", "25001"},
+				{"SET transaction_read_only = off", "25001"},
+				{"SET SESSION CHARACTERISTICS AS TRANSACTION READ WRITE", ""},
+				{"SELECT set_config('default_transaction_read_only', 'off', false)", ""},
+				{"COMMIT", ""},
+				{"COMMIT AND CHAIN", ""},
+				{"ROLLBACK", ""},
+				{"BEGIN", ""},
+				{"BEGIN READ WRITE", "25001"},
+				{"SAVEPOINT a", ""},
+				{"PREPARE TRANSACTION 'x'", "55000"},
+				{"PREPARE p AS DELETE FROM t", ""},
+			} {
+				_, err := Query(bg, c, tc.q, nil, Limits{})
+				if got := sqlstate(err); got != tc.code {
+					t.Fatalf("%s %q: SQLSTATE %q (%v), want %q", user, tc.q, got, err, tc.code)
+				}
+				if tc.code == "" && err != nil {
+					t.Fatalf("%s %q: %v", user, tc.q, err)
+				}
+				_, err = Query(bg, c, "DELETE FROM t", nil, Limits{})
+				wantState(t, err, "25006")
+				if tc.q == "PREPARE p AS DELETE FROM t" {
+					_, err = Query(bg, c, "EXECUTE p", nil, Limits{})
+					wantState(t, err, "26000") // DISCARD ALL dropped it
+				}
+				if got := tableState(t, s); got != "1=one" {
+					t.Fatalf("t is %q after %q as %s", got, tc.q, user)
+				}
+				usable(t, c)
 			}
-			if tc.code == "" && err != nil {
-				t.Fatalf("%s %q: %v", user, tc.q, err)
-			}
-			_, err = Query(bg, c, "DELETE FROM t", nil, Limits{})
-			wantState(t, err, "25006")
-			if tc.q == "PREPARE p AS DELETE FROM t" {
-				_, err = Query(bg, c, "EXECUTE p", nil, Limits{})
-				wantState(t, err, "26000") // DISCARD ALL dropped it
-			}
-			if got := tableState(t, s); got != "1=one" {
-				t.Fatalf("t is %q after %q as %s", got, tc.q, user)
-			}
-			usable(t, c)
 		}
-	}
+	})
 }
 
 // Parameters are values: SQL in them is never parsed.
@@ -369,15 +373,16 @@ func TestExplain(t *testing.T) {
 
 // Session state that ROLLBACK keeps does not reach the next call.
 func TestSessionStateDoesNotLeak(t *testing.T) {
-	s := server(t)
-	a, b := connect(t, s, "agent"), connect(t, s, "agent")
-	if _, err := Query(bg, a, "SELECT pg_advisory_lock(1)", nil, Limits{}); err != nil {
-		t.Fatal(err)
-	}
-	res, err := Query(bg, b, "SELECT pg_try_advisory_lock(1)", nil, Limits{})
-	if err != nil || res.Rows[0][0] != true {
-		t.Fatalf("lock still held by the other session: %v %v", res, err)
-	}
+	eachVersion(t, func(t *testing.T, s *pgtest.Server) {
+		a, b := connect(t, s, "agent"), connect(t, s, "agent")
+		if _, err := Query(bg, a, "SELECT pg_advisory_lock(1)", nil, Limits{}); err != nil {
+			t.Fatal(err)
+		}
+		res, err := Query(bg, b, "SELECT pg_try_advisory_lock(1)", nil, Limits{})
+		if err != nil || res.Rows[0][0] != true {
+			t.Fatalf("lock still held by the other session: %v %v", res, err)
+		}
+	})
 }
 
 func TestRefusals(t *testing.T) {
