@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net"
 	"os"
@@ -13,11 +14,14 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/modelcontextprotocol/go-sdk/mcp"
 
 	"github.com/pgtrust/pgtrust/connstring"
+	"github.com/pgtrust/pgtrust/failure"
 	"github.com/pgtrust/pgtrust/internal/doctor"
 	"github.com/pgtrust/pgtrust/internal/mcpserver"
+	"github.com/pgtrust/pgtrust/internal/pgtest"
 )
 
 // scratchDir is a directory the postgres server process may write to, so
@@ -55,11 +59,11 @@ func TestSuperuserEquivalentRefused(t *testing.T) {
 		{"GRANT admins TO agent", "REVOKE admins FROM agent", progDO, `"admins" (a superuser role)`},
 		{"GRANT admins TO mid; GRANT mid TO agent", "REVOKE mid FROM agent; REVOKE admins FROM mid", progDO, `"admins" (a superuser role)`},
 		{"GRANT pg_execute_server_program TO agent", "REVOKE pg_execute_server_program FROM agent",
-			"COPY (SELECT 1) TO PROGRAM 'touch " + ran + "'", `"pg_execute_server_program" (a server file/program role)`},
+			"COPY (SELECT 1) TO PROGRAM 'touch " + ran + "'", `"pg_execute_server_program" (a predefined role that reaches past read-only transactions)`},
 		{"GRANT pg_write_server_files TO agent", "REVOKE pg_write_server_files FROM agent",
-			"COPY (SELECT 'x') TO '" + written + "'", `"pg_write_server_files" (a server file/program role)`},
+			"COPY (SELECT 'x') TO '" + written + "'", `"pg_write_server_files" (a predefined role that reaches past read-only transactions)`},
 		{"GRANT pg_read_server_files TO agent", "REVOKE pg_read_server_files FROM agent",
-			"SELECT pg_read_file('" + filepath.Join(dir, "secret") + "')", `"pg_read_server_files" (a server file/program role)`},
+			"SELECT pg_read_file('" + filepath.Join(dir, "secret") + "')", `"pg_read_server_files" (a predefined role that reaches past read-only transactions)`},
 	}
 	for _, c := range cases {
 		w.s.Exec(t, c.grant)
@@ -266,3 +270,30 @@ func TestDiagnoseOneAtATime(t *testing.T) {
 }
 
 func itoa(i int) string { return strconv.Itoa(i) }
+
+// TestCheckAgentRoleOnPostgreSQL18: the role check's catalog query runs on
+// PostgreSQL 18 and refuses pg_maintain (17+: LOCK of any table, the
+// catalog views included) and pg_signal_backend, per call.
+func TestCheckAgentRoleOnPostgreSQL18(t *testing.T) {
+	s := pgtest.Start(t, pgtest.Options{Version: 18, Setup: []string{"CREATE ROLE agent LOGIN"}})
+	ctx := context.Background()
+	c, err := pgconn.Connect(ctx, fmt.Sprintf("host=127.0.0.1 port=%d user=agent dbname=postgres sslmode=disable connect_timeout=10", s.Port))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close(ctx)
+	if err := mcpserver.CheckAgentRole(ctx, c, 10*time.Second); err != nil {
+		t.Fatalf("least-privilege role refused: %v", err)
+	}
+	for _, role := range []string{"pg_maintain", "pg_signal_backend", "pg_execute_server_program"} {
+		s.Exec(t, "GRANT "+role+" TO agent")
+		err := mcpserver.CheckAgentRole(ctx, c, 10*time.Second)
+		if fe, ok := failure.As(err); !ok || fe.Class != failure.ConfigInvalid || !strings.Contains(fe.Evidence, `"`+role+`"`) {
+			t.Errorf("member of %s: %v", role, err)
+		}
+		s.Exec(t, "REVOKE "+role+" FROM agent")
+	}
+	if err := mcpserver.CheckAgentRole(ctx, c, 10*time.Second); err != nil {
+		t.Fatalf("after REVOKE: %v", err)
+	}
+}

@@ -173,11 +173,15 @@ func (s *Server) withUserConn(ctx context.Context, fn func(*pgconn.PgConn) error
 
 // mightyRoles lists the roles the session's role is, or may become (any
 // membership, direct or through other roles: pg_has_role MEMBER), that are
-// superusers or hold PostgreSQL's server-file/program roles. It is a plain
-// SELECT outside any transaction, so it leaves no state; it runs on every
-// call, not cached, because grants can change while the server runs.
+// superusers or hold a predefined role that reaches past a read-only
+// transaction: server files and programs, pg_signal_backend (ending other
+// sessions) and pg_maintain (PostgreSQL 17+: LOCK of any table, including
+// the catalog views logins need). It is a plain SELECT outside any
+// transaction, so it leaves no state; it runs on every call, not cached,
+// because grants can change while the server runs.
 const mightyRoles = `SELECT r.rolname, r.rolsuper FROM pg_catalog.pg_roles r
-WHERE (r.rolsuper OR r.rolname IN ('pg_execute_server_program', 'pg_write_server_files', 'pg_read_server_files'))
+WHERE (r.rolsuper OR r.rolname IN ('pg_execute_server_program', 'pg_write_server_files', 'pg_read_server_files',
+                                   'pg_signal_backend', 'pg_maintain'))
   AND pg_catalog.pg_has_role(session_user, r.oid, 'MEMBER')
 ORDER BY r.rolsuper DESC, r.rolname COLLATE "C" LIMIT 10`
 
@@ -209,7 +213,7 @@ func CheckAgentRole(ctx context.Context, c *pgconn.PgConn, timeout time.Duration
 	for _, r := range rr.Rows {
 		kind := "a superuser role"
 		if string(r[1]) != "t" {
-			kind = "a server file/program role"
+			kind = "a predefined role that reaches past read-only transactions"
 		}
 		found = append(found, fmt.Sprintf("%q (%s)", r[0], kind))
 	}
