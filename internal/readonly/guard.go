@@ -2,11 +2,9 @@ package readonly
 
 import (
 	"context"
-	"strconv"
+	"errors"
 
 	"github.com/jackc/pgx/v5/pgconn"
-
-	"github.com/pgtrust/pgtrust/failure"
 )
 
 // Guard runs fn on conn inside BEGIN ISOLATION LEVEL REPEATABLE READ READ
@@ -25,31 +23,13 @@ func Guard(ctx context.Context, conn *pgconn.PgConn, l Limits, fn func(ctx conte
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	if conn == nil || conn.IsClosed() {
-		return failure.New(failure.ProtocolError, "readonly: the connection is closed").
-			WithEvidence("Guard was given a nil or closed connection").WithFix("open a new connection")
-	}
-	if st := conn.TxStatus(); st != 'I' {
-		return failure.New(failure.ProtocolError, "readonly: the connection is not idle (transaction status %q)", st).
-			WithEvidence("ReadyForQuery status %q, want 'I'", st).
-			WithFix("give Guard an idle connection; end or discard the open transaction first")
-	}
-	stepCtx := func() (context.Context, context.CancelFunc) {
-		return context.WithTimeout(context.WithoutCancel(ctx), Grace)
-	}
-	sctx, cancel := stepCtx()
 	// REPEATABLE READ: every statement of fn sees the snapshot the
 	// trailing SELECT 1 takes, so a multi-statement description is consistent.
-	begin := "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET LOCAL statement_timeout = " + strconv.FormatInt(ms(l.StatementTimeout), 10) +
-		"; SET LOCAL idle_in_transaction_session_timeout = " + strconv.FormatInt(ms(l.IdleInTransactionTimeout), 10) +
-		checkInterval(conn) + "; SELECT 1"
-	_, err := conn.Exec(sctx, begin).ReadAll()
-	cancel()
-	if err != nil || conn.TxStatus() != 'T' {
-		err = finish(ctx, conn, stepCtx, wrapSetup(err, conn))
-		if checkIntervalRefused(err, conn) {
-			return Guard(ctx, conn, l, fn)
-		}
+	stepCtx, err := open(ctx, conn, "Guard", "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY", "", l)
+	if errors.Is(err, errRetryWithoutCheckInterval) {
+		return Guard(ctx, conn, l, fn)
+	}
+	if err != nil {
 		return err
 	}
 	fctx, fcancel := context.WithTimeout(ctx, l.StatementTimeout+Grace)

@@ -182,38 +182,14 @@ func run(ctx context.Context, conn *pgconn.PgConn, sql string, params []any, l L
 	if err != nil {
 		return nil, err
 	}
-	if conn.IsClosed() {
-		return nil, failure.New(failure.ProtocolError, "readonly: the connection is closed").
-			WithEvidence("PgConn.IsClosed").WithFix("open a new connection")
+	// A query takes the transaction's first snapshot, after which SET
+	// TRANSACTION READ WRITE is refused (25001) instead of lifting the
+	// guard for the user statement.
+	stepCtx, err := open(ctx, conn, "Query", "BEGIN READ ONLY", "; SET LOCAL bytea_output = 'hex'", l)
+	if errors.Is(err, errRetryWithoutCheckInterval) {
+		return run(ctx, conn, sql, params, l)
 	}
-	// BEGIN inside an open transaction is only a warning, and the statement
-	// would then run without the read-only guard: refuse instead.
-	if st := conn.TxStatus(); st != 'I' {
-		return nil, failure.New(failure.ProtocolError, "readonly: the connection is not idle (transaction status %q)", st).
-			WithEvidence("ReadyForQuery status %q, want 'I'", st).
-			WithFix("give Query an idle connection; end or discard the open transaction first")
-	}
-
-	// Setup and ROLLBACK must run even when ctx is cancelled, so they get
-	// their own bounded context.
-	stepCtx := func() (context.Context, context.CancelFunc) {
-		return context.WithTimeout(context.WithoutCancel(ctx), Grace)
-	}
-	sctx, cancel := stepCtx()
-	begin := "BEGIN READ ONLY; SET LOCAL statement_timeout = " + strconv.FormatInt(ms(l.StatementTimeout), 10) +
-		"; SET LOCAL idle_in_transaction_session_timeout = " + strconv.FormatInt(ms(l.IdleInTransactionTimeout), 10) +
-		"; SET LOCAL bytea_output = 'hex'" + checkInterval(conn) +
-		// A query takes the transaction's first snapshot, after which
-		// SET TRANSACTION READ WRITE is refused (25001) instead of lifting
-		// the guard for the user statement.
-		"; SELECT 1"
-	_, err = conn.Exec(sctx, begin).ReadAll()
-	cancel()
-	if err != nil || conn.TxStatus() != 'T' {
-		err = finish(ctx, conn, stepCtx, wrapSetup(err, conn))
-		if checkIntervalRefused(err, conn) {
-			return run(ctx, conn, sql, params, l)
-		}
+	if err != nil {
 		return nil, err
 	}
 
@@ -232,6 +208,49 @@ func run(ctx context.Context, conn *pgconn.PgConn, sql string, params []any, l L
 	}
 	res.Elapsed = time.Since(start)
 	return res, nil
+}
+
+// errRetryWithoutCheckInterval: the server refused
+// client_connection_check_interval and the transaction was rolled back;
+// the caller starts again (checkInterval now leaves it out).
+var errRetryWithoutCheckInterval = errors.New("readonly: retry without client_connection_check_interval")
+
+// open checks that conn is idle and starts the guarded transaction: begin
+// (BEGIN READ ONLY, with or without an isolation level), the SET LOCAL
+// timeouts, extra settings and the check interval, then SELECT 1, which
+// takes the first snapshot. It returns the bounded context maker for the
+// later steps. who names the caller in errors.
+func open(ctx context.Context, conn *pgconn.PgConn, who, begin, extra string, l Limits) (func() (context.Context, context.CancelFunc), error) {
+	if conn == nil || conn.IsClosed() {
+		return nil, failure.New(failure.ProtocolError, "readonly: the connection is closed").
+			WithEvidence("%s was given a nil or closed connection", who).WithFix("open a new connection")
+	}
+	// BEGIN inside an open transaction is only a warning, and the statement
+	// would then run without the read-only guard: refuse instead.
+	if st := conn.TxStatus(); st != 'I' {
+		return nil, failure.New(failure.ProtocolError, "readonly: the connection is not idle (transaction status %q)", st).
+			WithEvidence("ReadyForQuery status %q, want 'I'", st).
+			WithFix("give %s an idle connection; end or discard the open transaction first", who)
+	}
+	// Setup and ROLLBACK must run even when ctx is cancelled, so they get
+	// their own bounded context.
+	stepCtx := func() (context.Context, context.CancelFunc) {
+		return context.WithTimeout(context.WithoutCancel(ctx), Grace)
+	}
+	sctx, cancel := stepCtx()
+	sql := begin + "; SET LOCAL statement_timeout = " + strconv.FormatInt(ms(l.StatementTimeout), 10) +
+		"; SET LOCAL idle_in_transaction_session_timeout = " + strconv.FormatInt(ms(l.IdleInTransactionTimeout), 10) +
+		extra + checkInterval(conn) + "; SELECT 1"
+	_, err := conn.Exec(sctx, sql).ReadAll()
+	cancel()
+	if err != nil || conn.TxStatus() != 'T' {
+		err = finish(ctx, conn, stepCtx, wrapSetup(err, conn))
+		if checkIntervalRefused(err, conn) {
+			return nil, errRetryWithoutCheckInterval
+		}
+		return nil, err
+	}
+	return stepCtx, nil
 }
 
 func ms(d time.Duration) int64 {
