@@ -14,11 +14,14 @@
 // catches query_canceled outlives both statement_timeout and a
 // CancelRequest, and closing the socket does not stop it. Release therefore
 // ends such a backend by PID from a separate, fresh connection with
-// pg_terminate_backend (a FATAL nothing can catch); see terminate.go.
+// pg_terminate_backend (a FATAL nothing can catch), retrying until the
+// backend is gone and keeping its slot until then (fail closed), and Close
+// ends the backends of connections still in use; see terminate.go.
 package dbpool
 
 import (
 	"context"
+	"fmt"
 	"sync"
 	"time"
 
@@ -76,10 +79,18 @@ type Pool struct {
 	dropped  uint64
 
 	// Terminations in flight and their outcome (terminate.go).
-	terminating     int
-	terminateDone   chan struct{} // closed when terminating drops to 0; set by Close
-	terminated      uint64
-	terminateFailed uint64
+	terminating      int
+	terminateDone    chan struct{} // closed when terminating drops to 0; set by Close
+	terminated       uint64
+	terminateFailed  uint64 // failed attempts
+	terminateGivenUp uint64 // left running at Close
+	pending          map[uint32]*pending
+	// inUse are the handles given out: Close ends their backends.
+	inUse map[*Conn]struct{}
+	// ctl is the control connection (terminate.go), guarded by ctlSem.
+	ctlSem          chan struct{}
+	ctl             *pgconn.PgConn
+	controlDisabled bool // test hook: the fallbacks without it
 	// terminateDisabled is a test hook (export_test.go): the mutation that
 	// proves the tests fail without the terminate.
 	terminateDisabled bool
@@ -97,6 +108,7 @@ type Conn struct {
 	created  time.Time
 	gen      uint64
 	released bool
+	pid      uint32 // PgConn.PID(), kept so that Close need not touch PgConn
 	// backendStart identifies the backend with its PID (PIDs are reused):
 	// pg_stat_activity.backend_start in microseconds since the epoch, as
 	// the server computes it; 0 when the server did not list the backend.
@@ -134,7 +146,8 @@ func New(cfg *connstring.Config, opts *pgtls.Options, o Options) (*Pool, error) 
 	if opts == nil {
 		opts = &pgtls.Options{}
 	}
-	p := &Pool{cfg: cfg, opts: opts, o: o, slots: make(chan struct{}, o.Size), closed: make(chan struct{})}
+	p := &Pool{cfg: cfg, opts: opts, o: o, slots: make(chan struct{}, o.Size), closed: make(chan struct{}),
+		pending: map[uint32]*pending{}, inUse: map[*Conn]struct{}{}, ctlSem: make(chan struct{}, 1)}
 	for range o.Size {
 		p.slots <- struct{}{}
 	}
@@ -153,7 +166,7 @@ func (p *Pool) Acquire(ctx context.Context) (*Conn, error) {
 	// An ended context must not win a free slot and then fail the ping,
 	// which would throw away a good idle connection.
 	if err := ctx.Err(); err != nil {
-		return nil, waitEnded(err, p.o.Size)
+		return nil, p.waitEnded(err)
 	}
 	timer := time.NewTimer(p.o.AcquireTimeout)
 	defer timer.Stop()
@@ -162,11 +175,14 @@ func (p *Pool) Acquire(ctx context.Context) (*Conn, error) {
 	case <-p.closed:
 		return nil, errClosed()
 	case <-timer.C:
+		if e := p.stuckError(fmt.Sprintf("no database connection became free within %s", p.o.AcquireTimeout), nil); e != nil {
+			return nil, e
+		}
 		return nil, failure.New(failure.Timeout, "no database connection became free within %s", p.o.AcquireTimeout).
 			WithEvidence("all %d connections of the pool were in use for %s", p.o.Size, p.o.AcquireTimeout).
 			WithFix("retry later, shorten the calls that hold connections, or raise the pool size")
 	case <-ctx.Done():
-		return nil, waitEnded(ctx.Err(), p.o.Size)
+		return nil, p.waitEnded(ctx.Err())
 	}
 	// Closed while we waited: the slot is ours, but no connection is.
 	if p.isClosedNow() {
@@ -181,7 +197,7 @@ func (p *Pool) Acquire(ctx context.Context) (*Conn, error) {
 		if p.reusable(c) && p.ping(ctx, c) {
 			// A fresh handle: a stale one released twice stays a no-op
 			// instead of releasing the next caller's connection.
-			return &Conn{PgConn: c.PgConn, Facts: c.Facts, pool: p, created: c.created, gen: c.gen, backendStart: c.backendStart}, nil
+			return p.handOut(&Conn{PgConn: c.PgConn, Facts: c.Facts, pool: p, created: c.created, gen: c.gen, backendStart: c.backendStart})
 		}
 		p.closeConn(c) // idle connections hold no slot; ours stays taken
 	}
@@ -202,7 +218,27 @@ func (p *Pool) Acquire(ctx context.Context) (*Conn, error) {
 	p.opened++
 	gen := p.gen
 	p.mu.Unlock()
-	return &Conn{PgConn: pg, Facts: facts, pool: p, created: p.o.Now(), gen: gen, backendStart: start}, nil
+	p.ensureControl()
+	return p.handOut(&Conn{PgConn: pg, Facts: facts, pool: p, created: p.o.Now(), gen: gen, backendStart: start})
+}
+
+// handOut records c as in use (Close ends the backends of those), unless
+// the pool was closed meanwhile: then Close did not see c, and c is not
+// handed out.
+func (p *Pool) handOut(c *Conn) (*Conn, error) {
+	c.pid = c.PgConn.PID()
+	p.mu.Lock()
+	closed := p.isClosed
+	if !closed {
+		p.inUse[c] = struct{}{}
+	}
+	p.mu.Unlock()
+	if closed {
+		p.closeConn(c)
+		p.slots <- struct{}{}
+		return nil, errClosed()
+	}
+	return c, nil
 }
 
 // ping checks an idle connection with an empty query before it is handed
@@ -214,10 +250,34 @@ func (p *Pool) ping(ctx context.Context, c *Conn) bool {
 	return c.PgConn.Ping(pctx) == nil && !c.PgConn.IsClosed() && c.PgConn.TxStatus() == 'I'
 }
 
-func waitEnded(err error, size int) *failure.Error {
+func (p *Pool) waitEnded(err error) *failure.Error {
+	if e := p.stuckError("gave up waiting for a database connection", err); e != nil {
+		return e
+	}
 	return failure.Wrap(failure.Timeout, err, "gave up waiting for a database connection").
-		WithEvidence("the caller's context ended before one of the pool's %d connections was free", size).
+		WithEvidence("the caller's context ended before one of the pool's %d connections was free", p.o.Size).
 		WithFix("retry with a longer deadline, or raise the pool size")
+}
+
+// stuckError is the Acquire timeout when backends of abandoned calls could
+// not be ended: their slots stay taken (fail closed), so the operator must
+// learn which backends shrink the pool. nil when none is stuck.
+func (p *Pool) stuckError(msg string, cause error) *failure.Error {
+	p.mu.Lock()
+	stuck := p.stuckLocked()
+	n := len(p.pending)
+	p.mu.Unlock()
+	if stuck == "" {
+		return nil
+	}
+	msg = fmt.Sprintf("%s: %d of the pool's %d connections are held by backends that could not be ended", msg, n, p.o.Size)
+	var e *failure.Error
+	if cause != nil {
+		e = failure.Wrap(failure.Timeout, cause, "%s", msg)
+	} else {
+		e = failure.New(failure.Timeout, "%s", msg)
+	}
+	return e.WithEvidence("%s", stuck).WithFix("%s", stuckFix)
 }
 
 func errClosed() *failure.Error {
@@ -254,19 +314,6 @@ func (p *Pool) reusable(c *Conn) bool {
 		p.o.Now().Sub(c.created) < p.o.MaxLifetime
 }
 
-// drop closes c, which is in use (holds a slot), and frees the slot. A
-// connection that was not idle may have a backend still running: it is
-// terminated in the background, and the slot stays taken until that is
-// done, so that the pool never counts a live backend as free.
-func (p *Pool) drop(c *Conn) {
-	mayRun := c.PgConn.IsClosed() || c.PgConn.IsBusy() || c.PgConn.TxStatus() != 'I'
-	p.closeConn(c)
-	if mayRun && p.startTerminate(c) {
-		return
-	}
-	p.slots <- struct{}{}
-}
-
 func (p *Pool) closeConn(c *Conn) {
 	ctx, cancel := context.WithTimeout(context.Background(), closeTimeout)
 	defer cancel()
@@ -280,26 +327,37 @@ func (p *Pool) closeConn(c *Conn) {
 // transaction (or failed one), past MaxLifetime or older than the last
 // RetireAll is closed instead, and a new one is opened on demand.
 // Releasing twice is a no-op. Release does not wait for the network: a
-// connection closed or dropped while not idle gets its backend terminated
-// in the background (Stats.Terminated), holding its slot until then.
+// connection closed or dropped while not idle may still have a running
+// backend, which is terminated in the background (Stats.Terminated) and
+// keeps its slot until it is known gone, retried until then.
 func (c *Conn) Release() {
 	if c == nil || c.released {
 		return
 	}
 	c.released = true
 	p := c.pool
-	if !p.reusable(c) {
-		p.drop(c)
-		return
-	}
+	pg := c.PgConn
+	mayRun := pg.IsClosed() || pg.IsBusy() || pg.TxStatus() != 'I'
 	p.mu.Lock()
-	if p.isClosed {
+	_, tracked := p.inUse[c]
+	delete(p.inUse, c)
+	if tracked && !mayRun && !p.isClosed && c.gen == p.gen && p.o.Now().Sub(c.created) < p.o.MaxLifetime {
+		p.idle = append(p.idle, c)
 		p.mu.Unlock()
-		p.drop(c)
+		p.slots <- struct{}{}
 		return
 	}
-	p.idle = append(p.idle, c)
+	// Not tracked: Close took it and ended its backend itself.
+	terminate := tracked && mayRun && !p.terminateDisabled
+	if terminate {
+		p.terminating++
+	}
 	p.mu.Unlock()
+	p.closeConn(c)
+	if terminate {
+		go p.runTerminate(c.pid, c.backendStart, true)
+		return
+	}
 	p.slots <- struct{}{}
 }
 
@@ -317,11 +375,15 @@ func (p *Pool) RetireAll() {
 	}
 }
 
-// Close closes the idle connections and refuses further Acquires; a
-// connection in use is closed when it is released (pgconn is not safe to
-// close under its user). Waiting Acquires fail at once. Close then waits
-// for the backend terminations in flight, at most TerminateTimeout +
-// ConnectTimeout (each is bounded by that itself). Close is idempotent.
+// Close refuses further Acquires (waiting ones fail at once), closes the
+// idle connections and ends the backends of the connections still in use
+// with pg_terminate_backend from side connections, in parallel (pgconn is
+// not safe to close under its user, and a backend busy in a loop that
+// swallows cancellation would outlive the process). It waits for those and
+// for the terminations in flight, each of which makes at most one more
+// attempt: Close returns within ConnectTimeout + TerminateTimeout + 4 s
+// (19 s by default: the last attempt, then closing the control connection). A later Release of a connection that was in use just
+// closes it. Close is idempotent.
 func (p *Pool) Close() {
 	p.mu.Lock()
 	if p.isClosed {
@@ -332,11 +394,25 @@ func (p *Pool) Close() {
 	close(p.closed)
 	idle := p.idle
 	p.idle = nil
+	inUse := p.inUse
+	p.inUse = map[*Conn]struct{}{}
+	if p.terminateDisabled {
+		inUse = nil
+	}
+	p.terminating += len(inUse)
 	p.mu.Unlock()
+	for c := range inUse {
+		// The slot stays with the handle; its Release frees it.
+		go p.runTerminate(c.pid, c.backendStart, false)
+	}
+	var wg sync.WaitGroup
 	for _, c := range idle {
-		p.closeConn(c)
+		wg.Add(1)
+		go func() { defer wg.Done(); p.closeConn(c) }()
 	}
 	p.waitTerminations()
+	wg.Wait() // each close is bounded by 2 s, started before the wait
+	p.closeControl()
 }
 
 // Stats are counters for metrics and tests.
@@ -346,13 +422,19 @@ type Stats struct {
 	InUse   int    `json:"in_use"`
 	Opened  uint64 `json:"opened"`  // connections opened since New
 	Dropped uint64 `json:"dropped"` // connections closed instead of reused
-	// Terminated counts backends of dropped connections that were still
-	// running and were ended with pg_terminate_backend; TerminateFailed
-	// those that could not be (side connection refused, timeout, no
-	// backend_start recorded). A backend already gone counts in neither.
+	// Terminated counts backends (of dropped connections, or in use at
+	// Close) that were still running and were ended with
+	// pg_terminate_backend; TerminateFailed the attempts that failed (side
+	// connection refused, timeout), each retried. A backend already gone
+	// counts in neither.
 	Terminated      uint64 `json:"terminated"`
-	TerminateFailed uint64 `json:"terminate_failed"`
-	Terminating     int    `json:"terminating"` // terminations in flight
+	TerminateFailed uint64 `json:"terminate_failed"` // failed attempts; each is retried
+	Terminating     int    `json:"terminating"`      // terminations in flight, retries included
+	// TerminatePending counts backends whose termination failed and is
+	// being retried (their slots stay taken); TerminateGivenUp those
+	// still failing when Close's bound ran out.
+	TerminatePending int    `json:"terminate_pending"`
+	TerminateGivenUp uint64 `json:"terminate_given_up"`
 }
 
 // Stats returns the current counters.
@@ -361,5 +443,6 @@ func (p *Pool) Stats() Stats {
 	defer p.mu.Unlock()
 	free := len(p.slots)
 	return Stats{Size: p.o.Size, Idle: len(p.idle), InUse: p.o.Size - free, Opened: p.opened, Dropped: p.dropped,
-		Terminated: p.terminated, TerminateFailed: p.terminateFailed, Terminating: p.terminating}
+		Terminated: p.terminated, TerminateFailed: p.terminateFailed, Terminating: p.terminating,
+		TerminatePending: len(p.pending), TerminateGivenUp: p.terminateGivenUp}
 }

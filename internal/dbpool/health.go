@@ -101,6 +101,9 @@ func (p *Pool) Health(ctx context.Context) (*Health, error) {
 		h.ClientCertSubject, h.ClientCertNotAfter = f.ClientCertificate.Subject.String(), f.ClientCertificate.NotAfter
 	}
 	h.Warnings = append(h.Warnings, p.warnings(h, f.PeerCertificates)...)
+	if w := p.terminationWarning(); w != "" {
+		h.Warnings = append(h.Warnings, w)
+	}
 	return h, nil
 }
 

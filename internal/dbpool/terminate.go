@@ -2,6 +2,8 @@ package dbpool
 
 import (
 	"context"
+	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -13,26 +15,56 @@ import (
 )
 
 // TerminateTimeout is how long pg_terminate_backend waits for the backend
-// to exit (its second argument, PostgreSQL 14+). One termination is bounded
-// by ConnectTimeout + TerminateTimeout in all.
+// to exit (its second argument, PostgreSQL 14+). One attempt is bounded by
+// ConnectTimeout + TerminateTimeout (+ 2 s to close the side connection).
 const TerminateTimeout = 5 * time.Second
+
+// A failed termination is retried after RetryMin, doubling up to RetryMax,
+// until the backend is gone or the pool is closed: the slot stays taken
+// meanwhile, because the backend may still hold its snapshot and locks and
+// count against the role's connection limit.
+const (
+	RetryMin = 1 * time.Second
+	RetryMax = 30 * time.Second
+)
+
+// retryDelay is the wait after the n-th failed attempt (n >= 1).
+func retryDelay(n int) time.Duration {
+	d := RetryMin
+	for i := 1; i < n && d < RetryMax; i++ {
+		d *= 2
+	}
+	return min(d, RetryMax)
+}
 
 // backendStartSQL is computed by the server both when the connection is
 // opened and when it is terminated, so the two values compare exactly
 // whatever the DateStyle, TimeZone or float precision.
 const backendStartSQL = `(extract(epoch FROM backend_start) * 1000000)::int8`
 
+// Both statements read the function pg_stat_get_activity, not the view
+// pg_stat_activity: a function takes no relation lock, so an agent that
+// may LOCK the view (pg_maintain, PostgreSQL 17+) cannot block them.
+const (
+	ownStartSQL  = "SELECT " + backendStartSQL + " FROM pg_catalog.pg_stat_get_activity(pg_catalog.pg_backend_pid())"
+	terminateSQL = "SELECT %s FROM pg_catalog.pg_stat_get_activity($1::int4) WHERE " + backendStartSQL + " = $2::int8"
+)
+
 // backendStart reads the connection's own backend_start, which together
-// with the PID names this backend and no later one (PIDs are reused).
+// with the PID names this backend and no later one (PIDs are reused). A
+// connection whose backend cannot be named is refused: the pool could not
+// end it later.
 func backendStart(ctx context.Context, pg *pgconn.PgConn) (int64, error) {
-	r := pg.ExecParams(ctx, "SELECT "+backendStartSQL+" FROM pg_stat_activity WHERE pid = pg_backend_pid()", nil, nil, nil, nil).Read()
+	r := pg.ExecParams(ctx, ownStartSQL, nil, nil, nil, nil).Read()
 	if r.Err != nil {
 		return 0, failure.Wrap(failure.ProtocolError, r.Err, "database pool: reading the new connection's backend_start failed").
-			WithEvidence("SELECT backend_start FROM pg_stat_activity for backend %d", pg.PID()).
-			WithFix("check that the server is PostgreSQL (not a statement-mode pooler) and that pg_stat_activity is readable")
+			WithEvidence("SELECT backend_start FROM pg_stat_get_activity(pg_backend_pid()) for backend %d", pg.PID()).
+			WithFix("check that the server is PostgreSQL (not a statement-mode pooler)")
 	}
 	if len(r.Rows) != 1 || r.Rows[0][0] == nil {
-		return 0, nil // not listed: Release cannot terminate it safely and says so in TerminateFailed
+		return 0, failure.New(failure.ProtocolError, "database pool: the server does not list the new connection's backend").
+			WithEvidence("pg_stat_get_activity(pg_backend_pid()) returned %d rows for backend %d", len(r.Rows), pg.PID()).
+			WithFix("check track_activities and that the server is PostgreSQL (not a pooler); the pool needs backend_start to end abandoned backends")
 	}
 	v, err := strconv.ParseInt(string(r.Rows[0][0]), 10, 64)
 	if err != nil {
@@ -42,41 +74,60 @@ func backendStart(ctx context.Context, pg *pgconn.PgConn) (int64, error) {
 	return v, nil
 }
 
-// startTerminate ends c's backend in the background; c is already closed
-// and holds a slot, which the termination frees when it is done. It
-// returns false (and the caller frees the slot) when nothing is started.
-func (p *Pool) startTerminate(c *Conn) bool {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.terminateDisabled {
-		return false
-	}
-	if c.backendStart == 0 {
-		p.terminateFailed++
-		return false
-	}
-	p.terminating++
-	pid, start := c.PgConn.PID(), c.backendStart
-	go func() {
+// pending is a termination that failed at least once and is retried.
+type pending struct {
+	attempts int
+	err      string
+}
+
+// runTerminate ends backend pid (started at start) in the background,
+// retrying with a capped backoff until it is gone or the pool is closed.
+// The caller counted it in p.terminating. freeSlot: the backend's slot is
+// freed when it is known gone, never before.
+func (p *Pool) runTerminate(pid uint32, start int64, freeSlot bool) {
+	for attempt := 1; ; attempt++ {
 		ctx, cancel := context.WithTimeout(context.Background(), p.o.ConnectTimeout+TerminateTimeout)
 		ended, err := p.terminate(ctx, pid, start)
 		cancel()
 		p.mu.Lock()
-		switch {
-		case err != nil:
-			p.terminateFailed++
-		case ended:
-			p.terminated++
+		if err == nil {
+			if ended {
+				p.terminated++
+			}
+			delete(p.pending, pid)
+			p.finishTerminateLocked()
+			p.mu.Unlock()
+			if freeSlot {
+				p.slots <- struct{}{}
+			}
+			return
 		}
-		p.terminating--
-		if p.terminating == 0 && p.terminateDone != nil {
-			close(p.terminateDone)
-			p.terminateDone = nil
+		p.terminateFailed++
+		p.pending[pid] = &pending{attempts: attempt, err: err.Error()}
+		if p.isClosed {
+			// The attempt after Close was the last: Close's bound wins.
+			// The backend stays listed in pending (Stats, Health).
+			p.terminateGivenUp++
+			p.finishTerminateLocked()
+			p.mu.Unlock()
+			return
 		}
 		p.mu.Unlock()
-		p.slots <- struct{}{}
-	}()
-	return true
+		timer := time.NewTimer(retryDelay(attempt))
+		select {
+		case <-timer.C:
+		case <-p.closed: // one last attempt, within Close's bound
+			timer.Stop()
+		}
+	}
+}
+
+func (p *Pool) finishTerminateLocked() {
+	p.terminating--
+	if p.terminating == 0 && p.terminateDone != nil {
+		close(p.terminateDone)
+		p.terminateDone = nil
+	}
 }
 
 // terminate ends backend pid if, and only if, it is still the backend that
@@ -85,6 +136,9 @@ func (p *Pool) startTerminate(c *Conn) bool {
 // side connection is opened exactly as the pool's own: same settings, same
 // TLS and client certificate, so the same role ends its own backend.
 func (p *Pool) terminate(ctx context.Context, pid uint32, start int64) (bool, error) {
+	if ended, err, ok := p.terminateOnControl(ctx, pid, start); ok {
+		return ended, err
+	}
 	cctx, cancel := context.WithTimeout(ctx, p.o.ConnectTimeout)
 	side, _, err := pgtls.Connect(cctx, p.cfg, p.opts)
 	cancel()
@@ -118,20 +172,99 @@ func (p *Pool) terminate(ctx context.Context, pid uint32, start int64) (bool, er
 	return terminateOn(ctx, side, pid, start)
 }
 
+// The control connection is opened next to the pool's first connection and
+// kept: the pool's one way to end a backend when no new login is possible.
+// LOCK on the view pg_stat_activity also locks pg_authid and pg_database,
+// which every login reads, so an agent allowed to LOCK it (pg_maintain,
+// PostgreSQL 17+) blocks fresh side connections; and at the role's
+// CONNECTION LIMIT they are refused. Its statement ran once when it was
+// opened, so the catalog entries it needs are cached and it takes no lock.
+func (p *Pool) ensureControl() {
+	select {
+	case p.ctlSem <- struct{}{}:
+	default:
+		return // in use: it exists
+	}
+	defer func() { <-p.ctlSem }()
+	if p.ctl != nil && !p.ctl.IsClosed() {
+		return
+	}
+	p.mu.Lock()
+	skip := p.isClosed || p.controlDisabled
+	p.mu.Unlock()
+	if skip {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), p.o.ConnectTimeout)
+	defer cancel()
+	pg, _, err := pgtls.Connect(ctx, p.cfg, p.opts)
+	if err != nil {
+		return // best effort: fresh side connections and idle ones remain
+	}
+	if _, err := terminateOn(ctx, pg, 0, 0); err != nil { // PID 0 matches nothing
+		_ = pg.Close(ctx)
+		return
+	}
+	p.ctl = pg
+}
+
+// terminateOnControl sends the termination on the control connection; ok
+// is false when there is none (or it broke), and the caller goes on.
+func (p *Pool) terminateOnControl(ctx context.Context, pid uint32, start int64) (ended bool, err error, ok bool) {
+	select {
+	case p.ctlSem <- struct{}{}:
+	case <-ctx.Done():
+		return false, nil, false
+	}
+	defer func() { <-p.ctlSem }()
+	if p.ctl == nil {
+		return false, nil, false
+	}
+	ended, err = terminateOn(ctx, p.ctl, pid, start)
+	if err != nil && (p.ctl.IsClosed() || p.ctl.IsBusy() || p.ctl.TxStatus() != 'I') {
+		cctx, cancel := context.WithTimeout(context.Background(), closeTimeout)
+		_ = p.ctl.Close(cctx)
+		cancel()
+		p.ctl = nil
+		return false, nil, false
+	}
+	return ended, err, true
+}
+
+// closeControl closes the control connection (at most 2 s). If Close's
+// bound ran out while an attempt still uses it, that attempt (bounded by
+// its own timeout) is waited for in the background.
+func (p *Pool) closeControl() {
+	closeIt := func() {
+		defer func() { <-p.ctlSem }()
+		if p.ctl != nil {
+			ctx, cancel := context.WithTimeout(context.Background(), closeTimeout)
+			_ = p.ctl.Close(ctx)
+			cancel()
+			p.ctl = nil
+		}
+	}
+	select {
+	case p.ctlSem <- struct{}{}:
+		closeIt()
+	default:
+		go func() { p.ctlSem <- struct{}{}; closeIt() }()
+	}
+}
+
 // terminateOn sends the guarded pg_terminate_backend on side.
 func terminateOn(ctx context.Context, side *pgconn.PgConn, pid uint32, start int64) (bool, error) {
 	// With a timeout (PostgreSQL 14+) the function waits until the backend
 	// has exited and returns false, with a warning, if it has not.
-	fn := "pg_terminate_backend(pid)"
+	fn := "pg_catalog.pg_terminate_backend(pid)"
 	args := [][]byte{[]byte(strconv.FormatUint(uint64(pid), 10)), []byte(strconv.FormatInt(start, 10))}
 	if serverMajor(side) >= 14 {
-		fn = "pg_terminate_backend(pid, $3::int8)"
+		fn = "pg_catalog.pg_terminate_backend(pid, $3::int8)"
 		args = append(args, []byte(strconv.FormatInt(TerminateTimeout.Milliseconds(), 10)))
 	}
 	// The PID and backend_start are checked in the same statement that
 	// sends the signal, so a PID reused by another backend is never hit.
-	r := side.ExecParams(ctx, "SELECT "+fn+" FROM pg_stat_activity WHERE pid = $1::int4 AND "+backendStartSQL+" = $2::int8",
-		args, nil, nil, nil).Read()
+	r := side.ExecParams(ctx, fmt.Sprintf(terminateSQL, fn), args, nil, nil, nil).Read()
 	if r.Err != nil {
 		return false, r.Err
 	}
@@ -158,8 +291,9 @@ func serverMajor(pg *pgconn.PgConn) int {
 	return n
 }
 
-// waitTerminations waits for the terminations in flight, each bounded by
-// its own timeout, so Close returns within that bound too.
+// waitTerminations waits for the terminations in flight; each has at most
+// one attempt left once the pool is closed, so this is bounded by one
+// attempt: ConnectTimeout + TerminateTimeout + closeTimeout.
 func (p *Pool) waitTerminations() {
 	p.mu.Lock()
 	if p.terminating == 0 {
@@ -175,4 +309,39 @@ func (p *Pool) waitTerminations() {
 	case <-done:
 	case <-timer.C:
 	}
+}
+
+// stuckLocked describes the terminations that failed and are retried:
+// "" when there are none.
+func (p *Pool) stuckLocked() string {
+	if len(p.pending) == 0 {
+		return ""
+	}
+	pids := make([]uint32, 0, len(p.pending))
+	for pid := range p.pending {
+		pids = append(pids, pid)
+	}
+	slices.Sort(pids)
+	s := make([]string, len(pids))
+	for i, pid := range pids {
+		s[i] = strconv.FormatUint(uint64(pid), 10)
+	}
+	last := p.pending[pids[len(pids)-1]]
+	return fmt.Sprintf("%d backends of abandoned calls could not be ended yet (pids %s; last error after %d attempts: %s)",
+		len(pids), strings.Join(s, ", "), last.attempts, last.err)
+}
+
+// stuckFix is the operator's way out when terminations keep failing.
+const stuckFix = "end those backends as a superuser or a member of the role (SELECT pg_terminate_backend(pid)); " +
+	"keep the pool size below the role's CONNECTION LIMIT so the pool can open its side connection; " +
+	"the pool retries at least every 30s and keeps their connections out of use until they are gone"
+
+// terminationWarning is Health's warning about stuck terminations.
+func (p *Pool) terminationWarning() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if s := p.stuckLocked(); s != "" {
+		return s + ": " + stuckFix
+	}
+	return ""
 }

@@ -1,5 +1,8 @@
 package dbpool_test
 
+// The termination tests run in parallel (t.Parallel): each has its own server,
+// and they mostly wait on statement timeouts.
+
 import (
 	"context"
 	"errors"
@@ -31,7 +34,7 @@ func terminateWorld(t *testing.T) *world {
 
 func listed(t *testing.T, s *pgtest.Server, pid uint32) bool {
 	t.Helper()
-	return s.Exec(t, "SELECT count(*) FROM pg_stat_activity WHERE pid = "+strconv.Itoa(int(pid))) != "0"
+	return s.Exec(t, "SELECT count(*) FROM pg_stat_get_activity("+strconv.Itoa(int(pid))+")") != "0"
 }
 
 // settle waits (bounded) until the pool has no termination in flight.
@@ -71,6 +74,7 @@ func swallowCall(t *testing.T, p *dbpool.Pool) uint32 {
 // certificate (hostssl … cert is the only way in for app, so the side
 // connection used the pool's TLS settings and certificate).
 func TestAbandonedBackendIsTerminated(t *testing.T) {
+	t.Parallel()
 	w := terminateWorld(t)
 	p := w.pool(t, "verify-full", dbpool.Options{Size: 2})
 	pid := swallowCall(t, p)
@@ -82,14 +86,16 @@ func TestAbandonedBackendIsTerminated(t *testing.T) {
 	if got := w.s.Exec(t, "SET lock_timeout = '2s'; ALTER TABLE t ADD COLUMN x int; SELECT 'altered'"); got != "altered" {
 		t.Fatalf("owner's ALTER TABLE: %q", got)
 	}
-	if got := w.s.Exec(t, "SELECT count(*) FROM pg_stat_activity WHERE usename = 'app'"); got != "0" {
-		t.Fatalf("app backends left: %s", got)
+	// Only the pool's control connection is left, idle.
+	if got := w.s.Exec(t, "SELECT count(*) FILTER (WHERE state <> 'idle') || ' ' || count(*) FROM pg_stat_activity WHERE usename = 'app'"); got != "0 1" {
+		t.Fatalf("app backends left (not idle, all): %s", got)
 	}
 }
 
 // The control: without the termination the same call leaves the backend
 // running (and the tests above would fail).
 func TestAbandonedBackendSurvivesWithoutTerminate(t *testing.T) {
+	t.Parallel()
 	w := terminateWorld(t)
 	p := w.pool(t, "verify-full", dbpool.Options{Size: 2})
 	p.DisableTerminate()
@@ -108,6 +114,7 @@ func TestAbandonedBackendSurvivesWithoutTerminate(t *testing.T) {
 // dbpool+readonly level: with the role limited to 3 connections, swallowing
 // calls one after another never lock the role out.
 func TestSwallowingCallsNeverExhaustConnections(t *testing.T) {
+	t.Parallel()
 	w := terminateWorld(t)
 	w.s.Exec(t, "ALTER ROLE app CONNECTION LIMIT 3")
 	// Size 2 leaves the role one connection for the side connection.
@@ -146,6 +153,7 @@ func busyClosed(t *testing.T, c *dbpool.Conn) {
 // another backend (PID reuse): it is not terminated. The same connection
 // with its true backend_start is.
 func TestTerminateGuardsPIDReuse(t *testing.T) {
+	t.Parallel()
 	w := terminateWorld(t)
 	p := w.pool(t, "verify-full", dbpool.Options{Size: 2})
 
@@ -181,6 +189,7 @@ func TestTerminateGuardsPIDReuse(t *testing.T) {
 
 // Close waits for the terminations in flight (each bounded).
 func TestCloseWaitsForTerminations(t *testing.T) {
+	t.Parallel()
 	w := terminateWorld(t)
 	p := w.pool(t, "verify-full", dbpool.Options{Size: 1})
 	c := acquire(t, p)
@@ -198,12 +207,15 @@ func TestCloseWaitsForTerminations(t *testing.T) {
 
 var pgprotoQuery = pgproto3.Query{String: "SELECT pg_sleep(60)"}
 
-// At the role's connection limit the fresh side connection is refused; an
-// idle connection of the pool sends the termination instead.
+// Without the control connection, at the role's connection limit the fresh
+// side connection is refused; an idle connection of the pool sends the
+// termination instead.
 func TestTerminateFallsBackToIdleConnection(t *testing.T) {
+	t.Parallel()
 	w := terminateWorld(t)
 	w.s.Exec(t, "ALTER ROLE app CONNECTION LIMIT 2")
 	p := w.pool(t, "verify-full", dbpool.Options{Size: 2})
+	p.DisableControl() // the control connection would take the limit's second place
 	a, b := acquire(t, p), acquire(t, p)
 	idlePID := a.PgConn.PID()
 	a.Release()
