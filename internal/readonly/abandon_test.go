@@ -24,6 +24,7 @@ LOOP BEGIN PERFORM pg_sleep(3600); EXCEPTION WHEN query_canceled THEN NULL; END;
 // Every give-up path returns an error that errors.Is ErrAbandoned and
 // leaves the connection closed; an ordinary timeout does neither.
 func TestGiveUpIsAbandoned(t *testing.T) {
+	t.Parallel() // own server; waits out StatementTimeout + Grace
 	s := server(t)
 	t.Cleanup(func() {
 		s.Exec(t, "SELECT count(pg_terminate_backend(pid, 5000)) FROM pg_stat_activity WHERE usename = 'agent'")
@@ -89,6 +90,7 @@ func TestGiveUpIsAbandoned(t *testing.T) {
 // abandoned backend notices the closed socket and ends itself (FATAL,
 // which PL/pgSQL cannot catch), without any termination.
 func TestCheckIntervalEndsAbandonedBackend(t *testing.T) {
+	t.Parallel() // own server; waits out StatementTimeout + Grace
 	s := server(t)
 	t.Cleanup(func() {
 		s.Exec(t, "SELECT count(pg_terminate_backend(pid, 5000)) FROM pg_stat_activity WHERE usename = 'agent'")
