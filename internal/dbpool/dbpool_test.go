@@ -2,8 +2,6 @@ package dbpool_test
 
 import (
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"runtime"
@@ -18,25 +16,11 @@ import (
 	"github.com/pgtrust/pgtrust/certs"
 	"github.com/pgtrust/pgtrust/connstring"
 	"github.com/pgtrust/pgtrust/failure"
+	"github.com/pgtrust/pgtrust/internal/certtest"
 	"github.com/pgtrust/pgtrust/internal/dbpool"
 	"github.com/pgtrust/pgtrust/internal/pgtest"
 	"github.com/pgtrust/pgtrust/pgtls"
 )
-
-// localIssuer issues the "app" client certificate from an in-memory CA, so
-// that a RenewingSource can renew on demand (Reload).
-type localIssuer struct{ ca *certs.KeyPair }
-
-func (l localIssuer) Name() string { return "local-ca" }
-
-func (l localIssuer) Issue(_ context.Context, _ *tls.Certificate) (*certs.Issued, error) {
-	kp, err := certs.IssueClient(l.ca, certs.Options{CommonName: "app", Validity: 10 * time.Minute, NotBefore: time.Now().Truncate(time.Second)})
-	if err != nil {
-		return nil, err
-	}
-	cert := tls.Certificate{Certificate: [][]byte{kp.Cert.Raw}, PrivateKey: kp.Key, Leaf: kp.Cert}
-	return &certs.Issued{Certificate: cert, CAs: []*x509.Certificate{l.ca.Cert}}, nil
-}
 
 type world struct {
 	s      *pgtest.Server
@@ -70,7 +54,7 @@ func newWorldOn(t *testing.T, version int, setup ...string) *world {
 	s := pgtest.Start(t, pgtest.Options{Version: version, SSL: true, ServerCert: srv.CertPEM(), ServerKey: key, CA: ca.CertPEM(),
 		HBA:   []string{"hostssl all app 127.0.0.1/32 cert clientcert=verify-full"},
 		Setup: append([]string{"CREATE ROLE app LOGIN"}, setup...)})
-	src, err := certs.NewRenewingSource(context.Background(), localIssuer{ca}, certs.RenewOptions{TrustIssuedCA: true, Name: "dbpool test"})
+	src, err := certs.NewRenewingSource(context.Background(), certtest.Issuer{CA: ca, CommonName: "app", Validity: 10 * time.Minute}, certs.RenewOptions{TrustIssuedCA: true, Name: "dbpool test"})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -3,8 +3,6 @@ package mcpserver_test
 import (
 	"bytes"
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"encoding/json"
 	"log/slog"
 	"os"
@@ -18,6 +16,7 @@ import (
 
 	"github.com/pgtrust/pgtrust/certs"
 	"github.com/pgtrust/pgtrust/connstring"
+	"github.com/pgtrust/pgtrust/internal/certtest"
 	"github.com/pgtrust/pgtrust/internal/dbpool"
 	"github.com/pgtrust/pgtrust/internal/doctor"
 	"github.com/pgtrust/pgtrust/internal/mcpserver"
@@ -56,21 +55,6 @@ GRANT SELECT ON ALL TABLES IN SCHEMA shop TO agent;
 GRANT SELECT ON public.t, public."Odd Schema" TO agent;
 ANALYZE;
 `
-
-// localIssuer issues the agent's client certificate from an in-memory CA,
-// so a RenewingSource can renew on demand (Reload), as in dbpool's tests.
-type localIssuer struct{ ca *certs.KeyPair }
-
-func (l localIssuer) Name() string { return "local-ca" }
-
-func (l localIssuer) Issue(_ context.Context, _ *tls.Certificate) (*certs.Issued, error) {
-	kp, err := certs.IssueClient(l.ca, certs.Options{CommonName: "agent", Validity: time.Hour, NotBefore: time.Now().Truncate(time.Second)})
-	if err != nil {
-		return nil, err
-	}
-	cert := tls.Certificate{Certificate: [][]byte{kp.Cert.Raw}, PrivateKey: kp.Key, Leaf: kp.Cert}
-	return &certs.Issued{Certificate: cert, CAs: []*x509.Certificate{l.ca.Cert}}, nil
-}
 
 type world struct {
 	s    *pgtest.Server
@@ -121,7 +105,7 @@ func newWorld(t *testing.T) *world {
 	s := pgtest.Start(t, pgtest.Options{SSL: true, ServerCert: srvKP.CertPEM(), ServerKey: key, CA: ca.CertPEM(),
 		HBA:   []string{"hostssl all agent 127.0.0.1/32 cert clientcert=verify-full"},
 		Setup: []string{fixture}})
-	src, err := certs.NewRenewingSource(context.Background(), localIssuer{ca}, certs.RenewOptions{TrustIssuedCA: true, Name: "mcpserver test"})
+	src, err := certs.NewRenewingSource(context.Background(), certtest.Issuer{CA: ca, CommonName: "agent", Validity: time.Hour}, certs.RenewOptions{TrustIssuedCA: true, Name: "mcpserver test"})
 	if err != nil {
 		t.Fatal(err)
 	}
