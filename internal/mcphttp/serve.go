@@ -28,12 +28,13 @@ func Serve(ctx context.Context, srv *mcp.Server, o Options, ready func(net.Addr)
 		// A source without a certificate (a CA-only FileSource) would fail
 		// every handshake; refuse it now instead.
 		if c, err := o.TLS.GetCertificate(&tls.ClientHelloInfo{}); err != nil || c == nil || len(c.Certificate) == 0 {
-			e := failure.New(failure.ConfigInvalid, "the MCP HTTPS certificate source has no server certificate").
-				WithFix("pass --http-tls-cert and --http-tls-key (a certificate and its key)")
+			evidence := "the source returned no certificate for a TLS handshake (a CA-only source?)"
 			if err != nil {
-				e = e.WithEvidence("%v", err)
+				evidence = err.Error()
 			}
-			return e
+			return failure.New(failure.ConfigInvalid, "the MCP HTTPS certificate source has no server certificate").
+				WithEvidence("%s", evidence).
+				WithFix("pass --http-tls-cert and --http-tls-key (a certificate and its key)")
 		}
 		tlsConfig = &tls.Config{
 			MinVersion: tls.VersionTLS12,
