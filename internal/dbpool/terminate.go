@@ -11,67 +11,37 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/pgtrust/pgtrust/failure"
+	"github.com/pgtrust/pgtrust/internal/pgterminate"
 	"github.com/pgtrust/pgtrust/pgtls"
 )
 
 // TerminateTimeout is how long pg_terminate_backend waits for the backend
 // to exit (its second argument, PostgreSQL 14+). One attempt is bounded by
 // ConnectTimeout + TerminateTimeout (+ 2 s to close the side connection).
-const TerminateTimeout = 5 * time.Second
+const TerminateTimeout = pgterminate.Timeout
 
 // A failed termination is retried after RetryMin, doubling up to RetryMax,
 // until the backend is gone or the pool is closed: the slot stays taken
 // meanwhile, because the backend may still hold its snapshot and locks and
 // count against the role's connection limit.
 const (
-	RetryMin = 1 * time.Second
-	RetryMax = 30 * time.Second
+	RetryMin = pgterminate.RetryMin
+	RetryMax = pgterminate.RetryMax
 )
 
 // retryDelay is the wait after the n-th failed attempt (n >= 1).
-func retryDelay(n int) time.Duration {
-	d := RetryMin
-	for i := 1; i < n && d < RetryMax; i++ {
-		d *= 2
-	}
-	return min(d, RetryMax)
-}
-
-// backendStartSQL is computed by the server both when the connection is
-// opened and when it is terminated, so the two values compare exactly
-// whatever the DateStyle, TimeZone or float precision.
-const backendStartSQL = `(extract(epoch FROM backend_start) * 1000000)::int8`
-
-// Both statements read the function pg_stat_get_activity, not the view
-// pg_stat_activity: a function takes no relation lock, so an agent that
-// may LOCK the view (pg_maintain, PostgreSQL 17+) cannot block them.
-const (
-	ownStartSQL  = "SELECT " + backendStartSQL + " FROM pg_catalog.pg_stat_get_activity(pg_catalog.pg_backend_pid())"
-	terminateSQL = "SELECT %s FROM pg_catalog.pg_stat_get_activity($1::int4) WHERE " + backendStartSQL + " = $2::int8"
-)
+func retryDelay(n int) time.Duration { return pgterminate.RetryDelay(n) }
 
 // backendStart reads the connection's own backend_start, which together
 // with the PID names this backend and no later one (PIDs are reused). A
 // connection whose backend cannot be named is refused: the pool could not
 // end it later.
 func backendStart(ctx context.Context, pg *pgconn.PgConn) (int64, error) {
-	r := pg.ExecParams(ctx, ownStartSQL, nil, nil, nil, nil).Read()
-	if r.Err != nil {
-		return 0, failure.Wrap(failure.ProtocolError, r.Err, "database pool: reading the new connection's backend_start failed").
-			WithEvidence("SELECT backend_start FROM pg_stat_get_activity(pg_backend_pid()) for backend %d", pg.PID()).
-			WithFix("check that the server is PostgreSQL (not a statement-mode pooler)")
+	b, err := pgterminate.Identify(ctx, pg)
+	if fe, ok := failure.As(err); ok {
+		fe.Message = "database pool: " + fe.Message
 	}
-	if len(r.Rows) != 1 || r.Rows[0][0] == nil {
-		return 0, failure.New(failure.ProtocolError, "database pool: the server does not list the new connection's backend").
-			WithEvidence("pg_stat_get_activity(pg_backend_pid()) returned %d rows for backend %d", len(r.Rows), pg.PID()).
-			WithFix("check track_activities and that the server is PostgreSQL (not a pooler); the pool needs backend_start to end abandoned backends")
-	}
-	v, err := strconv.ParseInt(string(r.Rows[0][0]), 10, 64)
-	if err != nil {
-		return 0, failure.Wrap(failure.ProtocolError, err, "database pool: unexpected backend_start value").
-			WithEvidence("backend %d", pg.PID()).WithFix("report this as a bug")
-	}
-	return v, nil
+	return b.Start, err
 }
 
 // pending is a termination that failed at least once and is retried.
@@ -254,41 +224,11 @@ func (p *Pool) closeControl() {
 
 // terminateOn sends the guarded pg_terminate_backend on side.
 func terminateOn(ctx context.Context, side *pgconn.PgConn, pid uint32, start int64) (bool, error) {
-	// With a timeout (PostgreSQL 14+) the function waits until the backend
-	// has exited and returns false, with a warning, if it has not.
-	fn := "pg_catalog.pg_terminate_backend(pid)"
-	args := [][]byte{[]byte(strconv.FormatUint(uint64(pid), 10)), []byte(strconv.FormatInt(start, 10))}
-	if serverMajor(side) >= 14 {
-		fn = "pg_catalog.pg_terminate_backend(pid, $3::int8)"
-		args = append(args, []byte(strconv.FormatInt(TerminateTimeout.Milliseconds(), 10)))
+	ended, err := pgterminate.On(ctx, side, pgterminate.Backend{PID: pid, Start: start})
+	if fe, ok := failure.As(err); ok && fe.Class == failure.Timeout {
+		fe.Message = "database pool: " + fe.Message
 	}
-	// The PID and backend_start are checked in the same statement that
-	// sends the signal, so a PID reused by another backend is never hit.
-	r := side.ExecParams(ctx, fmt.Sprintf(terminateSQL, fn), args, nil, nil, nil).Read()
-	if r.Err != nil {
-		return false, r.Err
-	}
-	if len(r.Rows) == 0 {
-		return false, nil
-	}
-	if string(r.Rows[0][0]) != "t" {
-		return false, failure.New(failure.Timeout, "database pool: backend %d did not exit within %s", pid, TerminateTimeout).
-			WithEvidence("pg_terminate_backend returned false").
-			WithFix("check the server for a backend stuck outside interrupt checks")
-	}
-	return true, nil
-}
-
-// serverMajor is the server's major version from its server_version
-// parameter ("15.4", "9.6.24", "18beta1"), 0 when unknown.
-func serverMajor(pg *pgconn.PgConn) int {
-	v := pg.ParameterStatus("server_version")
-	end := strings.IndexFunc(v, func(r rune) bool { return r < '0' || r > '9' })
-	if end >= 0 {
-		v = v[:end]
-	}
-	n, _ := strconv.Atoi(v)
-	return n
+	return ended, err
 }
 
 // waitTerminations waits for the terminations in flight; each has at most
