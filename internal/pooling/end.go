@@ -1,0 +1,225 @@
+package pooling
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/pgtrust/pgtrust/failure"
+	"github.com/pgtrust/pgtrust/internal/serverpool"
+)
+
+// SQLSTATEs of the pool's own errors.
+const (
+	sqlstateTooManyConnections = "53300" // no server connection became free in time
+	sqlstateConnectionFailure  = "08006" // the server connection was lost
+	sqlstateProtocolViolation  = "08P01"
+)
+
+// tryDetach gives srv back to the pool at a ReadyForQuery 'I' (the last
+// message in wbuf) when the client has nothing outstanding on it and
+// nothing being written to it. A hazard found by the watch or its check
+// reaches the client before that ReadyForQuery, and the connection is
+// closed instead of reused. It reports whether the pump is done with srv.
+func (s *Session) tryDetach(srv *serverpool.Server, st *serverState, check bool, wbuf *[]byte) bool {
+	s.mu.Lock()
+	// A batch still being written whose every request is answered (the
+	// server read it all) ends in a moment: wait for it rather than keep
+	// the connection for a client that may now stay idle.
+	for s.srv == srv && s.inflight > 0 && st.cache.Outstanding() == 0 {
+		s.written.Wait()
+	}
+	if s.srv != srv || s.inflight > 0 || st.cache.Outstanding() > 0 {
+		s.mu.Unlock()
+		return false
+	}
+	hz := s.hazard
+	s.hazard = nil
+	s.srv, s.st = nil, nil
+	s.mu.Unlock()
+
+	clean := !st.cache.Broken()
+	if clean && hz == nil && (check || st.watch.Due()) {
+		ctx, cancel := context.WithTimeout(context.Background(), s.o.QueryTimeout)
+		hs, err := st.watch.Check(ctx, srv.PgConn())
+		cancel()
+		switch {
+		case err != nil:
+			clean = false
+			s.o.Logger.Warn("pool check of a server connection failed; closing it", "key", s.o.Key.String(), "error", err.Error())
+		case len(hs) > 0:
+			hz = hs[0]
+		}
+	}
+	if hz != nil {
+		// The transaction ended (committed, if it succeeded): its
+		// ReadyForQuery goes first, then FATAL, as the server itself ends
+		// an idle session; the state dies with the server connection.
+		clean = false
+		*wbuf, _ = hz.ErrorResponse().Encode(*wbuf)
+		s.o.Logger.Warn("session state that transaction mode cannot carry; ending the session", "key", s.o.Key.String(),
+			"identity", s.o.Identity, "hazard", hz.Error())
+		s.setEnd("transaction mode cannot carry: " + hz.Error())
+	}
+	err := s.writeClientRaw(*wbuf)
+	*wbuf = (*wbuf)[:0]
+	srv.Release(clean)
+	if err != nil {
+		s.setEnd("client write: " + err.Error())
+	}
+	if err != nil || hz != nil {
+		s.client.Close()
+	}
+	return true
+}
+
+// resetDone follows the answer to the session-mode reset query; at its
+// ReadyForQuery it reports the verdict to end and says the pump is done.
+func (s *Session) resetDone(srv *serverpool.Server, msg pgproto3.BackendMessage) bool {
+	switch m := msg.(type) {
+	case *pgproto3.ErrorResponse:
+		s.resetFailed.Store(true)
+	case *pgproto3.ParameterStatus:
+		srv.SetParam(m.Name, m.Value)
+	case *pgproto3.ReadyForQuery:
+		s.resetOK <- !s.resetFailed.Load() && m.TxStatus == 'I'
+		return true
+	}
+	return false
+}
+
+// end finishes the session from the client goroutine: the server
+// connection goes back (session mode, after the reset query, when the
+// client left it idle) or is closed (mid-transaction, or anything
+// outstanding). It returns reason.
+func (s *Session) end(reason string) string {
+	s.mu.Lock()
+	s.ending = true
+	srv, done := s.srv, s.pumpDone
+	s.srv, s.st = nil, nil // whoever takes srv out of the session releases it
+	s.mu.Unlock()
+	if srv != nil {
+		clean := false
+		if s.o.Mode == ModeSession && s.lastTx.Load() == 'I' && s.syncs.Load() == s.rfqs.Load() && !s.unsynced.Load() {
+			q := s.o.ResetQuery
+			if q == NoReset {
+				// An empty statement still makes the server answer, which
+				// stops the pump at a message boundary.
+				q = ";"
+			}
+			clean = s.reset(srv, done, q)
+		}
+		srv.Release(clean)
+	}
+	if done != nil {
+		<-done
+	}
+	return reason
+}
+
+// reset runs the reset query through the pump and reports whether the
+// connection came back idle without error.
+func (s *Session) reset(srv *serverpool.Server, done <-chan struct{}, query string) bool {
+	s.resetOK = make(chan bool, 1)
+	s.resetting.Store(true)
+	b, _ := (&pgproto3.Query{String: query}).Encode(nil)
+	conn := srv.PgConn().Conn()
+	_ = conn.SetWriteDeadline(time.Now().Add(s.o.QueryTimeout))
+	_, err := conn.Write(b)
+	_ = conn.SetWriteDeadline(time.Time{})
+	if err != nil {
+		return false
+	}
+	t := time.NewTimer(s.o.QueryTimeout)
+	defer t.Stop()
+	select {
+	case ok := <-s.resetOK:
+		<-done
+		return ok
+	case <-done:
+		return false
+	case <-t.C:
+		return false
+	}
+}
+
+// serverLost ends the session after a read failure on srv, unless the
+// session already let srv go (its end, a release).
+func (s *Session) serverLost(srv *serverpool.Server, err error) {
+	s.mu.Lock()
+	mine := s.srv == srv
+	s.mu.Unlock()
+	if !mine {
+		return
+	}
+	_ = s.writeClient([]pgproto3.BackendMessage{errorMessage("FATAL", sqlstateConnectionFailure, serverIOError(err))})
+	s.abort(srv, "server connection lost: "+err.Error(), nil)
+}
+
+// abort ends the session from the pump: srv is closed, the client
+// connection too (its goroutine then ends the session).
+func (s *Session) abort(srv *serverpool.Server, reason string, err error) {
+	s.mu.Lock()
+	mine := s.srv == srv
+	if mine {
+		s.srv, s.st = nil, nil
+	}
+	if s.endErr == "" && !s.ending {
+		s.endErr = reason
+	}
+	s.mu.Unlock()
+	if !mine {
+		return
+	}
+	if err != nil {
+		_ = s.writeClient([]pgproto3.BackendMessage{errorMessage("FATAL", sqlstateProtocolViolation, err)})
+	}
+	srv.Release(false)
+	s.client.Close()
+}
+
+func (s *Session) setEnd(reason string) {
+	s.mu.Lock()
+	if s.endErr == "" {
+		s.endErr = reason
+	}
+	s.mu.Unlock()
+}
+
+func (s *Session) endReason() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.endErr
+}
+
+// fail tells the client why its session ends and ends it.
+func (s *Session) fail(err error) string {
+	code := sqlstateProtocolViolation
+	var pe *pgconn.PgError
+	switch {
+	case errors.As(err, &pe):
+		_ = s.writeClient([]pgproto3.BackendMessage{&pgproto3.ErrorResponse{Severity: "FATAL", SeverityUnlocalized: "FATAL",
+			Code: pe.Code, Message: pe.Message, Detail: pe.Detail, Hint: pe.Hint}})
+		return s.end("server refused: " + pe.Code + " " + pe.Message)
+	case failure.ClassOf(err) == failure.Timeout:
+		code = sqlstateTooManyConnections
+	case failure.ClassOf(err) != failure.ProtocolError && failure.ClassOf(err) != failure.ConfigInvalid:
+		code = sqlstateConnectionFailure
+	}
+	if r := s.endReason(); r != "" && err.Error() == r {
+		return s.end(r)
+	}
+	if hz, ok := err.(interface {
+		ErrorResponse() *pgproto3.ErrorResponse
+	}); ok {
+		e := hz.ErrorResponse()
+		e.Severity, e.SeverityUnlocalized = "FATAL", "FATAL"
+		_ = s.writeClient([]pgproto3.BackendMessage{e})
+	} else {
+		_ = s.writeClient([]pgproto3.BackendMessage{errorMessage("FATAL", code, err)})
+	}
+	return s.end(string(failure.ClassOf(err)) + ": " + err.Error())
+}

@@ -1,0 +1,680 @@
+// Package pooling runs a client session over shared server connections:
+// session mode (a server connection for the client's whole session, reset
+// before the next client) and transaction mode (a server connection per
+// transaction, released at ReadyForQuery with status idle).
+//
+// The client has already been authenticated by pgtrust and greeted; the
+// package relays its messages. In transaction mode it carries what a
+// client expects to keep across transactions although each may run on
+// another server connection: protocol-level prepared statements
+// (internal/prepared) and the reported session parameters
+// (internal/paramsync), and it refuses with a clear error what cannot be
+// carried (paramsync's hazards).
+//
+// # Concurrency
+//
+// Two goroutines per session while it holds a server connection: the
+// client's (reads the client, translates, writes to the server) and a pump
+// (reads the server, filters, writes to the client). Only the pump gives a
+// server connection back in transaction mode, at a ReadyForQuery 'I' with
+// nothing outstanding and nothing being written to it; mu makes that
+// decision exclusive with the client goroutine's use of the connection.
+// The client goroutine takes a new server connection only after the
+// previous pump has written its last message, so the client sees answers
+// in order.
+package pooling
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/pgtrust/pgtrust/failure"
+	"github.com/pgtrust/pgtrust/internal/paramsync"
+	"github.com/pgtrust/pgtrust/internal/prepared"
+	"github.com/pgtrust/pgtrust/internal/serverpool"
+)
+
+// Mode is how long a client keeps a server connection.
+type Mode string
+
+// Pool modes.
+const (
+	ModeSession     Mode = "session"
+	ModeTransaction Mode = "transaction"
+)
+
+// Defaults.
+const (
+	DefaultResetQuery   = "DISCARD ALL"
+	DefaultQueryTimeout = 5 * time.Second
+	// maxMessage bounds one client message, as PostgreSQL's PQ_LARGE_MESSAGE_LIMIT (1 GB).
+	maxMessage = 1 << 30
+	// flushAt: a batch bigger than this goes out before more is read.
+	flushAt = 32 << 10
+)
+
+// Options configure one client session.
+type Options struct {
+	Mode Mode
+	Pool *serverpool.Pool
+	Key  serverpool.Key
+	// Identity is who the client authenticated as. A server connection
+	// passing between sessions of different identities is checked for
+	// planted state first (transaction mode).
+	Identity string
+	// ResetQuery runs on a session-mode server connection before the next
+	// client gets it (default DISCARD ALL); NoReset for none.
+	ResetQuery string
+	// StatementCache bounds the prepared statements per server connection
+	// in transaction mode (default prepared.DefaultCapacity).
+	StatementCache int
+	// IgnoreStartup names startup parameters dropped instead of refused in
+	// transaction mode (extra_float_digits for pgJDBC).
+	IgnoreStartup []string
+	// QueryTimeout bounds each of the pool's own queries (parameter
+	// replay, reset, checks). Default 5s.
+	QueryTimeout time.Duration
+	// In and Out count bytes from and to the client (optional).
+	In, Out func(n int)
+	Logger  *slog.Logger
+}
+
+// NoReset disables the session-mode reset query.
+const NoReset = "-"
+
+// serverState rides on a pooled server connection (Server.State).
+type serverState struct {
+	cache *prepared.ServerCache
+	watch *paramsync.Watch
+	guard *paramsync.Guard
+	owner string // identity of the last session that used it; "" before the first
+}
+
+// Session is one client's pooled session.
+type Session struct {
+	o      Options
+	client net.Conn
+	rd     *msgReader
+	params *paramsync.Client
+	stmts  *prepared.Client // transaction mode
+
+	cw sync.Mutex // client writes
+
+	mu       sync.Mutex
+	written  *sync.Cond // signalled (under mu) when inflight drops to 0
+	srv      *serverpool.Server
+	st       *serverState
+	inflight int           // translated batches not yet written to srv
+	pumpDone chan struct{} // closed when the latest pump wrote its last byte to the client
+	ending   bool          // the client goroutine is ending the session
+	endErr   string        // why a pump ended the session
+
+	// Session mode: sync points written and ReadyForQuery received, and
+	// whether extended-protocol messages follow the last sync point.
+	syncs, rfqs atomic.Int64
+	unsynced    atomic.Bool
+	lastTx      atomic.Uint32
+	resetting   atomic.Bool
+	resetFailed atomic.Bool
+	resetOK     chan bool
+
+	hazard *paramsync.Hazard // reported by the watch during the transaction (under mu)
+}
+
+// Start begins a pooled session for an authenticated client whose startup
+// parameters are startup. It returns the ParameterStatus messages of the
+// client's greeting. A server connection is taken at once in session mode
+// (kept for the session), and in transaction mode when the key has no
+// recorded defaults yet or the client asks for parameters other than the
+// defaults (so that the server judges them at login, as it would
+// directly). Errors are classified; a *pgconn.PgError is the server's
+// verdict on the client's request.
+func Start(ctx context.Context, client net.Conn, startup map[string]string, o Options) (*Session, []*pgproto3.ParameterStatus, error) {
+	if o.ResetQuery == "" {
+		o.ResetQuery = DefaultResetQuery
+	}
+	if o.QueryTimeout <= 0 {
+		o.QueryTimeout = DefaultQueryTimeout
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	s := &Session{o: o, client: client, rd: newMsgReader(client, maxMessage)}
+	s.written = sync.NewCond(&s.mu)
+	s.lastTx.Store('I')
+	if o.Mode == ModeTransaction {
+		s.stmts = prepared.NewClient()
+	}
+	defaults := o.Pool.Defaults(o.Key)
+	var srv *serverpool.Server
+	if defaults == nil || o.Mode == ModeSession {
+		var err error
+		if srv, err = o.Pool.Acquire(ctx, o.Key); err != nil {
+			return nil, nil, err
+		}
+		defaults = o.Pool.Defaults(o.Key)
+	}
+	ignore := o.IgnoreStartup
+	if o.Mode == ModeSession {
+		// A session-mode server connection keeps whatever the client sets;
+		// only reported parameters are compared at login.
+		ignore = append(ignore[:len(ignore):len(ignore)], unreportedStartup(startup)...)
+	}
+	pc, err := paramsync.NewClient(startup, defaults, ignore...)
+	if err != nil {
+		if srv != nil {
+			srv.Release(true)
+		}
+		return nil, nil, err
+	}
+	s.params = pc
+	if srv == nil {
+		if plan, _ := pc.Plan(defaults); len(plan) > 0 {
+			if srv, err = o.Pool.Acquire(ctx, o.Key); err != nil {
+				return nil, nil, err
+			}
+		}
+	}
+	var greet []*pgproto3.ParameterStatus
+	if srv != nil {
+		if err := s.applyParams(ctx, srv); err != nil {
+			srv.Release(isPgError(err))
+			return nil, nil, err
+		}
+		greet = pc.Reconcile(srv.Params())
+		if o.Mode == ModeSession {
+			s.attach(srv)
+		} else {
+			srv.Release(true)
+		}
+	} else {
+		greet = pc.Reconcile(defaults)
+	}
+	s.setScope()
+	return s, greet, nil
+}
+
+// unreportedStartup lists the startup parameters the server does not
+// report (work_mem, statement_timeout...): a session-mode server
+// connection gets them with the client's own SETs... they cannot be
+// carried by the pool's dialer, so they are refused in transaction mode
+// and passed as SETs at login in session mode.
+func unreportedStartup(startup map[string]string) []string {
+	var out []string
+	for k := range startup {
+		if !paramsync.IsReplayed(k) {
+			out = append(out, k)
+		}
+	}
+	return out
+}
+
+func isPgError(err error) bool {
+	var pe *pgconn.PgError
+	return errors.As(err, &pe)
+}
+
+// applyParams makes srv hold the client's replayed parameters.
+func (s *Session) applyParams(ctx context.Context, srv *serverpool.Server) error {
+	plan, err := s.params.Plan(srv.Params())
+	if err != nil {
+		return err
+	}
+	for _, q := range plan {
+		if _, err := exec(ctx, srv, q, s.o.QueryTimeout); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (s *Session) setScope() {
+	if s.stmts != nil {
+		s.stmts.SetScope(s.params.ParseScope())
+	}
+}
+
+// state returns the per-connection state of srv, creating it.
+func (s *Session) state(srv *serverpool.Server) *serverState {
+	if st, ok := srv.State().(*serverState); ok {
+		return st
+	}
+	g, _ := paramsync.NewGuard(s.o.Key.Role) // the role is never empty here
+	st := &serverState{cache: prepared.NewServerCache(s.o.StatementCache), watch: paramsync.NewWatch(false), guard: g}
+	srv.SetState(st)
+	return st
+}
+
+// handover runs the guard when srv passes to another identity (and once on
+// a fresh connection, which records its baseline). False: the connection
+// holds state another client planted and was closed.
+func (s *Session) handover(ctx context.Context, srv *serverpool.Server, st *serverState) (bool, error) {
+	if st.owner == s.o.Identity {
+		return true, nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, s.o.QueryTimeout)
+	hs, err := st.guard.Run(ctx, srv.PgConn())
+	cancel()
+	if err != nil {
+		srv.Release(false)
+		return false, err
+	}
+	if len(hs) > 0 {
+		for _, h := range hs {
+			s.o.Logger.Warn("server connection closed at handover: it holds state a previous client left",
+				"key", s.o.Key.String(), "hazard", h.Error(), "delivery", h.Delivery().String())
+		}
+		srv.Release(false)
+		return false, nil
+	}
+	st.owner = s.o.Identity
+	return true, nil
+}
+
+// attach makes srv the session's server connection and starts its pump.
+func (s *Session) attach(srv *serverpool.Server) {
+	done := make(chan struct{})
+	s.mu.Lock()
+	s.srv, s.st, s.pumpDone = srv, s.state(srv), done
+	s.mu.Unlock()
+	go s.pump(srv, done)
+}
+
+// Cancel sends a CancelRequest to the server connection running the
+// client's query, if any. It holds the session while it does, so the
+// connection cannot pass to another client before the request is in.
+func (s *Session) Cancel(ctx context.Context) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.srv == nil {
+		return nil
+	}
+	pg := s.srv.PgConn()
+	if pg == nil {
+		return nil
+	}
+	return pg.CancelRequest(ctx)
+}
+
+// Close ends the session from outside (proxy shutdown).
+func (s *Session) Close() { s.client.Close() }
+
+// Run relays until the client or the session ends, and says why.
+func (s *Session) Run(ctx context.Context) string {
+	var sbuf []byte
+	var target *serverpool.Server
+	started := false // a batch for target is counted in s.inflight
+	flush := func() error {
+		if !started {
+			return nil
+		}
+		started = false
+		var err error
+		if len(sbuf) > 0 {
+			_, err = target.PgConn().Conn().Write(sbuf)
+			sbuf = sbuf[:0]
+		}
+		s.mu.Lock()
+		if s.inflight--; s.inflight == 0 {
+			s.written.Broadcast()
+		}
+		s.mu.Unlock()
+		return err
+	}
+	for {
+		raw, err := s.rd.Next()
+		if err != nil {
+			_ = flush()
+			if errors.Is(err, io.EOF) {
+				return s.end("client closed")
+			}
+			if s.endReason() != "" {
+				return s.end(s.endReason())
+			}
+			return s.end("client error: " + err.Error())
+		}
+		if s.o.In != nil {
+			s.o.In(len(raw))
+		}
+		if raw[0] == 'X' {
+			if err := flush(); err != nil {
+				return s.end("server write: " + err.Error())
+			}
+			return s.end("client terminated")
+		}
+	retry:
+		srv, st, err := s.server(ctx)
+		if err != nil {
+			_ = flush()
+			return s.fail(err)
+		}
+		if !started {
+			s.mu.Lock()
+			if srv != s.srv {
+				s.mu.Unlock()
+				goto retry
+			}
+			s.inflight++
+			s.mu.Unlock()
+			started, target = true, srv
+		} else if srv != target {
+			// Unreachable: a counted batch keeps its server attached.
+			_ = flush()
+			return s.fail(failure.New(failure.ProtocolError, "pooling: the server connection changed under an unwritten batch"))
+		}
+		if s.o.Mode == ModeSession {
+			sbuf = s.countSession(raw, sbuf)
+		} else {
+			sbuf, err = s.translate(raw, st, sbuf)
+			if errors.Is(err, prepared.ErrWait) {
+				if err := flush(); err != nil {
+					return s.end("server write: " + err.Error())
+				}
+				select {
+				case <-st.cache.Settled():
+				case <-ctx.Done():
+					return s.end("proxy shutdown")
+				}
+				goto retry
+			}
+			if err != nil {
+				_ = flush()
+				return s.fail(err)
+			}
+		}
+		if !s.rd.Buffered() || len(sbuf) >= flushAt {
+			if err := flush(); err != nil {
+				return s.end("server write: " + err.Error())
+			}
+		}
+	}
+}
+
+// countSession records sync points of a session-mode client and appends
+// the message unchanged.
+func (s *Session) countSession(raw, sbuf []byte) []byte {
+	switch raw[0] {
+	case 'S', 'Q', 'F':
+		s.unsynced.Store(false)
+		s.syncs.Add(1)
+	case 'P', 'B', 'D', 'C', 'E', 'H':
+		s.unsynced.Store(true)
+	}
+	return append(sbuf, raw...)
+}
+
+// translate runs a transaction-mode client message through the prepared
+// statement engine and appends what goes to the server.
+func (s *Session) translate(raw []byte, st *serverState, sbuf []byte) ([]byte, error) {
+	msg, err := decodeFrontend(raw)
+	if err != nil {
+		return sbuf, err
+	}
+	if msg == nil {
+		return append(sbuf, raw...), nil
+	}
+	s.mu.Lock()
+	out, imm, err := s.stmts.Rewrite(msg, st.cache)
+	s.mu.Unlock()
+	if err != nil {
+		return sbuf, err
+	}
+	for _, m := range out {
+		if sbuf, err = m.Encode(sbuf); err != nil {
+			return sbuf, err
+		}
+	}
+	if len(imm) > 0 {
+		// Answers due at once: nothing was outstanding before them, so no
+		// server answer can precede them.
+		if err := s.writeClient(imm); err != nil {
+			return sbuf, err
+		}
+	}
+	return sbuf, nil
+}
+
+// decodeFrontend decodes the client messages the prepared statement
+// engine follows; nil for the rest, which pass unchanged.
+func decodeFrontend(raw []byte) (pgproto3.FrontendMessage, error) {
+	var m pgproto3.FrontendMessage
+	switch raw[0] {
+	case 'P':
+		m = &pgproto3.Parse{}
+	case 'B':
+		m = &pgproto3.Bind{}
+	case 'D':
+		m = &pgproto3.Describe{}
+	case 'C':
+		m = &pgproto3.Close{}
+	case 'E':
+		m = &pgproto3.Execute{}
+	case 'S':
+		m = &pgproto3.Sync{}
+	case 'Q':
+		m = &pgproto3.Query{}
+	case 'F':
+		m = &pgproto3.FunctionCall{}
+	case 'H':
+		m = &pgproto3.Flush{}
+	case 'c':
+		m = &pgproto3.CopyDone{}
+	case 'f':
+		m = &pgproto3.CopyFail{}
+	default:
+		return nil, nil
+	}
+	if err := m.Decode(raw[5:]); err != nil {
+		return nil, failure.Wrap(failure.ProtocolError, err, "malformed %q message from the client", raw[0])
+	}
+	return m, nil
+}
+
+// server returns the session's server connection, taking one from the pool
+// (after the previous pump finished) when it has none.
+func (s *Session) server(ctx context.Context) (*serverpool.Server, *serverState, error) {
+	s.mu.Lock()
+	srv, st, done := s.srv, s.st, s.pumpDone
+	s.mu.Unlock()
+	if srv != nil {
+		return srv, st, nil
+	}
+	if s.o.Mode == ModeSession {
+		if r := s.endReason(); r != "" {
+			return nil, nil, errors.New(r)
+		}
+		return nil, nil, failure.New(failure.ProtocolError, "pooling: the session's server connection is gone")
+	}
+	if done != nil {
+		select {
+		case <-done:
+		case <-ctx.Done():
+			return nil, nil, ctx.Err()
+		}
+		if r := s.endReason(); r != "" {
+			return nil, nil, errors.New(r)
+		}
+	}
+	for attempt := 0; ; attempt++ {
+		srv, err := s.o.Pool.Acquire(ctx, s.o.Key)
+		if err != nil {
+			return nil, nil, err
+		}
+		st := s.state(srv)
+		ok, err := s.handover(ctx, srv, st)
+		if err != nil && attempt >= 3 {
+			return nil, nil, err
+		}
+		if !ok {
+			continue
+		}
+		if err := s.applyParams(ctx, srv); err != nil {
+			srv.Release(isPgError(err))
+			return nil, nil, err
+		}
+		if ps := s.params.Reconcile(srv.Params()); len(ps) > 0 {
+			msgs := make([]pgproto3.BackendMessage, len(ps))
+			for i, p := range ps {
+				msgs[i] = p
+			}
+			if err := s.writeClient(msgs); err != nil {
+				srv.Release(true)
+				return nil, nil, err
+			}
+			s.setScope()
+		}
+		s.attach(srv)
+		s.mu.Lock()
+		srv, st = s.srv, s.st
+		s.mu.Unlock()
+		return srv, st, nil
+	}
+}
+
+// writeClient encodes msgs and writes them to the client.
+func (s *Session) writeClient(msgs []pgproto3.BackendMessage) error {
+	var b []byte
+	var err error
+	for _, m := range msgs {
+		if b, err = m.Encode(b); err != nil {
+			return err
+		}
+	}
+	return s.writeClientRaw(b)
+}
+
+func (s *Session) writeClientRaw(b []byte) error {
+	if len(b) == 0 {
+		return nil
+	}
+	s.cw.Lock()
+	defer s.cw.Unlock()
+	_, err := s.client.Write(b)
+	if err == nil && s.o.Out != nil {
+		s.o.Out(len(b))
+	}
+	return err
+}
+
+// pump relays srv's messages to the client while srv is attached.
+func (s *Session) pump(srv *serverpool.Server, done chan struct{}) {
+	defer close(done)
+	pg := srv.PgConn()
+	fe := pg.Frontend()
+	st := s.state(srv)
+	var wbuf []byte
+	flush := func() bool {
+		if err := s.writeClientRaw(wbuf); err != nil {
+			wbuf = wbuf[:0]
+			s.abort(srv, fmt.Sprintf("client write: %v", err), nil)
+			return false
+		}
+		wbuf = wbuf[:0]
+		return true
+	}
+	for {
+		msg, err := fe.Receive()
+		if err != nil {
+			flush()
+			s.serverLost(srv, err)
+			return
+		}
+		if e, ok := msg.(*pgproto3.ErrorResponse); ok && (e.Severity == "FATAL" || e.Severity == "PANIC") {
+			// The backend is ending (pg_terminate_backend, a restart): the
+			// client's transaction is gone with it.
+			wbuf, _ = e.Encode(wbuf)
+			flush()
+			s.abort(srv, "server ended the connection: "+e.Code+" "+e.Message, nil)
+			return
+		}
+		if s.o.Mode == ModeSession {
+			if s.resetting.Load() {
+				if s.resetDone(srv, msg) {
+					return
+				}
+				continue
+			}
+			if ps, ok := msg.(*pgproto3.ParameterStatus); ok {
+				srv.SetParam(ps.Name, ps.Value)
+			}
+			if wbuf, err = msg.Encode(wbuf); err != nil {
+				s.abort(srv, "encode: "+err.Error(), nil)
+				return
+			}
+			if rfq, ok := msg.(*pgproto3.ReadyForQuery); ok {
+				s.lastTx.Store(uint32(rfq.TxStatus))
+				s.rfqs.Add(1)
+			}
+			if fe.ReadBufferLen() == 0 || len(wbuf) >= flushAt {
+				if !flush() {
+					return
+				}
+			}
+			continue
+		}
+		// Transaction mode.
+		check, hz := st.watch.Server(msg)
+		if hz != nil {
+			s.mu.Lock()
+			s.hazard = hz
+			s.mu.Unlock()
+		}
+		if ps, ok := msg.(*pgproto3.ParameterStatus); ok {
+			srv.SetParam(ps.Name, ps.Value)
+		}
+		out, err := s.stmts.Filter(msg, st.cache)
+		if err != nil {
+			flush()
+			s.abort(srv, "server stream out of step: "+err.Error(), err)
+			return
+		}
+		scope := false
+		for _, m := range out {
+			if ps, ok := m.(*pgproto3.ParameterStatus); ok {
+				s.params.Observe(ps.Name, ps.Value)
+				scope = true
+			}
+			wbuf, _ = m.Encode(wbuf)
+		}
+		if scope {
+			s.setScope()
+		}
+		rfq, isRFQ := msg.(*pgproto3.ReadyForQuery)
+		if !isRFQ {
+			if fe.ReadBufferLen() == 0 || len(wbuf) >= flushAt {
+				if !flush() {
+					return
+				}
+			}
+			continue
+		}
+		if rfq.TxStatus != 'I' {
+			if !flush() {
+				return
+			}
+			continue
+		}
+		if s.tryDetach(srv, st, check, &wbuf) {
+			return
+		}
+		if !flush() {
+			return
+		}
+	}
+}
+
+// Mode returns the session's pool mode.
+func (s *Session) Mode() Mode { return s.o.Mode }
+
+// Discard ends a session whose Run never started (the greeting failed).
+func (s *Session) Discard() { s.end("discarded") }
