@@ -122,6 +122,9 @@ type Upstream struct {
 	// configured role.
 	Gateway []*Gateway    `toml:"gateway,omitempty"`
 	Auth    *UpstreamAuth `toml:"auth,omitempty"`
+	// Pool pools server connections for the listeners where pgtrust
+	// authenticates clients itself (pool.go).
+	Pool *Pool `toml:"pool,omitempty"`
 	// Attestation, when set, is the RA-TLS policy the upstream's
 	// certificate must pass (attestation.go).
 	Attestation *Attestation `toml:"attestation"`

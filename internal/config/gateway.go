@@ -17,6 +17,9 @@ import (
 type Gateway struct {
 	Listen string `toml:"listen"` // default ":5433"
 	Auth   string `toml:"auth"`   // required: passthrough, cluster_secret, cert
+	// PoolMode overrides the upstream's [pool] mode for this listener:
+	// "session", "transaction" or "none".
+	PoolMode string `toml:"pool_mode"`
 
 	// The server certificate: cert_file + key_file (hot-reloaded), or an
 	// RA-TLS certificate issued by ratls = "configfs" ("simulator" in
@@ -187,7 +190,7 @@ func (f *File) gatewayConfigs(key string, u *Upstream, env map[string]string) ([
 		pg := proxy.GatewayConfig{
 			Listen: g.Listen, Auth: proxy.AuthMode(g.Auth), CertFile: g.CertFile, KeyFile: g.KeyFile,
 			ClientCAFile: g.ClientCAFile, ClientCRLFile: g.ClientCRLFile, ClientCRLDir: g.ClientCRLDir,
-			RequireChannelBinding: g.RequireChannelBinding,
+			RequireChannelBinding: g.RequireChannelBinding, PoolMode: g.PoolMode,
 		}
 		pg.Backoff.Base, pg.Backoff.Max = g.BackoffBase.D(), g.BackoffMax.D()
 		switch g.RATLS {

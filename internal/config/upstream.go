@@ -265,6 +265,7 @@ func (f *File) ProxyConfig(logger *slog.Logger, reg prometheus.Registerer) (*pro
 		if uc.Auth, err = f.upstreamAuth("upstreams."+name, u, env); err != nil {
 			return nil, err
 		}
+		uc.Pool = u.Pool.proxyConfig()
 		pc.Upstreams = append(pc.Upstreams, uc)
 	}
 	return pc, nil

@@ -17,6 +17,10 @@
 //	/health                the gateway's JSON: upstreams reachable, each
 //	                       gateway listener's auth mode, certificate expiry
 //	                       and attestation status (503 when unhealthy)
+//	/health/pools          every connection pool per (database, role):
+//	                       clients active and waiting, server connections
+//	                       active, idle, opening, longest wait (503 when a
+//	                       key's dials fail with no connection open)
 //	/attestation           with an RA-TLS gateway certificate: its quote,
 //	                       event log and chain (internal/attestation)
 //
@@ -90,6 +94,7 @@ func New(addr string, src Source, gatherer prometheus.Gatherer, logger *slog.Log
 	mux.HandleFunc("GET /health/database/ssl", s.databaseSSL)
 	mux.Handle("GET /metrics", promhttp.HandlerFor(gatherer, promhttp.HandlerOpts{ErrorLog: slogAdapter{logger}}))
 	mux.HandleFunc("GET /health", s.gatewayHealth)
+	mux.HandleFunc("GET /health/pools", s.pools)
 	if a, ok := src.(attestationSource); ok {
 		if get := a.AttestationCertificate(); get != nil {
 			// The evidence of the gateway's own RA-TLS certificate, read

@@ -130,6 +130,11 @@ type UpstreamConfig struct {
 	// with its own authentication mode: the same session engine with a
 	// different front.
 	Gateways []GatewayConfig
+	// Pool, when set, pools server connections for the fronts where
+	// pgtrust authenticates the client itself (Auth, gateways other than
+	// passthrough): session or transaction mode. Nil: every session opens
+	// its own upstream connection.
+	Pool *PoolConfig
 }
 
 // ClientTLS is the TLS the proxy offers to local clients.
@@ -258,6 +263,9 @@ func (cfg Config) withDefaults() (Config, error) {
 				}
 			}
 			u.Gateways = gws
+		}
+		if err := validatePool(u); err != nil {
+			return cfg, err
 		}
 		if u.Listen == "" && u.UnixSocketDir == "" && len(u.Gateways) == 0 {
 			u.Listen = DefaultListen

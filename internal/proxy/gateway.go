@@ -87,6 +87,9 @@ type GatewayConfig struct {
 	// Backoff shapes the per-source failure backoff (zero: 100 ms doubling
 	// to 5 s, forgotten after 10 min).
 	Backoff authlimit.Options
+	// PoolMode overrides the upstream's pool mode for this listener:
+	// PoolInherit (""), PoolNone, "session" or "transaction".
+	PoolMode string
 }
 
 // GatewayRole is one client user name of a cluster_secret listener.

@@ -19,6 +19,7 @@ import (
 	"github.com/pgtrust/pgtrust/failure"
 	"github.com/pgtrust/pgtrust/internal/authlimit"
 	"github.com/pgtrust/pgtrust/internal/identmap"
+	"github.com/pgtrust/pgtrust/internal/paramsync"
 	"github.com/pgtrust/pgtrust/internal/scram"
 	"github.com/pgtrust/pgtrust/pgtls"
 )
@@ -279,7 +280,13 @@ func (s *session) gatewayAuth(startup []byte) bool {
 		lim.Succeeded(limiterKey(s.source, s.matchedOwner))
 		lim.Succeeded(s.source)
 	}
-	if err := s.openAsRole(role, password); err != nil {
+	var err error
+	if pool, pmode := s.pool(); pool != nil {
+		err = s.poolLogin(pool, pmode, role)
+	} else {
+		err = s.openAsRole(role, password)
+	}
+	if err != nil {
 		var ce *clientSideError
 		if s.p.ctx.Err() != nil || errors.As(err, &ce) {
 			s.closeReason("greeting", err)
@@ -293,6 +300,16 @@ func (s *session) gatewayAuth(startup []byte) bool {
 			s.sendToClient(errorResponse(pe.Code, pe.Message, pe.Detail, pe.Hint))
 			s.logger().Info("the upstream refused the client's request", s.baseAttrs(slog.String("user", s.user),
 				slog.String("role", role), slog.String("sqlstate", pe.Code), slog.String("error", pe.Message))...)
+			return false
+		}
+		var hz *paramsync.Hazard
+		if errors.As(err, &hz) {
+			// What the client asked for cannot be pooled: its own answer.
+			e := hz.ErrorResponse()
+			e.Severity, e.SeverityUnlocalized = "FATAL", "FATAL"
+			b, _ := e.Encode(nil)
+			s.sendToClient(b)
+			s.closeReason("pool login", err)
 			return false
 		}
 		s.upstreamFailed("connect as role", err)

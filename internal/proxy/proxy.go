@@ -46,6 +46,7 @@ type HealthStatus struct {
 	Draining  bool
 	Upstreams []UpstreamStatus
 	Gateways  []GatewayStatus
+	Pools     []PoolStatus
 }
 
 // GatewayStatus is one gateway listener in /health.
@@ -185,8 +186,19 @@ func New(cfg Config) (*Proxy, error) {
 		}
 		u.settings.Store(set)
 		p.upstreams = append(p.upstreams, u)
+		if err := p.startPools(u); err != nil {
+			b.discard()
+			p.Close()
+			return nil, err
+		}
 	}
 	p.commitRenewals(&b)
+	if cfg.Registerer != nil {
+		if err := cfg.Registerer.Register(newPoolCollector(p)); err != nil {
+			p.Close()
+			return nil, fmt.Errorf("register pool metrics: %w", err)
+		}
+	}
 	return p, nil
 }
 
@@ -483,6 +495,7 @@ func (p *Proxy) Close() error {
 	p.sessWG.Wait()
 	p.kickWG.Wait()
 	for _, u := range p.upstreams {
+		u.closePools()
 		if set := u.settings.Load(); set != nil {
 			set.close()
 		}
@@ -581,6 +594,11 @@ func (p *Proxy) reload(cfgNew *Config) error {
 				WithEvidence("running: listen %q, unix_socket_dir %q; new: listen %q, unix_socket_dir %q", u.cfg.Listen, u.cfg.UnixSocketDir, uc.Listen, uc.UnixSocketDir).
 				WithFix("restart the proxy to change listen addresses or sockets")
 		}
+		if !samePool(uc, u.cfg) {
+			discard()
+			return configError("reload cannot change the pool settings of upstream %q", u.name).
+				WithFix("restart the proxy to change pool settings or pool modes")
+		}
 		set, err := p.buildSettings(uc, &b)
 		if err != nil {
 			discard()
@@ -593,6 +611,10 @@ func (p *Proxy) reload(cfgNew *Config) error {
 		// Sessions hold the old snapshot; its sources only stop watching,
 		// their current material stays usable.
 		old.close()
+		// Pooled server connections were opened with the old settings
+		// (credentials, certificates, target): they retire after their
+		// current transaction.
+		u.retirePools()
 	}
 	p.commitRenewals(&b)
 	p.tune.Store(tuningOf(cfg))
@@ -622,8 +644,23 @@ func (p *Proxy) onCertReload(upstream, kind string) func(certs.Status, error) {
 			result = "failure"
 		} else {
 			p.setExpiry(upstream, kind, st)
+			p.certRotated(upstream, kind)
 		}
 		p.metrics.reloads.WithLabelValues("certificate", result).Inc()
+	}
+}
+
+// certRotated retires the pooled server connections of an upstream whose
+// client certificate changed: each closes after its current transaction
+// (session), and new ones present the new certificate.
+func (p *Proxy) certRotated(upstream, kind string) {
+	if kind != certUpstreamClient {
+		return
+	}
+	for _, u := range p.upstreams {
+		if u.name == upstream {
+			u.retirePools()
+		}
 	}
 }
 
@@ -666,6 +703,7 @@ func (p *Proxy) HealthStatus() HealthStatus {
 			}
 			hs.Gateways = append(hs.Gateways, gs)
 		}
+		hs.Pools = append(hs.Pools, u.poolStatus()...)
 	}
 	return hs
 }
@@ -813,6 +851,21 @@ func (p *Proxy) forwardCancel(req *pgproto3.CancelRequest, from *session) {
 		p.metrics.cancels.WithLabelValues("unknown").Inc()
 		p.refusals.Log(slog.LevelWarn, "cancel request for an unknown session", []any{"upstream", from.up.name},
 			"client", from.raw.RemoteAddr().String())
+		return
+	}
+	if target.pooled != nil {
+		// A pooled session: the server connection running its query, if
+		// any, and only while it runs it.
+		ctx, cancel := context.WithTimeout(p.ctx, p.tuning().ConnectTimeout)
+		defer cancel()
+		if err := target.pooled.Cancel(ctx); err != nil {
+			p.metrics.cancels.WithLabelValues("failed").Inc()
+			p.refusals.Log(slog.LevelWarn, "cancel request not delivered", []any{"upstream", target.up.name, "class", string(failure.ClassOf(err))},
+				"id", target.id, "error", err.Error())
+			return
+		}
+		p.metrics.cancels.WithLabelValues("forwarded").Inc()
+		p.log.Info("cancel request forwarded to the pooled session's server connection", "id", target.id, "upstream", target.up.name)
 		return
 	}
 	if target.upSecret != nil {

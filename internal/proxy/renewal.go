@@ -118,6 +118,7 @@ func (p *Proxy) renewSource(b *renewBuild, name string, r *Renewal, log *slog.Lo
 		if err == nil {
 			h.lastSuccess.Store(st.LastReload.UnixNano())
 			p.setExpiry(expiryUpstream, expiryKind, st)
+			p.certRotated(expiryUpstream, expiryKind)
 		}
 	}
 	src, err := certs.NewRenewingSource(p.ctx, iss, o)

@@ -19,6 +19,7 @@ import (
 
 	"github.com/pgtrust/pgtrust/failure"
 	"github.com/pgtrust/pgtrust/internal/pgwire"
+	"github.com/pgtrust/pgtrust/internal/pooling"
 	"github.com/pgtrust/pgtrust/pgtls"
 )
 
@@ -95,6 +96,11 @@ type session struct {
 	upWait       time.Duration
 
 	user, database, application string
+
+	// pooled, when the front pools server connections, runs the session
+	// after login in place of the byte pipe.
+	pooled   *pooling.Session
+	poolDone func() // ends the session's count in its pool's key
 
 	bytesIn, bytesOut atomic.Int64
 }
@@ -205,8 +211,12 @@ func (s *session) run() {
 	}
 	s.endAuth()
 	_ = s.raw.SetDeadline(time.Time{})
-	_ = s.upConn.SetDeadline(time.Time{})
 	s.p.registerCancel(s)
+	if s.pooled != nil {
+		s.runPooled()
+		return
+	}
+	_ = s.upConn.SetDeadline(time.Time{})
 
 	s.logger().Info("session opened", s.baseAttrs(
 		slog.String("user", s.user), slog.String("database", s.database), slog.String("application_name", s.application),

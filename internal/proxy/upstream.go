@@ -15,6 +15,7 @@ import (
 	"github.com/pgtrust/pgtrust/failure"
 	"github.com/pgtrust/pgtrust/internal/authlimit"
 	"github.com/pgtrust/pgtrust/internal/leader"
+	"github.com/pgtrust/pgtrust/internal/serverpool"
 	"github.com/pgtrust/pgtrust/pgtls"
 )
 
@@ -37,6 +38,11 @@ type upstream struct {
 	// limiters back off failed authentications per source, one per
 	// gateway listener; they outlive reloads.
 	limiters []*authlimit.Limiter
+
+	// pools are the server pools of the pooled fronts, indexed by
+	// poolIndex (nil where a front does not pool); they outlive reloads.
+	pools       []*serverpool.Pool
+	poolClients poolClients
 
 	slotMu         sync.Mutex
 	authenticating int            // TCP sessions between startup and ReadyForQuery

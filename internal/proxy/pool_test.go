@@ -1,0 +1,81 @@
+package proxy
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/pgtrust/pgtrust/internal/pooling"
+)
+
+// pooledProxy starts a proxy whose local listener opens the upstream as
+// app (client certificate) through a pool of mode and size.
+func pooledProxy(t *testing.T, env *testEnv, mode pooling.Mode, size int, tune func(*PoolConfig)) *running {
+	t.Helper()
+	pc := &PoolConfig{Mode: mode, Size: size}
+	if tune != nil {
+		tune(pc)
+	}
+	up := env.upstream(t)
+	up.User, up.Database = "app", "appdb"
+	return startProxy(t, Config{Upstreams: []UpstreamConfig{{
+		Name: "pooled", Listen: "127.0.0.1:0", Conn: up, Auth: &UpstreamAuth{Role: "app"}, Pool: pc,
+	}}})
+}
+
+// balances returns the four sums of pgbench's TPC-B invariant: every
+// transaction adds the same delta to an account, a teller, a branch and
+// the history.
+func balances(t *testing.T, env *testEnv) []string {
+	t.Helper()
+	out := env.srv.Exec(t, `\c appdb
+SELECT (SELECT sum(abalance) FROM pgbench_accounts)::text || ' ' || (SELECT sum(tbalance) FROM pgbench_tellers)::text || ' ' ||
+       (SELECT sum(bbalance) FROM pgbench_branches)::text || ' ' || (SELECT coalesce(sum(delta),0) FROM pgbench_history)::text`)
+	f := strings.Fields(strings.TrimSpace(out))
+	if len(f) < 4 {
+		t.Fatalf("balances: %q", out)
+	}
+	return f[len(f)-4:]
+}
+
+// TestPoolTransactionModeTPCB: 32 pgbench clients over 8 server
+// connections in transaction mode, with each query mode, then the
+// balances agree.
+func TestPoolTransactionModeTPCB(t *testing.T) {
+	env := newEnv(t)
+	p := pooledProxy(t, env, pooling.ModeTransaction, 8, nil)
+	port := p.port(t, "pooled")
+	pgEnv := map[string]string{"PGHOST": "127.0.0.1", "PGPORT": strconv.Itoa(port), "PGUSER": "app", "PGDATABASE": "appdb", "PGSSLMODE": "disable"}
+	if out, err := pgbench(t, pgEnv, "-i", "-s", "1", "-q"); err != nil {
+		t.Fatalf("pgbench -i through the pool: %v\n%s", err, out)
+	}
+	for _, mode := range []string{"simple", "extended", "prepared"} {
+		t.Run(mode, func(t *testing.T) {
+			// One thread per client: pgbench up to 17 prepares synchronously
+			// (PQprepare), which blocks every other client of its thread, and
+			// those may hold the server connections the prepare waits for. Any
+			// transaction pooler deadlocks there (PgBouncer too, see
+			// docs/pooling.md).
+			out, err := pgbench(t, pgEnv, "-M", mode, "-c", "32", "-j", "32", "-t", "40", "-n")
+			if err != nil || !strings.Contains(out, "number of failed transactions: 0") || !strings.Contains(out, "actually processed: 1280/1280") {
+				t.Fatalf("pgbench -M %s: %v\n%s", mode, err, out)
+			}
+			b := balances(t, env)
+			if b[0] != b[1] || b[1] != b[2] || b[2] != b[3] {
+				t.Fatalf("balances disagree after -M %s: accounts %s tellers %s branches %s history %s", mode, b[0], b[1], b[2], b[3])
+			}
+			n := env.srv.Exec(t, "SELECT count(*) FROM pg_stat_activity WHERE usename = 'app'")
+			if c, _ := strconv.Atoi(strings.TrimSpace(lastLine(n))); c > 8 || c < 1 {
+				t.Fatalf("app has %d server connections, want 1..8 (pool size 8)", c)
+			}
+		})
+	}
+}
+
+func lastLine(s string) string {
+	l := lines(s)
+	return l[len(l)-1]
+}
+
+var _ = fmt.Sprintf
