@@ -1,11 +1,12 @@
 package proxy
 
 import (
-	"fmt"
 	"strconv"
 	"strings"
 	"testing"
 
+	"github.com/pgtrust/pgtrust/failure"
+	"github.com/pgtrust/pgtrust/internal/identmap"
 	"github.com/pgtrust/pgtrust/internal/pooling"
 )
 
@@ -78,4 +79,51 @@ func lastLine(s string) string {
 	return l[len(l)-1]
 }
 
-var _ = fmt.Sprintf
+// TestPoolConfigRefusals: a pool nobody can use, pooling a passthrough
+// front, unknown modes and bad values are refused at load with the fix.
+func TestPoolConfigRefusals(t *testing.T) {
+	conn := mustParse(t, "host=127.0.0.1 user=app sslmode=verify-full sslrootcert=system")
+	rules, err := identmap.ParseMapFile("app app\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	idm, err := identmap.NewMap(rules)
+	if err != nil {
+		t.Fatal(err)
+	}
+	gw := GatewayConfig{Listen: "127.0.0.1:0", Auth: AuthCert, CertFile: "/nonexistent.crt", KeyFile: "/nonexistent.key", ClientCAFile: "/ca.crt", IdentityMap: idm}
+	cases := []struct {
+		name string
+		up   UpstreamConfig
+		want string
+	}{
+		{"no front can pool", UpstreamConfig{Name: "u", Conn: conn, Pool: &PoolConfig{Mode: pooling.ModeTransaction}}, "no listener can use it"},
+		{"unknown mode", UpstreamConfig{Name: "u", Conn: conn, Auth: &UpstreamAuth{Role: "app"}, Pool: &PoolConfig{Mode: "statement"}}, "unknown pool mode"},
+		{"negative size", UpstreamConfig{Name: "u", Conn: conn, Auth: &UpstreamAuth{Role: "app"}, Pool: &PoolConfig{Mode: pooling.ModeSession, Size: -1}}, "invalid setting"},
+		{"jitter of 1", UpstreamConfig{Name: "u", Conn: conn, Auth: &UpstreamAuth{Role: "app"}, Pool: &PoolConfig{Mode: pooling.ModeSession, Jitter: 1}}, "invalid setting"},
+		{"gateway pool_mode without a pool", UpstreamConfig{Name: "u", Conn: conn, Gateways: []GatewayConfig{withPoolMode(gw, "transaction")}}, "needs the upstream's pool settings"},
+		{"gateway pool_mode unknown", UpstreamConfig{Name: "u", Conn: conn, Gateways: []GatewayConfig{withPoolMode(gw, "always")}}, "unknown pool_mode"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			_, err := Config{Upstreams: []UpstreamConfig{c.up}}.withDefaults()
+			if failure.ClassOf(err) != failure.ConfigInvalid || !strings.Contains(err.Error(), c.want) {
+				t.Fatalf("want config_invalid %q, got %v", c.want, err)
+			}
+			if fe, _ := failure.As(err); fe == nil || fe.Fix == "" {
+				t.Fatalf("no fix: %v", err)
+			}
+		})
+	}
+	pass := GatewayConfig{Listen: "127.0.0.1:0", Auth: AuthPassthrough, CertFile: "/x.crt", KeyFile: "/x.key", PoolMode: "transaction"}
+	plain := mustParse(t, "host=127.0.0.1 user=app sslmode=require sslcertmode=disable")
+	_, err = Config{Upstreams: []UpstreamConfig{{Name: "u", Conn: plain, Pool: &PoolConfig{Mode: pooling.ModeSession}, Gateways: []GatewayConfig{pass}}}}.withDefaults()
+	if failure.ClassOf(err) != failure.ConfigInvalid || !strings.Contains(err.Error(), "auth = passthrough") {
+		t.Fatalf("pooled passthrough gateway: %v", err)
+	}
+}
+
+func withPoolMode(g GatewayConfig, m string) GatewayConfig {
+	g.PoolMode = m
+	return g
+}
