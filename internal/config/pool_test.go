@@ -1,6 +1,7 @@
 package config
 
 import (
+	"strings"
 	"testing"
 	"time"
 
@@ -47,4 +48,31 @@ ignore_startup_parameters = ["extra_float_digits"]
 	if _, err := Parse([]byte("[upstreams.main]\ndsn = \"host=h\"\n[upstreams.main.pool]\nmode = \"transaction\"\nsizee = 3\n")); err == nil {
 		t.Fatal("an unknown key in [pool] was accepted")
 	}
+}
+
+func TestValidatePool(t *testing.T) {
+	base := "[upstreams.main]\nlisten = \"127.0.0.1:6432\"\ndsn = \"host=db.internal user=app sslmode=verify-full sslrootcert=system\"\n"
+	f, err := Parse([]byte(base + "[upstreams.main.auth]\nrole = \"app\"\n[upstreams.main.pool]\nmode = \"session\"\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := findingOf(Validate(f), "upstreams.main.pool"); got == nil || got.Status != StatusOK || !strings.Contains(got.Message, "session mode, 20 server connections") {
+		t.Fatalf("valid pool: %+v", got)
+	}
+	f, err = Parse([]byte(base + "[upstreams.main.pool]\nmode = \"transaction\"\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := findingOf(Validate(f), "upstreams.main.pool"); got == nil || got.Status == StatusOK || !strings.Contains(got.Message, "no listener can use it") {
+		t.Fatalf("pool without a front: %+v", got)
+	}
+}
+
+func findingOf(fs []Finding, check string) *Finding {
+	for i := range fs {
+		if fs[i].Check == check {
+			return &fs[i]
+		}
+	}
+	return nil
 }

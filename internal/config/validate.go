@@ -16,6 +16,7 @@ import (
 	"github.com/pgtrust/pgtrust/failure"
 	"github.com/pgtrust/pgtrust/internal/keyfile"
 	"github.com/pgtrust/pgtrust/internal/proxy"
+	"github.com/pgtrust/pgtrust/internal/serverpool"
 )
 
 // ExpiryWarning is how close to its notAfter a certificate draws a warning.
@@ -151,8 +152,33 @@ func validate(f *File, env map[string]string, now time.Time) []Finding {
 			}
 		}
 		v.gateways(f, name, u, env)
+		v.pool(key, name, u)
 	}
 	return v.out
+}
+
+// pool checks the [pool] table the way the proxy will: the mode, the
+// values, and that some front of the upstream can use it.
+func (v *validator) pool(key, name string, u *Upstream) {
+	if u.Pool == nil {
+		return
+	}
+	uc := proxy.UpstreamConfig{Name: name, Pool: u.Pool.proxyConfig(), Auth: nil}
+	if u.Auth != nil {
+		uc.Auth = &proxy.UpstreamAuth{Role: u.Auth.Role}
+	}
+	for _, g := range u.Gateway {
+		uc.Gateways = append(uc.Gateways, proxy.GatewayConfig{Listen: g.Listen, Auth: proxy.AuthMode(g.Auth), PoolMode: g.PoolMode})
+	}
+	if err := proxy.ValidatePool(uc); err != nil {
+		v.fail(key+".pool", err)
+		return
+	}
+	size := u.Pool.Size
+	if size == 0 {
+		size = serverpool.DefaultSize
+	}
+	v.ok(key+".pool", "%s mode, %d server connections per (database, role)", u.Pool.Mode, size)
 }
 
 // gateways checks the gateway listeners of upstream name: addresses,

@@ -77,7 +77,20 @@ func frontPoolMode(u UpstreamConfig, gw int) pooling.Mode {
 	return pooling.Mode(g.PoolMode)
 }
 
-// validatePool checks the pool settings of u (withDefaults).
+// ValidatePool checks the pool settings of u as New does: the mode and
+// values, each gateway's pool_mode, and that some front can use the pool
+// (config validate).
+func ValidatePool(u UpstreamConfig) error {
+	for i := range u.Gateways {
+		if u.Gateways[i].Auth == "" {
+			u.Gateways[i].Auth = AuthPassthrough
+		}
+	}
+	return validatePool(u)
+}
+
+// validatePool checks the pool settings of u (withDefaults, after the
+// gateways' defaults).
 func validatePool(u UpstreamConfig) error {
 	for j, g := range u.Gateways {
 		switch g.PoolMode {
