@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"context"
 	"strconv"
 	"strings"
 	"testing"
@@ -126,4 +127,48 @@ func TestPoolConfigRefusals(t *testing.T) {
 func withPoolMode(g GatewayConfig, m string) GatewayConfig {
 	g.PoolMode = m
 	return g
+}
+
+// TestPoolReload: a reload may not change pool settings; any other reload
+// retires the pooled server connections, so the next transaction runs on a
+// new backend.
+func TestPoolReload(t *testing.T) {
+	env := newEnv(t)
+	p := pooledProxy(t, env, pooling.ModeTransaction, 2, nil)
+	port := p.port(t, "pooled")
+	conn, err := pgxConnect(t, port, "sslmode=disable")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(context.Background())
+	pid := func() int32 {
+		var n int32
+		if err := conn.QueryRow(context.Background(), "SELECT pg_backend_pid()").Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	before := pid()
+	if again := pid(); again != before {
+		t.Fatalf("an idle pool of one client changed backends without a reason: %d then %d", before, again)
+	}
+	up := env.upstream(t)
+	up.User, up.Database = "app", "appdb"
+	changed := Config{Upstreams: []UpstreamConfig{{Name: "pooled", Listen: "127.0.0.1:0", Conn: up, Auth: &UpstreamAuth{Role: "app"},
+		Pool: &PoolConfig{Mode: pooling.ModeTransaction, Size: 3}}}}
+	if err := p.Reload(&changed); failure.ClassOf(err) != failure.ConfigInvalid || !strings.Contains(err.Error(), "pool settings") {
+		t.Fatalf("a reload changing the pool size: %v", err)
+	}
+	same := changed
+	same.Upstreams = []UpstreamConfig{changed.Upstreams[0]}
+	same.Upstreams[0].Pool = &PoolConfig{Mode: pooling.ModeTransaction, Size: 2}
+	if err := p.Reload(&same); err != nil {
+		t.Fatalf("reload: %v", err)
+	}
+	if after := pid(); after == before {
+		t.Fatalf("the reload did not retire the pooled server connection (backend %d still in use)", after)
+	}
+	if n := p.metric(t, "pgtrust_pool_servers_retired_total", map[string]string{"upstream": "pooled"}); n < 1 {
+		t.Fatalf("pgtrust_pool_servers_retired_total = %v after a reload", n)
+	}
 }
