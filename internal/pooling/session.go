@@ -31,6 +31,8 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -165,10 +167,22 @@ func Start(ctx context.Context, client net.Conn, startup map[string]string, o Op
 		defaults = o.Pool.Defaults(o.Key)
 	}
 	ignore := o.IgnoreStartup
+	var sessionSets [][2]string
 	if o.Mode == ModeSession {
-		// A session-mode server connection keeps whatever the client sets;
-		// only reported parameters are compared at login.
-		ignore = append(ignore[:len(ignore):len(ignore)], unreportedStartup(startup)...)
+		// The client keeps this server connection: parameters the server
+		// does not report are set on it at login (and undone by the reset
+		// query), as the startup packet would have set them.
+		var err error
+		if sessionSets, err = unreportedStartup(startup); err != nil {
+			if srv != nil {
+				srv.Release(true)
+			}
+			return nil, nil, err
+		}
+		ignore = ignore[:len(ignore):len(ignore)]
+		for _, kv := range sessionSets {
+			ignore = append(ignore, kv[0])
+		}
 	}
 	pc, err := paramsync.NewClient(startup, defaults, ignore...)
 	if err != nil {
@@ -191,6 +205,16 @@ func Start(ctx context.Context, client net.Conn, startup map[string]string, o Op
 			srv.Release(isPgError(err))
 			return nil, nil, err
 		}
+		for _, kv := range sessionSets {
+			q := "SELECT pg_catalog.set_config(" + paramsync.QuoteLiteral(kv[0]) + ", " + paramsync.QuoteLiteral(kv[1]) + ", false)"
+			if _, err := exec(ctx, srv, q, s.o.QueryTimeout); err != nil {
+				// The server's verdict on the client's parameter, as it
+				// would have refused the startup packet; the reset query
+				// has not run, so the connection is not reused.
+				srv.Release(false)
+				return nil, nil, err
+			}
+		}
 		greet = pc.Reconcile(srv.Params())
 		if o.Mode == ModeSession {
 			s.attach(srv)
@@ -204,19 +228,31 @@ func Start(ctx context.Context, client net.Conn, startup map[string]string, o Op
 	return s, greet, nil
 }
 
-// unreportedStartup lists the startup parameters the server does not
-// report (work_mem, statement_timeout...): a session-mode server
-// connection gets them with the client's own SETs... they cannot be
-// carried by the pool's dialer, so they are refused in transaction mode
-// and passed as SETs at login in session mode.
-func unreportedStartup(startup map[string]string) []string {
-	var out []string
-	for k := range startup {
-		if !paramsync.IsReplayed(k) {
-			out = append(out, k)
+// unreportedStartup returns the startup settings the server does not
+// report (work_mem, statement_timeout...), given directly or in options,
+// which only a session-mode connection can keep.
+func unreportedStartup(startup map[string]string) ([][2]string, error) {
+	var out [][2]string
+	for k, v := range startup {
+		switch {
+		case k == "user" || k == "database" || k == "options" || k == "replication" || strings.HasPrefix(k, "_pq_."):
+		case !paramsync.IsReplayed(k):
+			out = append(out, [2]string{k, v})
 		}
 	}
-	return out
+	if opts, ok := startup["options"]; ok {
+		settings, err := paramsync.ParseOptions(opts)
+		if err != nil {
+			return nil, err
+		}
+		for _, kv := range settings {
+			if !paramsync.IsReplayed(kv[0]) {
+				out = append(out, kv)
+			}
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i][0] < out[j][0] })
+	return out, nil
 }
 
 func isPgError(err error) bool {

@@ -280,6 +280,21 @@ func (s *session) pool() (*serverpool.Pool, pooling.Mode) {
 	return s.up.pools[i], frontPoolMode(s.up.cfg, gw)
 }
 
+// poolIdentity is who the client is for the handover guard: server
+// connections passing between sessions of one identity are not checked.
+// Local clients with an auth table are one identity (nobody authenticates
+// them); gateway clients are their user name, or their certificate's
+// mapped identity.
+func (s *session) poolIdentity() string {
+	switch s.mode {
+	case authUpstream:
+		return "local"
+	case AuthCert:
+		return "cert:" + s.identity
+	}
+	return string(s.mode) + ":" + s.user
+}
+
 // poolLogin starts a pooled session as role and greets the client:
 // AuthenticationOk, the parameters, a pgtrust BackendKeyData (cancels go
 // to whichever server connection runs the client's query), ReadyForQuery.
@@ -293,7 +308,7 @@ func (s *session) poolLogin(pool *serverpool.Pool, mode pooling.Mode, role strin
 	}
 	cfg := s.up.cfg.Pool
 	o := pooling.Options{
-		Mode: mode, Pool: pool, Key: serverpool.Key{Database: db, Role: role}, Identity: s.identity,
+		Mode: mode, Pool: pool, Key: serverpool.Key{Database: db, Role: role}, Identity: s.poolIdentity(),
 		ResetQuery: cfg.ResetQuery, StatementCache: cfg.StatementCache, IgnoreStartup: cfg.IgnoreStartupParameters,
 		In: func(n int) {
 			s.bytesIn.Add(int64(n))

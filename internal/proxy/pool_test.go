@@ -8,6 +8,7 @@ import (
 
 	"github.com/pgtrust/pgtrust/failure"
 	"github.com/pgtrust/pgtrust/internal/identmap"
+	"github.com/pgtrust/pgtrust/internal/pgtest"
 	"github.com/pgtrust/pgtrust/internal/pooling"
 )
 
@@ -170,5 +171,40 @@ func TestPoolReload(t *testing.T) {
 	}
 	if n := p.metric(t, "pgtrust_pool_servers_retired_total", map[string]string{"upstream": "pooled"}); n < 1 {
 		t.Fatalf("pgtrust_pool_servers_retired_total = %v after a reload", n)
+	}
+}
+
+// TestPoolSessionStartupSettings: in session mode, settings the server does
+// not report, given in the startup packet, are set on the server connection
+// at login (as a direct connection would) and reset before the next
+// client; a setting the server refuses fails the login with its own error.
+// Transaction mode refuses them (they could not follow the client).
+func TestPoolSessionStartupSettings(t *testing.T) {
+	env := newEnv(t)
+	p := pooledProxy(t, env, pooling.ModeSession, 1, nil)
+	dsn := func(extra string) string {
+		return "host=127.0.0.1 port=" + strconv.Itoa(p.port(t, "pooled")) + " user=app dbname=appdb sslmode=disable " + extra
+	}
+	r := pgtest.PsqlQuery(t, dsn("options='-c statement_timeout=1234 -c work_mem=5MB'"), "SELECT current_setting('statement_timeout') || ' ' || current_setting('work_mem') || ' ' || pg_backend_pid()", nil)
+	if !r.OK || !strings.HasPrefix(strings.TrimSpace(r.Stdout), "1234ms 5MB ") {
+		t.Fatalf("session startup settings: ok=%v out=%q err=%q", r.OK, r.Stdout, r.Stderr)
+	}
+	pid := strings.Fields(r.Stdout)[2]
+	r = pgtest.PsqlQuery(t, dsn(""), "SELECT current_setting('statement_timeout') || ' ' || current_setting('work_mem') || ' ' || pg_backend_pid()", nil)
+	if !r.OK || strings.TrimSpace(r.Stdout) != "0 4MB "+pid {
+		t.Fatalf("the next client on backend %s should see the defaults: ok=%v out=%q err=%q", pid, r.OK, r.Stdout, r.Stderr)
+	}
+	r = pgtest.PsqlQuery(t, dsn("options='-c no_such_setting=1'"), "SELECT 1", nil)
+	if r.OK || !strings.Contains(r.Stderr, `unrecognized configuration parameter "no_such_setting"`) {
+		t.Fatalf("a setting the server refuses: ok=%v err=%q", r.OK, r.Stderr)
+	}
+	if r = pgtest.PsqlQuery(t, dsn(""), "SELECT 1", nil); !r.OK {
+		t.Fatalf("the pool after a refused login: %q", r.Stderr)
+	}
+
+	tx := pooledProxy(t, env, pooling.ModeTransaction, 1, nil)
+	r = pgtest.PsqlQuery(t, "host=127.0.0.1 port="+strconv.Itoa(tx.port(t, "pooled"))+" user=app dbname=appdb sslmode=disable options='-c statement_timeout=1234'", "SELECT 1", nil)
+	if r.OK || !strings.Contains(r.Stderr, "statement_timeout cannot be kept in transaction pooling mode") {
+		t.Fatalf("transaction mode with an unreported startup setting: ok=%v err=%q", r.OK, r.Stderr)
 	}
 }
