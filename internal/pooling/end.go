@@ -112,6 +112,11 @@ func (s *Session) end(reason string) string {
 			}
 			clean = s.reset(srv, done, q)
 		}
+		if !clean {
+			// Stop the pump before the pool touches the connection:
+			// pgconn is not safe for concurrent use.
+			s.stopPump(srv, done)
+		}
 		srv.Release(clean)
 	}
 	if done != nil {
@@ -143,6 +148,17 @@ func (s *Session) reset(srv *serverpool.Server, done <-chan struct{}, query stri
 		return false
 	case <-t.C:
 		return false
+	}
+}
+
+// stopPump closes srv's socket, which ends its pump's read, and waits for
+// the pump to finish.
+func (s *Session) stopPump(srv *serverpool.Server, done <-chan struct{}) {
+	if pg := srv.PgConn(); pg != nil {
+		_ = pg.Conn().Close()
+	}
+	if done != nil {
+		<-done
 	}
 }
 

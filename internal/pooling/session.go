@@ -349,7 +349,8 @@ func (s *Session) Close() { s.client.Close() }
 func (s *Session) Run(ctx context.Context) string {
 	var sbuf []byte
 	var target *serverpool.Server
-	started := false // a batch for target is counted in s.inflight
+	var targetConn net.Conn // target's socket, taken while it was attached
+	started := false        // a batch for target is counted in s.inflight
 	flush := func() error {
 		if !started {
 			return nil
@@ -357,7 +358,9 @@ func (s *Session) Run(ctx context.Context) string {
 		started = false
 		var err error
 		if len(sbuf) > 0 {
-			_, err = target.PgConn().Conn().Write(sbuf)
+			// If the pump gave target up meanwhile (the server failed), the
+			// socket is closed and the write fails: never another client's.
+			_, err = targetConn.Write(sbuf)
 			sbuf = sbuf[:0]
 		}
 		s.mu.Lock()
@@ -400,6 +403,8 @@ func (s *Session) Run(ctx context.Context) string {
 				s.mu.Unlock()
 				goto retry
 			}
+			// Attached, so not released: PgConn is valid until mu is let go.
+			targetConn = srv.PgConn().Conn()
 			s.inflight++
 			s.mu.Unlock()
 			started, target = true, srv
