@@ -299,6 +299,10 @@ func (s *session) poolIdentity() string {
 // AuthenticationOk, the parameters, a pgtrust BackendKeyData (cancels go
 // to whichever server connection runs the client's query), ReadyForQuery.
 func (s *session) poolLogin(pool *serverpool.Pool, mode pooling.Mode, role string) error {
+	// The client has authenticated: a wait for a server connection (session
+	// mode, a saturated pool) must not hold one of the slots that bound
+	// clients still authenticating.
+	s.endAuth()
 	db := s.database
 	if db == "" {
 		db = s.set.conn.Database
