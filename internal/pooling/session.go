@@ -663,7 +663,19 @@ func (s *Session) pump(srv *serverpool.Server, done chan struct{}) {
 			}
 			continue
 		}
-		// Transaction mode.
+		// Transaction mode. Rows, COPY data and notices answer no request
+		// of their own and change nothing the engines follow: straight
+		// through (most messages of a large result).
+		switch msg.(type) {
+		case *pgproto3.DataRow, *pgproto3.CopyData, *pgproto3.NoticeResponse, *pgproto3.NotificationResponse:
+			wbuf, _ = msg.Encode(wbuf)
+			if fe.ReadBufferLen() == 0 || len(wbuf) >= flushAt {
+				if !flush() {
+					return
+				}
+			}
+			continue
+		}
 		check, hz := st.watch.Server(msg)
 		if hz != nil {
 			s.mu.Lock()
