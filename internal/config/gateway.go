@@ -9,6 +9,7 @@ import (
 	"github.com/pgtrust/pgtrust/internal/identmap"
 	"github.com/pgtrust/pgtrust/internal/proxy"
 	"github.com/pgtrust/pgtrust/internal/scram"
+	"github.com/pgtrust/pgtrust/internal/userlist"
 	"github.com/pgtrust/pgtrust/ratls"
 )
 
@@ -16,7 +17,7 @@ import (
 // the upstream, TLS mandatory, with its own authentication mode.
 type Gateway struct {
 	Listen string `toml:"listen"` // default ":5433"
-	Auth   string `toml:"auth"`   // required: passthrough, cluster_secret, cert
+	Auth   string `toml:"auth"`   // required: passthrough, cluster_secret, scram, cert
 	// PoolMode overrides the upstream's [pool] mode for this listener:
 	// "session", "transaction" or "none".
 	PoolMode string `toml:"pool_mode"`
@@ -52,6 +53,21 @@ type Gateway struct {
 
 	// cluster_secret: the role table, by client user name.
 	Roles map[string]*GatewayRole `toml:"roles"`
+
+	// scram: the clients' SCRAM verifiers from a userlist file (PgBouncer
+	// syntax) and/or an auth_query run as auth_user (file first); the
+	// upstream role is the client's user name, opened with
+	// upstream_password_* or the dsn's client certificate.
+	AuthFile         string   `toml:"auth_file"`
+	AuthQuery        string   `toml:"auth_query"` // default userlist.DefaultQuery when auth_user is set
+	AuthUser         string   `toml:"auth_user"`
+	AuthPasswordFile string   `toml:"auth_password_file"`
+	AuthPasswordEnv  string   `toml:"auth_password_env"`
+	AuthDBName       string   `toml:"auth_dbname"`
+	AuthQueryTTL     Duration `toml:"auth_query_ttl"`   // 15s, known and unknown users alike
+	ScramIterations  int      `toml:"scram_iterations"` // advertised for unknown users (4096)
+	FakeSaltKeyFile  string   `toml:"fake_salt_key_file"`
+	FakeSaltKeyEnv   string   `toml:"fake_salt_key_env"`
 
 	BackoffBase Duration `toml:"backoff_base"` // first delay after a failure (100ms)
 	BackoffMax  Duration `toml:"backoff_max"`  // cap (5s)
@@ -99,12 +115,44 @@ func (f *File) checkGateways(key string, u *Upstream) error {
 				WithEvidence("a gateway listener is reachable by remote clients; how they authenticate has no safe default").
 				WithFix(`set auth = "cluster_secret" (SCRAM secrets checked by the gateway), "cert" (client certificates and an identity map) or "passthrough" (the upstream authenticates each client: its pg_hba.conf must not trust the gateway's address)`)
 		case "passthrough", "cluster_secret", "cert":
+			if k := scramOnlyKey(g); k != "" {
+				return f.invalid(gk+"."+k, "%s is a key of auth = \"scram\"", k).
+					WithFix(`set auth = "scram", or remove %s`, k)
+			}
+		case "scram":
+			if g.AuthFile == "" && g.AuthUser == "" {
+				return f.invalid(gk, "auth = \"scram\" needs auth_file or auth_user").
+					WithEvidence("the client's SCRAM verifier comes from a userlist file (auth_file) or an auth_query run as auth_user").
+					WithFix(`set auth_file = "/etc/pgtrust/userlist.txt" (lines "user" "SCRAM-SHA-256$..."), or auth_user = "pgtrust_lookup" with the function of docs/gateway.md`)
+			}
+			if g.AuthUser == "" && (g.AuthQuery != "" || g.AuthPasswordFile != "" || g.AuthPasswordEnv != "" || g.AuthDBName != "" || g.AuthQueryTTL != 0) {
+				return f.invalid(gk+".auth_user", "auth_query settings without auth_user").
+					WithFix("set auth_user to the NOSUPERUSER lookup role")
+			}
+			if g.AuthPasswordFile != "" && g.AuthPasswordEnv != "" {
+				return f.invalid(gk, "both auth_password_file and auth_password_env are given").WithFix("keep one")
+			}
+			if g.FakeSaltKeyFile != "" && g.FakeSaltKeyEnv != "" {
+				return f.invalid(gk, "both fake_salt_key_file and fake_salt_key_env are given").WithFix("keep one")
+			}
+			if g.AuthQuery != "" && !strings.Contains(g.AuthQuery, "$1") {
+				return f.invalid(gk+".auth_query", "the query does not use $1").
+					WithEvidence("the user name is passed as $1").WithFix("leave auth_query unset for the default: %s", userlist.DefaultQuery)
+			}
+			if g.ScramIterations < 0 || g.ScramIterations > scram.MaxIterations {
+				return f.invalid(gk+".scram_iterations", "%d is out of range", g.ScramIterations).
+					WithFix("use PostgreSQL's scram_iterations (default %d)", scram.DefaultIterations)
+			}
+			if len(g.Roles) > 0 {
+				return f.invalid(gk+".roles", "a role table is cluster_secret's").
+					WithFix("remove the roles tables: in scram mode the upstream role is the client's user name")
+			}
 		case "password", "md5":
 			return f.invalid(gk+".auth", "%q is not offered", g.Auth).
 				WithEvidence("the gateway would have to hold the clients' clear secrets (password) or an MD5 hash that is as good as the password (md5)").
-				WithFix("use cluster_secret (SCRAM verifiers, channel binding) or cert")
+				WithFix("use scram or cluster_secret (SCRAM verifiers, channel binding) or cert")
 		default:
-			return f.invalid(gk+".auth", "unknown mode %q", g.Auth).WithFix("use passthrough, cluster_secret or cert")
+			return f.invalid(gk+".auth", "unknown mode %q", g.Auth).WithFix("use passthrough, cluster_secret, scram or cert")
 		}
 		if (g.CertFile == "") != (g.KeyFile == "") {
 			return f.invalid(gk, "cert_file and key_file go together").WithFix("set both, or ratls instead")
@@ -159,6 +207,24 @@ func (f *File) checkGateways(key string, u *Upstream) error {
 		return f.invalid(key+".auth", "both password_file and password_env are given").WithFix("keep one")
 	}
 	return nil
+}
+
+// scramOnlyKey names a key of scram mode set on a gateway of another mode.
+func scramOnlyKey(g *Gateway) string {
+	for _, k := range []struct {
+		name string
+		set  bool
+	}{
+		{"auth_file", g.AuthFile != ""}, {"auth_query", g.AuthQuery != ""}, {"auth_user", g.AuthUser != ""},
+		{"auth_password_file", g.AuthPasswordFile != ""}, {"auth_password_env", g.AuthPasswordEnv != ""},
+		{"auth_dbname", g.AuthDBName != ""}, {"auth_query_ttl", g.AuthQueryTTL != 0}, {"scram_iterations", g.ScramIterations != 0},
+		{"fake_salt_key_file", g.FakeSaltKeyFile != ""}, {"fake_salt_key_env", g.FakeSaltKeyEnv != ""},
+	} {
+		if k.set {
+			return k.name
+		}
+	}
+	return ""
 }
 
 // secretFrom reads a secret from a file or an environment variable (never
@@ -246,6 +312,41 @@ func (f *File) gatewayConfigs(key string, u *Upstream, env map[string]string) ([
 			return nil, err
 		}
 		pg.UpstreamPassword = pw
+		if g.Auth == "scram" {
+			pg.AuthFile, pg.ScramIterations = g.AuthFile, g.ScramIterations
+			if g.AuthFile != "" {
+				// Checked here too so that `pgtrust config validate` and a
+				// SIGHUP see a bad file before anything is swapped; the
+				// proxy reads it again when it builds the listener.
+				if _, err := userlist.LoadFile(g.AuthFile); err != nil {
+					fe, ok := failure.As(err)
+					if !ok {
+						return nil, failure.Wrap(failure.ConfigInvalid, err, "%s: %s.auth_file: %v", f.where(), gk, err)
+					}
+					e := *fe
+					e.Message = fmt.Sprintf("%s: %s.auth_file: %s", f.where(), gk, fe.Message)
+					return nil, &e
+				}
+			}
+			if g.AuthUser != "" {
+				apw, err := f.secretFrom(gk+".auth_password", g.AuthPasswordFile, g.AuthPasswordEnv, env)
+				if err != nil {
+					return nil, err
+				}
+				pg.AuthQuery = &proxy.AuthQueryConfig{User: g.AuthUser, Password: apw, DBName: g.AuthDBName, Query: g.AuthQuery, TTL: g.AuthQueryTTL.D()}
+			}
+			key, err := f.secretFrom(gk+".fake_salt_key", g.FakeSaltKeyFile, g.FakeSaltKeyEnv, env)
+			if err != nil {
+				return nil, err
+			}
+			if key != "" && len(key) < scram.MinFakeSaltKeyLen {
+				return nil, f.invalid(gk+".fake_salt_key", "the key has %d bytes, fewer than %d", len(key), scram.MinFakeSaltKeyLen).
+					WithFix("store at least 32 random bytes, e.g. openssl rand -base64 32")
+			}
+			if key != "" {
+				pg.FakeSaltKey = []byte(key)
+			}
+		}
 		for _, user := range sortedKeys(g.Roles) {
 			r := g.Roles[user]
 			rk := gk + ".roles." + user

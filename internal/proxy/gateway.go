@@ -7,6 +7,7 @@ import (
 	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -15,12 +16,15 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgconn"
+
 	"github.com/pgtrust/pgtrust/certs"
 	"github.com/pgtrust/pgtrust/failure"
 	"github.com/pgtrust/pgtrust/internal/authlimit"
 	"github.com/pgtrust/pgtrust/internal/chain"
 	"github.com/pgtrust/pgtrust/internal/identmap"
 	"github.com/pgtrust/pgtrust/internal/scram"
+	"github.com/pgtrust/pgtrust/internal/userlist"
 	"github.com/pgtrust/pgtrust/pgtls"
 	"github.com/pgtrust/pgtrust/ratls"
 )
@@ -40,6 +44,11 @@ const (
 	// AuthCert maps the verified client certificate's identity to the
 	// requested role through a pg_ident-style map.
 	AuthCert AuthMode = "cert"
+	// AuthScram runs SCRAM-SHA-256(-PLUS) in the gateway against the
+	// client's own verifier from a userlist file and/or an auth_query; the
+	// upstream is opened as the client's user name with the gateway's own
+	// credentials (UpstreamPassword or the dsn's client certificate).
+	AuthScram AuthMode = "scram"
 	// authUpstream is the local proxy's UpstreamAuth: no client
 	// authentication (the listener is local), the upstream opened as a
 	// configured role.
@@ -90,6 +99,30 @@ type GatewayConfig struct {
 	// PoolMode overrides the upstream's pool mode for this listener:
 	// PoolInherit (""), PoolNone, "session" or "transaction".
 	PoolMode string
+
+	// scram mode: AuthFile is a userlist file (PgBouncer syntax, SCRAM
+	// verifiers only; watched and re-read on reload), AuthQuery a lookup
+	// through a dedicated role; with both, the file is asked first.
+	AuthFile  string
+	AuthQuery *AuthQueryConfig
+	// ScramIterations is the iteration count advertised for unknown users
+	// (default 4096, PostgreSQL's scram_iterations): it must be that of the
+	// real verifiers, or the count tells unknown names apart.
+	ScramIterations int
+	// FakeSaltKey keys unknown users' salts (at least 16 bytes); give the
+	// same on every replica. Empty: derived from the gateway's secrets
+	// (UpstreamPassword, the auth_query password), or random per process
+	// when it has none.
+	FakeSaltKey []byte
+}
+
+// AuthQueryConfig is the scram mode's lookup of verifiers in PostgreSQL.
+type AuthQueryConfig struct {
+	User     string        // the lookup role (NOSUPERUSER; see userlist.FunctionSQL)
+	Password string        // its password; "" = the dsn's client certificate (or trust)
+	DBName   string        // the database it connects to; "" = the dsn's
+	Query    string        // "" = userlist.DefaultQuery
+	TTL      time.Duration // cache age of an answer, known and unknown users alike (default 15 s)
 }
 
 // GatewayRole is one client user name of a cluster_secret listener.
@@ -117,7 +150,7 @@ type RATLSCertificate struct {
 
 // String never shows a verifier or password (%v, %+v, %s).
 func (g GatewayConfig) String() string {
-	return fmt.Sprintf("GatewayConfig{Listen: %q, Auth: %s, Roles: %d}", g.Listen, g.Auth, len(g.Roles))
+	return fmt.Sprintf("GatewayConfig{Listen: %q, Auth: %s, Roles: %d, AuthFile: %q, AuthQuery: %t}", g.Listen, g.Auth, len(g.Roles), g.AuthFile, g.AuthQuery != nil)
 }
 
 // GoString never shows a verifier or password (%#v).
@@ -214,6 +247,27 @@ func (g *GatewayConfig) withDefaults(upName string, i int) error {
 				}
 			}
 		}
+	case AuthScram:
+		if g.AuthFile == "" && g.AuthQuery == nil {
+			return configError("%s: scram mode needs auth_file or auth_query", where).
+				WithFix("set auth_file to a userlist of SCRAM verifiers, or auth_user (and auth_query) for a lookup through a NOSUPERUSER role; see docs/gateway.md")
+		}
+		if q := g.AuthQuery; q != nil && q.User == "" {
+			return configError("%s: auth_query needs auth_user", where).
+				WithFix("set auth_user to the lookup role that may run %s.%s (userlist.FunctionSQL)", userlist.FunctionSchema, userlist.FunctionName)
+		}
+		if g.ScramIterations == 0 {
+			g.ScramIterations = scram.DefaultIterations
+		}
+		if g.ScramIterations < 1 || g.ScramIterations > scram.MaxIterations {
+			return configError("%s: scram_iterations %d out of range", where, g.ScramIterations).
+				WithFix("use PostgreSQL's scram_iterations (default %d)", scram.DefaultIterations)
+		}
+		if len(g.FakeSaltKey) > 0 && len(g.FakeSaltKey) < scram.MinFakeSaltKeyLen {
+			return configError("%s: fake_salt_key of %d bytes", where, len(g.FakeSaltKey)).
+				WithEvidence("unknown users' salts need a key of at least %d bytes to be unpredictable", scram.MinFakeSaltKeyLen).
+				WithFix("store at least 32 random bytes, e.g. openssl rand -base64 32")
+		}
 	case AuthCert:
 		if g.ClientCAFile == "" {
 			return configError("%s: cert mode needs client_ca_file", where).WithFix("set client_ca_file to the CA that issues the clients' certificates")
@@ -226,7 +280,7 @@ func (g *GatewayConfig) withDefaults(upName string, i int) error {
 			g.IdentitySources = []identmap.Source{"uri", "dns", "cn"}
 		}
 	default:
-		return configError("%s: unknown auth mode %q", where, g.Auth).WithFix("use passthrough, cluster_secret or cert (password and md5 are not offered: see docs/gateway.md)")
+		return configError("%s: unknown auth mode %q", where, g.Auth).WithFix("use passthrough, cluster_secret, scram or cert (password and md5 are not offered: see docs/gateway.md)")
 	}
 	if g.Backoff.Base <= 0 {
 		g.Backoff.Base = 100 * time.Millisecond
@@ -264,9 +318,20 @@ type gatewayFront struct {
 	fakeSalt   []byte // key of unknown users' salts, derived from the table
 	roots      *chain.Roots
 	crls       []*x509.RevocationList
+	users      *userlist.File      // scram: the userlist file, nil without
+	aq         *userlist.AuthQuery // scram: the auth_query, nil without
+	stopWatch  context.CancelFunc  // ends the userlist file's watch
 }
 
 func (f *gatewayFront) close() {
+	if f.stopWatch != nil {
+		f.stopWatch()
+	}
+	if f.aq != nil {
+		// Idle lookup connections close; a session of this snapshot still
+		// authenticating gets a refusal, as during a database outage.
+		f.aq.Close()
+	}
 	if f.certSrc != nil {
 		f.certSrc.Close()
 	}
@@ -386,7 +451,141 @@ func (p *Proxy) buildGateway(u UpstreamConfig, i int, b *renewBuild) (_ *gateway
 		}
 		f.fakeSalt = fakeSaltKey(g.Roles)
 	}
+	if g.Auth == AuthScram {
+		if err := p.buildScram(u, g, f); err != nil {
+			return nil, err
+		}
+	}
 	return f, nil
+}
+
+// buildScram loads the scram mode's verifier sources: the userlist file
+// (validated whole; a bad file refuses the start or the reload) and its
+// watch, and the auth_query.
+func (p *Proxy) buildScram(u UpstreamConfig, g GatewayConfig, f *gatewayFront) error {
+	log := p.log.With("upstream", u.Name, "gateway", g.Listen)
+	f.iterations = g.ScramIterations
+	if f.iterations == 0 {
+		f.iterations = scram.DefaultIterations
+	}
+	f.fakeSalt = g.FakeSaltKey
+	if len(f.fakeSalt) == 0 {
+		f.fakeSalt = scramFakeSaltKey(u.Name, g)
+		if f.fakeSalt == nil {
+			// Stable keys need a secret: without one an unknown name's salt
+			// changes on each restart (a real user's never), which says which
+			// names exist to a client that watches across restarts.
+			f.fakeSalt = make([]byte, 32)
+			_, _ = rand.Read(f.fakeSalt)
+			log.Warn("scram gateway: unknown users' salts are keyed per process",
+				"fix", "set fake_salt_key_file (the same on every replica), or an upstream_password / auth_password the key is derived from")
+		}
+	}
+	if g.AuthFile != "" {
+		users, err := userlist.LoadFile(g.AuthFile)
+		if err != nil {
+			return wrapUpstream(u.Name, "gateway "+g.Listen+" auth_file", err)
+		}
+		f.users = users
+		iterations := f.iterations
+		checkIterations := func() {
+			if other := users.OtherIterations(iterations); len(other) > 0 {
+				log.Warn("auth_file: verifiers of another iteration count than scram_iterations; the count tells these users apart from unknown names",
+					"file", g.AuthFile, "users", other, "scram_iterations", iterations,
+					"fix", "set scram_iterations to PostgreSQL's scram_iterations, and set these users' passwords again so all verifiers share it")
+			}
+		}
+		checkIterations()
+		ctx, cancel := context.WithCancel(p.ctx)
+		f.stopWatch = cancel
+		report := func(err error) {
+			result := "success"
+			if err != nil {
+				result = "failure"
+				log.Warn("auth_file reload rejected; keeping the previous users", "file", g.AuthFile, "class", failure.ClassOf(err), "error", err.Error())
+			} else {
+				log.Info("auth_file reloaded", "file", g.AuthFile, "users", users.Len())
+				checkIterations()
+			}
+			p.metrics.reloads.WithLabelValues("auth_file", result).Inc()
+		}
+		if err := users.Watch(ctx, report); err != nil {
+			// SIGHUP still re-reads the file: a watch is a convenience.
+			log.Warn("auth_file is not watched; reload with SIGHUP", "file", g.AuthFile, "class", failure.ClassOf(err), "error", err.Error())
+		}
+	}
+	if q := g.AuthQuery; q != nil {
+		f.aq = userlist.NewAuthQuery(p.lookupDialer(u.Name, *q), userlist.AuthQueryOptions{
+			Query: q.Query, FakeSaltKey: f.fakeSalt, Iterations: f.iterations, TTL: q.TTL,
+			Logger: log.With("auth_user", q.User),
+		})
+	}
+	return nil
+}
+
+// scramFakeSaltKey derives the key of unknown users' salts from the
+// gateway's own secrets, so that it is stable across restarts and the same
+// on replicas configured alike; nil when there is none.
+func scramFakeSaltKey(upstream string, g GatewayConfig) []byte {
+	var secrets []string
+	if g.UpstreamPassword != "" {
+		secrets = append(secrets, g.UpstreamPassword)
+	}
+	if g.AuthQuery != nil && g.AuthQuery.Password != "" {
+		secrets = append(secrets, g.AuthQuery.Password)
+	}
+	if len(secrets) == 0 {
+		return nil
+	}
+	m := hmac.New(sha256.New, []byte("pgtrust gateway scram fake salt v1"))
+	for _, s := range append([]string{upstream}, secrets...) {
+		fmt.Fprintf(m, "%d:%s", len(s), s)
+	}
+	return m.Sum(nil)
+}
+
+// lookupDialer opens auth_query connections: the upstream's current target
+// (leader following included) and TLS settings, as the lookup role.
+func (p *Proxy) lookupDialer(upstream string, q AuthQueryConfig) func(ctx context.Context) (*pgconn.PgConn, error) {
+	return func(ctx context.Context) (*pgconn.PgConn, error) {
+		var set *upstreamSettings
+		for _, u := range p.upstreams {
+			if u.name == upstream {
+				set = u.settings.Load()
+			}
+		}
+		if set == nil {
+			return nil, failure.New(failure.ConfigInvalid, "auth_query: upstream %q is not running", upstream).WithFix("restart the proxy")
+		}
+		base, _, err := set.target(ctx)
+		if err != nil {
+			return nil, err
+		}
+		cfg := base.Clone()
+		cfg.User = q.User
+		if q.Password != "" {
+			cfg.Password = q.Password
+		}
+		if q.DBName != "" {
+			cfg.Database = q.DBName
+		}
+		if cfg.Database == "" {
+			cfg.Database = q.User
+		}
+		// The lookup role's session parameters are its own: none of the
+		// dsn's (a search_path there would reach the query).
+		cfg.RuntimeParams = map[string]string{"application_name": "pgtrust auth_query"}
+		pg, _, err := pgtls.Connect(ctx, cfg, set.opts)
+		if err != nil {
+			var pe *pgconn.PgError
+			if errors.As(err, &pe) {
+				return nil, failure.New(failure.ConfigInvalid, "auth_query: the lookup role %q cannot log in: %s (SQLSTATE %s)", q.User, pe.Message, pe.Code).
+					WithFix("check auth_user, auth_password_file and auth_dbname, and pg_hba.conf for the lookup role")
+			}
+			return nil, err
+		}
+		return pg, nil
+	}
 }
 
 // fakeSaltKey derives the key of unknown users' salts from the role

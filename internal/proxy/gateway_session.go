@@ -26,8 +26,9 @@ import (
 
 // Authentication failure classes of the gateway.
 const (
-	// ClassAuthSecret: SCRAM against the role table failed (wrong secret,
-	// unknown user or a secret of another role: one class, one answer).
+	// ClassAuthSecret: SCRAM against the role table (cluster_secret) or the
+	// client's own verifier (scram) failed (wrong secret, unknown user or a
+	// secret of another role: one class, one answer).
 	ClassAuthSecret failure.Class = "auth_secret_failed"
 	// ClassAuthCertIdentity: the verified client certificate maps to no
 	// line of the identity map for the requested role.
@@ -206,17 +207,7 @@ func (s *session) gatewayAuth(startup []byte) bool {
 		if entry != nil {
 			opts.Candidates = entry.candidates
 		}
-		if s.serverCert != nil && len(s.serverCert.Certificate) > 0 {
-			leaf := s.serverCert.Leaf
-			if leaf == nil {
-				leaf, _ = x509.ParseCertificate(s.serverCert.Certificate[0])
-			}
-			if leaf != nil {
-				if h, err := scram.EndpointHash(leaf); err == nil {
-					opts.EndpointHash = h
-				}
-			}
-		}
+		opts.EndpointHash = s.endpointHash()
 		be := pgproto3.NewBackend(s.client, s.client)
 		res, err := scram.Authenticate(be, s.user, opts)
 		if err != nil {
@@ -251,6 +242,66 @@ func (s *session) gatewayAuth(startup []byte) bool {
 			s.p.metrics.downgrades.WithLabelValues(s.up.name, s.user).Inc()
 		}
 		s.identity += " " + res.Mechanism
+	case AuthScram:
+		var v *scram.Verifier
+		found := false
+		if gw.users != nil {
+			v, found = gw.users.Lookup(s.user)
+		}
+		fromQuery := false
+		if !found && gw.aq != nil {
+			// The query's own timeout bounds the fetch; the client's
+			// authentication deadline bounds this wait.
+			ctx, cancel := context.WithDeadline(s.p.ctx, s.authDeadline)
+			qv, err := gw.aq.Lookup(ctx, s.user)
+			cancel()
+			if err != nil {
+				// The same answer for every user: the lookup failed before
+				// anything about the name was learned.
+				logReason = "auth_query_failed"
+				if lim != nil {
+					// Still the source's doing as far as it can tell: a flood
+					// that makes lookups time out is slowed down as well.
+					lim.Failed(lookupKey(s.source))
+				}
+				return fail(authReasonUpstreamFail, errorResponse(sqlstateCannotConnectNow, "pgtrust: the gateway cannot check passwords right now", "",
+					"try again later"), err)
+			}
+			v, fromQuery = qv, true
+		}
+		opts := scram.ServerOptions{FakeSaltKey: gw.fakeSalt, Iterations: gw.iterations, RequirePlus: gw.cfg.RequireChannelBinding,
+			EndpointHash: s.endpointHash()}
+		if v != nil {
+			opts.Candidates = []*scram.Verifier{v}
+		}
+		res, err := scram.Authenticate(pgproto3.NewBackend(s.client, s.client), s.user, opts)
+		if err != nil {
+			switch {
+			case errors.Is(err, scram.ErrAuthFailed):
+				failedAll(lim, keys)
+				why := failure.New(ClassAuthSecret, "SCRAM authentication failed for user %q", s.user)
+				if v == nil || (fromQuery && gw.aq.IsDecoy(v)) {
+					// Operators read the log; /metrics may be public.
+					logReason = "unknown_user"
+					why = failure.New(ClassAuthSecret, "SCRAM authentication failed for user %q: no such user in auth_file or auth_query", s.user)
+				}
+				return fail(authReasonBadSecret, authFailedResponse(s.user), why)
+			case errors.Is(err, os.ErrDeadlineExceeded):
+				return fail(authReasonTimeout, errorResponse(sqlstateQueryCanceled, "canceling authentication due to timeout",
+					fmt.Sprintf("pgtrust: the client did not complete authentication within auth_timeout (%s)", tune.AuthTimeout), ""), err)
+			case errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF):
+				return fail(authReasonClientGone, nil, err)
+			}
+			failedAll(lim, keys)
+			msg := "pgtrust: malformed SCRAM message"
+			if fe, ok := failure.As(err); ok {
+				msg = "pgtrust: " + fe.Message
+			}
+			return fail(authReasonProtocol, errorResponse(sqlstateProtocolViolation, msg, "", ""), err)
+		}
+		role, password = s.user, gw.cfg.UpstreamPassword
+		s.matchedOwner = s.user
+		s.identity = s.user + " " + res.Mechanism
 	case AuthCert:
 		if s.peer == nil {
 			failedAll(lim, keys)
@@ -279,6 +330,9 @@ func (s *session) gatewayAuth(startup []byte) bool {
 		// guesses at another user's secret.
 		lim.Succeeded(limiterKey(s.source, s.matchedOwner))
 		lim.Succeeded(s.source)
+		if gw != nil && gw.aq != nil {
+			lim.Succeeded(lookupKey(s.source))
+		}
 	}
 	var err error
 	if pool, pmode := s.pool(); pool != nil {
@@ -319,6 +373,34 @@ func (s *session) gatewayAuth(startup []byte) bool {
 	return true
 }
 
+// endpointHash is the tls-server-end-point binding data of the
+// certificate this session's client saw (nil: no -PLUS offered).
+func (s *session) endpointHash() []byte {
+	if s.serverCert == nil || len(s.serverCert.Certificate) == 0 {
+		return nil
+	}
+	leaf := s.serverCert.Leaf
+	if leaf == nil {
+		leaf, _ = x509.ParseCertificate(s.serverCert.Certificate[0])
+	}
+	if leaf == nil {
+		return nil
+	}
+	h, err := scram.EndpointHash(leaf)
+	if err != nil {
+		return nil
+	}
+	return h
+}
+
+// lookupKey is the backoff entry of a source's failures at an auth_query
+// front: every failure charges it, wrong secrets and unknown names alike
+// (so it tells them apart no better than the answer does), and it is
+// waited on before the lookup, so that one source flooding random names
+// is slowed down before its names reach the lookup role's few connections.
+// A user name cannot hold NUL, so it is no user's key.
+func lookupKey(source string) string { return limiterKey(source, "\x00auth_query") }
+
 // limiterKey is the backoff key of guesses at user's secret from source.
 // Keyed by user so that a success (a read-only secret, say) clears its own
 // entry only; an attacker gains nothing by spreading guesses over names,
@@ -335,6 +417,9 @@ func limiterKey(source, user string) string { return source + "\x00" + user }
 // teesql_readwrite's entry.
 func (s *session) limiterKeys() []string {
 	keys := []string{s.source, limiterKey(s.source, s.user)}
+	if gw := s.front(); gw != nil && gw.aq != nil {
+		keys = append(keys, lookupKey(s.source))
+	}
 	if gw := s.front(); gw != nil && gw.roles != nil {
 		if e := gw.roles[s.user]; e != nil {
 			for _, o := range e.owners[1:] {

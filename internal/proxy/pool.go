@@ -251,7 +251,8 @@ func (s *upstreamSettings) poolPassword(gw int, role string) string {
 		return ""
 	}
 	g := s.gateways[gw]
-	if g.cfg.Auth == AuthCert {
+	if g.cfg.Auth == AuthCert || g.cfg.Auth == AuthScram {
+		// Both open the client's own role with the gateway's one password.
 		return g.cfg.UpstreamPassword
 	}
 	users := make([]string, 0, len(g.roles))

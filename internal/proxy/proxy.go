@@ -544,6 +544,13 @@ func (p *Proxy) reload(cfgNew *Config) error {
 				if g.certSrc != nil {
 					srcs = append(srcs, g.certSrc)
 				}
+				if g.users != nil {
+					// The scram listener's userlist is read again too; a
+					// bad file keeps the users in force.
+					if err := g.users.Reload(); err != nil {
+						errs = append(errs, wrapUpstream(u.name, "auth_file reload", err))
+					}
+				}
 			}
 			for _, h := range set.renewals() {
 				if st := h.src.Status(); st.LastReloadClass != failure.OK {
