@@ -103,7 +103,7 @@ func validatePool(u UpstreamConfig) error {
 			if g.Auth == AuthPassthrough {
 				return configError("upstream %q gateway #%d (%s): pool_mode %q with auth = passthrough", u.Name, j+1, g.Listen, g.PoolMode).
 					WithEvidence("a pooled server connection is opened with pgtrust's own credentials, so pgtrust must authenticate the client itself").
-					WithFix("use auth = \"cluster_secret\" or \"cert\" on this listener, or pool_mode = \"none\"")
+					WithFix("use auth = \"scram\", \"cluster_secret\" or \"cert\" on this listener, or pool_mode = \"none\"")
 			}
 		default:
 			return configError("upstream %q gateway #%d (%s): unknown pool_mode %q", u.Name, j+1, g.Listen, g.PoolMode).
@@ -128,8 +128,8 @@ func validatePool(u UpstreamConfig) error {
 	}
 	if !pooled {
 		return configError("upstream %q: a pool is configured but no listener can use it", u.Name).
-			WithEvidence("pooling needs pgtrust to authenticate the clients itself; this upstream has no auth table for its local listeners and no gateway with cluster_secret or cert").
-			WithFix("add [upstreams.%s.auth] (local listeners) or a gateway with auth = \"cluster_secret\" or \"cert\", or remove the pool table", u.Name)
+			WithEvidence("pooling needs pgtrust to authenticate the clients itself; this upstream has no auth table for its local listeners and no gateway with scram, cluster_secret or cert").
+			WithFix("add [upstreams.%s.auth] (local listeners) or a gateway with auth = \"scram\", \"cluster_secret\" or \"cert\", or remove the pool table", u.Name)
 	}
 	if p.ResetQuery != "" && p.ResetQuery != pooling.NoReset && strings.ContainsRune(p.ResetQuery, 0) {
 		return configError("upstream %q: pool reset_query contains a NUL byte", u.Name).WithFix("use a plain SQL statement such as DISCARD ALL")
