@@ -747,6 +747,11 @@ func (c *Client) lookup(name string, sc *ServerCache) (*statement, bool) {
 // waits says whether translating msg reads a name or a cached statement that
 // a request in an unanswered earlier segment changed.
 func (c *Client) waits(msg pgproto3.FrontendMessage, sc *ServerCache) bool {
+	if sc.copyIn {
+		// The server reads only COPY data now; anything else is its error
+		// to give, and waiting would stop the session reading that data.
+		return false
+	}
 	if p, ok := msg.(*pgproto3.Parse); ok && p.Name != "" && sc.setting > 0 {
 		// The Query ahead may change a scope setting; PostgreSQL reports
 		// it (ParameterStatus) just before that Query's ReadyForQuery,
@@ -979,8 +984,15 @@ func (c *Client) translate(msg pgproto3.FrontendMessage, sc *ServerCache) ([]pgp
 	case *pgproto3.Execute:
 		sc.queue = append(sc.queue, &request{kind: kExecute, action: forward})
 	case *pgproto3.Sync:
-		// During COPY FROM STDIN the server ignores Sync: no answer to wait for.
-		if !sc.copyIn {
+		// During COPY FROM STDIN the server ignores Sync: no answer to wait
+		// for. Unless the COPY failed before the server read it: then it
+		// answers. Which one happens depends on how far the server read
+		// ahead, so the connection's stream can no longer be followed
+		// exactly: it is closed, not reused, when the client gives it back
+		// (a stray ReadyForQuery must never reach another client).
+		if sc.copyIn {
+			sc.broken = true
+		} else {
 			// A segment that ran a statement that may SET reports it just
 			// before this Sync's ReadyForQuery.
 			r := &request{kind: kSync, action: forward, mayset: sc.segSet}
@@ -992,12 +1004,18 @@ func (c *Client) translate(msg pgproto3.FrontendMessage, sc *ServerCache) ([]pgp
 			sc.sent++
 		}
 	case *pgproto3.Query:
+		if sc.copyIn {
+			sc.broken = true // see Sync
+		}
 		r := &request{kind: kQuery, action: forward, mayset: mayChangeScope(m.String)}
 		if r.mayset {
 			sc.setting++
 		}
 		sc.queue = append(sc.queue, r)
 	case *pgproto3.FunctionCall:
+		if sc.copyIn {
+			sc.broken = true // see Sync
+		}
 		sc.queue = append(sc.queue, &request{kind: kFunction, action: forward})
 	case *pgproto3.CopyDone, *pgproto3.CopyFail:
 		sc.copyIn = false
@@ -1097,6 +1115,9 @@ func (c *Client) Filter(msg pgproto3.BackendMessage, sc *ServerCache) ([]pgproto
 		_, drop = sc.pop(string(kExecute))
 	case *pgproto3.ErrorResponse:
 		sc.failed = true
+		// An error ends COPY FROM STDIN on the server's side (it drops the
+		// client's remaining copy messages).
+		sc.copyIn = false
 		var head *request
 		if len(sc.queue) > 0 {
 			head = sc.queue[0]
@@ -1134,6 +1155,13 @@ func (c *Client) Filter(msg pgproto3.BackendMessage, sc *ServerCache) ([]pgproto
 		// Syncs sent behind the Execute are ignored by the server while it
 		// copies in, so they will get no ReadyForQuery.
 		sc.copyIn = true
+		// A session waiting (ErrWait) for this segment would otherwise
+		// never see its ReadyForQuery: the server now waits for the
+		// client's COPY data, which the session must read on.
+		if sc.settle != nil {
+			close(sc.settle)
+			sc.settle = nil
+		}
 		kept := sc.queue[:0]
 		for _, r := range sc.queue {
 			if r.kind != kSync {
