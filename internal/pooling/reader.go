@@ -46,9 +46,10 @@ func (m *msgReader) Next() ([]byte, error) {
 	if err := m.fill(5); err != nil {
 		return nil, err
 	}
+	typ := m.buf[m.r]
 	n := int(int32(binary.BigEndian.Uint32(m.buf[m.r+1:])))
-	if n < 4 || n > m.max {
-		return nil, fmt.Errorf("%w: client message %q announces %d bytes (limit %d)", pgwire.ErrProtocol, m.buf[m.r], n, m.max)
+	if limit := maxLength(typ, m.max); n < 4 || n > limit {
+		return nil, fmt.Errorf("%w: client message %q announces %d bytes (limit %d)", pgwire.ErrProtocol, typ, n, limit)
 	}
 	total := n + 1
 	if total <= len(m.buf) {
@@ -59,17 +60,37 @@ func (m *msgReader) Next() ([]byte, error) {
 		m.r += total
 		return msg, nil
 	}
-	// A large message (a big Bind, COPY data): its own buffer.
-	m.big = make([]byte, total)
-	have := copy(m.big, m.buf[m.r:m.w])
+	// A large message (a big Bind, COPY data): a buffer of its own, grown
+	// as its bytes arrive, so that a header alone cannot make the proxy
+	// allocate what it announces.
+	m.big = append(make([]byte, 0, min(total, 2*readerSize)), m.buf[m.r:m.w]...)
 	m.r, m.w = 0, 0
-	if _, err := io.ReadFull(m.src, m.big[have:]); err != nil {
-		if err == io.EOF {
-			err = io.ErrUnexpectedEOF
+	for len(m.big) < total {
+		if len(m.big) == cap(m.big) {
+			m.big = append(m.big, make([]byte, min(cap(m.big), total-len(m.big)))...)[:len(m.big)]
 		}
-		return nil, err
+		k, err := m.src.Read(m.big[len(m.big):min(cap(m.big), total)])
+		m.big = m.big[:len(m.big)+k]
+		if err != nil && len(m.big) < total {
+			if err == io.EOF {
+				err = io.ErrUnexpectedEOF
+			}
+			return nil, err
+		}
 	}
 	return m.big, nil
+}
+
+// maxLength is PostgreSQL's bound for a client message of type typ after
+// login: PQ_LARGE_MESSAGE_LIMIT for the types that carry data (Query,
+// Parse, Bind, FunctionCall, CopyData), PQ_SMALL_MESSAGE_LIMIT (10000)
+// for the rest.
+func maxLength(typ byte, large int) int {
+	switch typ {
+	case 'Q', 'P', 'B', 'F', 'd':
+		return large
+	}
+	return min(large, 10000)
 }
 
 // fill makes at least n bytes available from m.r.

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"io"
+	"runtime"
 	"testing"
 	"testing/iotest"
 
@@ -98,4 +99,26 @@ func FuzzClientMessages(f *testing.F) {
 			}
 		}
 	})
+}
+
+// TestMsgReaderAllocatesWhatArrives: a header announcing a large message
+// makes the reader allocate for the bytes that come, not for the
+// announcement; types PostgreSQL bounds at 10000 bytes are refused above it.
+func TestMsgReaderAllocatesWhatArrives(t *testing.T) {
+	hdr := []byte{'Q', 0, 0, 0, 0}
+	binary.BigEndian.PutUint32(hdr[1:], 512<<20)
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	_, err := newMsgReader(bytes.NewReader(append(hdr, "SELECT"...)), maxMessage).Next()
+	runtime.ReadMemStats(&after)
+	if !errors.Is(err, io.ErrUnexpectedEOF) {
+		t.Fatalf("cut message: %v", err)
+	}
+	if grew := after.TotalAlloc - before.TotalAlloc; grew > 1<<20 {
+		t.Fatalf("a 5-byte header announcing 512 MiB made the reader allocate %d bytes", grew)
+	}
+	sync := []byte{'S', 0, 0, 0x27, 0x15} // 10005 bytes
+	if _, err := newMsgReader(bytes.NewReader(sync), maxMessage).Next(); !errors.Is(err, pgwire.ErrProtocol) {
+		t.Fatalf("a Sync of 10005 bytes: %v, want a protocol error", err)
+	}
 }
