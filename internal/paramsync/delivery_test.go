@@ -113,17 +113,13 @@ func TestHazardAfterCommit(t *testing.T) {
 }
 
 func TestDelivery(t *testing.T) {
-	if BeforeRun.String() != "before_run" || AfterReadyForQuery.String() != "after_ready_for_query" || PoolOnly.String() != "pool_only" || Delivery(9).String() != "delivery(9)" {
+	if BeforeRun.String() != "before_run" || AfterReadyForQuery.String() != "after_ready_for_query" || Delivery(9).String() != "delivery(9)" {
 		t.Fatal("Delivery names")
 	}
 	if d := (&Hazard{Kind: StartupParameter}).Delivery(); d != BeforeRun {
 		t.Fatalf("startup %v", d)
 	}
-	g, _ := NewGuard("app")
-	row := make([][]byte, 8)
-	row[5], row[0] = []byte("app"), []byte("x")
-	hs, err := g.Inspect(row)
-	if err != nil || len(hs) != 1 || hs[0].Delivery() != PoolOnly {
-		t.Fatalf("%v %v", hs, err)
+	if d := (&Hazard{Kind: Listen}).Delivery(); d != AfterReadyForQuery {
+		t.Fatalf("listen %v", d)
 	}
 }

@@ -27,25 +27,18 @@
 //     after the transaction's ReadyForQuery (it committed, so its result
 //     must not turn into an error), then the pool ends the client session
 //     and closes that server connection, which undoes the state.
-//   - Guard is the handover guard: one query the pool runs when a server
-//     connection passes from one client session to a different one. It
-//     finds what the previous client left whatever the tag (a DO block's
-//     EXECUTE 'PREPARE ...', CREATE TEMP TABLE ... AS, set_config('role',
-//     ...)): SQL prepared statements, temporary relations, types and
-//     functions, a role change, LISTEN channels, open cursors, session
-//     advisory locks, and a changed search_path where the server does not
-//     report it.
 //
 // Trust rule. All client identities the pool maps to one pooled (database,
 // role) share server connections, so they must trust each other as much as
 // sessions of that role on one direct connection would: whatever one can do
-// to a session, the next may meet. The Watch and the Guard catch the known
-// channels of planted state and close the server connection that carries
-// it; they are not a sandbox (sequence values, caches of a LOADed library,
+// to a session, the next may meet. The Watch catches the known channels of
+// planted state and closes the server connection that carries it, and the
+// pool resets a server connection (DISCARD ALL) when it passes to another
+// identity; neither is a sandbox (sequence values, caches of a LOADed library,
 // plans, a role's own objects in ordinary schemas all outlive a client).
 // Clients that must not trust each other need different roles, hence
 // different pool keys and server connections.
 //
-// The package does no I/O of its own except Check, Watch.Check and
-// Guard.Run, conveniences that run the query on a pgconn.PgConn.
+// The package does no I/O of its own except Check and Watch.Check,
+// conveniences that run the query on a pgconn.PgConn.
 package paramsync

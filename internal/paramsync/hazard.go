@@ -48,8 +48,6 @@ type Hazard struct {
 	Kind   Kind
 	Name   string // the parameter, cursor, statement or role concerned ("" when several or unknown)
 	Detail string // what was found, for the client and the log
-
-	handover bool // found by the handover guard, not after the client's transaction
 }
 
 // Delivery says how the client session learns of a hazard.
@@ -74,10 +72,6 @@ const (
 	// pool reconnects. Continuing the session instead would hide that its
 	// LISTEN, SET, cursor or temporary table is gone.
 	AfterReadyForQuery
-	// PoolOnly: found by the handover guard. Neither client is told (the
-	// previous one has gone, the next did nothing): log Failure, close the
-	// server connection, and give the next client another one.
-	PoolOnly
 )
 
 func (d Delivery) String() string {
@@ -86,18 +80,13 @@ func (d Delivery) String() string {
 		return "before_run"
 	case AfterReadyForQuery:
 		return "after_ready_for_query"
-	case PoolOnly:
-		return "pool_only"
 	}
 	return fmt.Sprintf("delivery(%d)", int(d))
 }
 
 // Delivery says how the session delivers h (see the constants).
 func (h *Hazard) Delivery() Delivery {
-	switch {
-	case h.handover:
-		return PoolOnly
-	case h.Kind == StartupParameter:
+	if h.Kind == StartupParameter {
 		return BeforeRun
 	}
 	return AfterReadyForQuery
@@ -303,8 +292,9 @@ func tagNeeds(tag []byte) uint8 {
 		return needSettings | needRole
 	case "CREATE TABLE", "CREATE TABLE AS", "CREATE VIEW", "CREATE SEQUENCE", "CREATE TYPE", "CREATE DOMAIN", "CREATE FUNCTION":
 		// Temporary types shadow like relations. CREATE TEMP TABLE ... AS
-		// and SELECT INTO answer "SELECT n": only everyTransaction and the
-		// handover guard see those.
+		// and SELECT INTO answer "SELECT n": only everyTransaction sees
+		// those (a pool resets the session when it passes to another
+		// identity).
 		return needTemp
 	case "DO", "CALL":
 		// Code run by the server can EXECUTE anything (PREPARE, SET,
@@ -417,3 +407,15 @@ func runCheck(ctx context.Context, conn *pgconn.PgConn, query string) ([]*Hazard
 	}
 	return Inspect(res.Rows[0])
 }
+
+// tempObjects lists what the temporary schema holds: relations (tables,
+// views, sequences), types and functions, each of which depends on its
+// schema in pg_depend (an index scan; scanning pg_class, pg_type and pg_proc
+// for the schema costs several times more). Relations and types there
+// shadow same-named ones for unqualified names. Every type name in these
+// queries is schema-qualified for the same reason (a temporary type named
+// text would otherwise capture ::text), and every operator is
+// OPERATOR(pg_catalog.x) (operators follow search_path, which a client can
+// set to put its own schema before pg_catalog).
+const tempObjects = "(SELECT pg_catalog.string_agg((pg_catalog.pg_identify_object(classid, objid, 0)).identity, ',' ORDER BY objid)" +
+	" FROM pg_catalog.pg_depend WHERE refclassid OPERATOR(pg_catalog.=) 'pg_catalog.pg_namespace'::pg_catalog.regclass AND refobjid OPERATOR(pg_catalog.=) pg_catalog.pg_my_temp_schema())"

@@ -3,6 +3,7 @@ package pooling
 import (
 	"context"
 	"errors"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
@@ -64,9 +65,13 @@ func (s *Session) tryDetach(srv *serverpool.Server, st *serverState, check bool,
 			"identity", s.o.Identity, "hazard", hz.Error())
 		s.setEnd("transaction mode cannot carry: " + hz.Error())
 	}
-	err := s.writeClientRaw(*wbuf)
-	*wbuf = (*wbuf)[:0]
+	// Back to the pool before the last write: a client slow to read must
+	// not keep a server connection it no longer uses. Its next server
+	// connection waits for this pump's end, so it still reads this
+	// ReadyForQuery first.
 	srv.Release(clean)
+	err := s.writeClientRaw(*wbuf)
+	*wbuf = shrink(*wbuf)
 	if err != nil {
 		s.setEnd("client write: " + err.Error())
 	}
@@ -98,7 +103,7 @@ func (s *Session) resetDone(srv *serverpool.Server, msg pgproto3.BackendMessage)
 func (s *Session) end(reason string) string {
 	s.mu.Lock()
 	s.ending = true
-	srv, done := s.srv, s.pumpDone
+	srv, st, done := s.srv, s.st, s.pumpDone
 	s.srv, s.st = nil, nil // whoever takes srv out of the session releases it
 	s.mu.Unlock()
 	if srv != nil {
@@ -111,6 +116,11 @@ func (s *Session) end(reason string) string {
 				q = ";"
 			}
 			clean = s.reset(srv, done, q)
+			if clean && strings.EqualFold(strings.TrimSpace(q), "DISCARD ALL") {
+				// Nothing of this client is left: the next one, whoever
+				// it is, needs no reset of its own (handover).
+				st.owner = ""
+			}
 		}
 		if !clean {
 			// Stop the pump before the pool touches the connection:

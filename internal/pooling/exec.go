@@ -20,6 +20,12 @@ import (
 // error comes back as a *pgconn.PgError; a broken or silent connection as
 // a classified error, after which the connection must not be reused.
 func exec(ctx context.Context, srv *serverpool.Server, sql string, timeout time.Duration) ([][][]byte, error) {
+	return execBatch(ctx, srv, []pgproto3.FrontendMessage{&pgproto3.Query{String: sql}}, 1, timeout)
+}
+
+// execBatch sends msgs in one write and reads until the rfqs-th
+// ReadyForQuery (one per Query or Sync in msgs).
+func execBatch(ctx context.Context, srv *serverpool.Server, msgs []pgproto3.FrontendMessage, rfqs int, timeout time.Duration) ([][][]byte, error) {
 	pg := srv.PgConn()
 	if pg == nil {
 		return nil, errors.New("pooling: server handle already released")
@@ -31,7 +37,10 @@ func exec(ctx context.Context, srv *serverpool.Server, sql string, timeout time.
 	}
 	_ = conn.SetDeadline(dl)
 	defer conn.SetDeadline(time.Time{})
-	buf, _ := (&pgproto3.Query{String: sql}).Encode(nil)
+	var buf []byte
+	for _, m := range msgs {
+		buf, _ = m.Encode(buf)
+	}
 	if _, err := conn.Write(buf); err != nil {
 		return nil, serverIOError(err)
 	}
@@ -57,15 +66,20 @@ func exec(ctx context.Context, srv *serverpool.Server, sql string, timeout time.
 		case *pgproto3.ParameterStatus:
 			srv.SetParam(m.Name, m.Value)
 		case *pgproto3.ErrorResponse:
-			pgErr = pgconn.ErrorResponseToPgError(m)
-		case *pgproto3.ReadyForQuery:
-			if pgErr != nil {
-				return nil, pgErr
+			if pgErr == nil {
+				pgErr = pgconn.ErrorResponseToPgError(m)
 			}
+		case *pgproto3.ReadyForQuery:
 			if m.TxStatus != 'I' {
 				return nil, failure.New(failure.ProtocolError, "the server connection is not idle after the pool's own query").
-					WithEvidence("ReadyForQuery status %q after %q", m.TxStatus, clip(sql)).
+					WithEvidence("ReadyForQuery status %q after %d message(s) of the pool", m.TxStatus, len(msgs)).
 					WithFix("report this: the pool's queries never open a transaction")
+			}
+			if rfqs--; rfqs > 0 {
+				continue
+			}
+			if pgErr != nil {
+				return nil, pgErr
 			}
 			return rows, nil
 		}
@@ -80,13 +94,6 @@ func serverIOError(err error) error {
 	return failure.Wrap(failure.ProtocolError, err, "server connection lost").CauseInMessage().
 		WithEvidence("%v", err).
 		WithFix("check the PostgreSQL server's log; the pool replaces the connection")
-}
-
-func clip(s string) string {
-	if len(s) > 80 {
-		return s[:77] + "..."
-	}
-	return s
 }
 
 // errorMessage renders a classified failure as the ErrorResponse a client

@@ -98,7 +98,6 @@ const NoReset = "-"
 type serverState struct {
 	cache *prepared.ServerCache
 	watch *paramsync.Watch
-	guard *paramsync.Guard
 	owner string // identity of the last session that used it; "" before the first
 }
 
@@ -201,6 +200,9 @@ func Start(ctx context.Context, client net.Conn, startup map[string]string, o Op
 	}
 	var greet []*pgproto3.ParameterStatus
 	if srv != nil {
+		if err := s.handover(ctx, srv, s.state(srv)); err != nil {
+			return nil, nil, err
+		}
 		if err := s.applyParams(ctx, srv); err != nil {
 			srv.Release(isPgError(err))
 			return nil, nil, err
@@ -285,36 +287,34 @@ func (s *Session) state(srv *serverpool.Server) *serverState {
 	if st, ok := srv.State().(*serverState); ok {
 		return st
 	}
-	g, _ := paramsync.NewGuard(s.o.Key.Role) // the role is never empty here
-	st := &serverState{cache: prepared.NewServerCache(s.o.StatementCache), watch: paramsync.NewWatch(false), guard: g}
+	st := &serverState{cache: prepared.NewServerCache(s.o.StatementCache), watch: paramsync.NewWatch(false)}
 	srv.SetState(st)
 	return st
 }
 
-// handover runs the guard when srv passes to another identity (and once on
-// a fresh connection, which records its baseline). False: the connection
-// holds state another client planted and was closed.
-func (s *Session) handover(ctx context.Context, srv *serverpool.Server, st *serverState) (bool, error) {
+// handover makes a server connection fit for another identity: whatever
+// the previous client left in the session (settings made with set_config,
+// LISTEN, cursors, SQL prepared statements, temporary objects, advisory
+// locks, a role, the unnamed statement) goes with DISCARD ALL and a Close
+// of the unnamed statement, in one round trip. Between sessions of one
+// identity nothing runs (the trust rule, docs/pooling.md). A failure means
+// the connection is in an unknown state: it is closed.
+func (s *Session) handover(ctx context.Context, srv *serverpool.Server, st *serverState) error {
 	if st.owner == s.o.Identity {
-		return true, nil
+		return nil
 	}
-	ctx, cancel := context.WithTimeout(ctx, s.o.QueryTimeout)
-	hs, err := st.guard.Run(ctx, srv.PgConn())
-	cancel()
-	if err != nil {
-		srv.Release(false)
-		return false, err
-	}
-	if len(hs) > 0 {
-		for _, h := range hs {
-			s.o.Logger.Warn("server connection closed at handover: it holds state a previous client left",
-				"key", s.o.Key.String(), "hazard", h.Error(), "delivery", h.Delivery().String())
+	if st.owner != "" {
+		msgs := []pgproto3.FrontendMessage{&pgproto3.Query{String: "DISCARD ALL"}, &pgproto3.Query{String: "RESET ROLE"},
+			&pgproto3.Close{ObjectType: 'S'}, &pgproto3.Sync{}}
+		if _, err := execBatch(ctx, srv, msgs, 3, s.o.QueryTimeout); err != nil {
+			srv.Release(false)
+			return err
 		}
-		srv.Release(false)
-		return false, nil
+		// The server's statements are gone: the cache starts again.
+		st.cache.Reset()
 	}
 	st.owner = s.o.Identity
-	return true, nil
+	return nil
 }
 
 // attach makes srv the session's server connection and starts its pump.
@@ -361,7 +361,7 @@ func (s *Session) Run(ctx context.Context) string {
 			// If the pump gave target up meanwhile (the server failed), the
 			// socket is closed and the write fails: never another client's.
 			_, err = targetConn.Write(sbuf)
-			sbuf = sbuf[:0]
+			sbuf = shrink(sbuf)
 		}
 		s.mu.Lock()
 		if s.inflight--; s.inflight == 0 {
@@ -421,8 +421,14 @@ func (s *Session) Run(ctx context.Context) string {
 				if err := flush(); err != nil {
 					return s.end("server write: " + err.Error())
 				}
+				s.mu.Lock()
+				pumpDone := s.pumpDone
+				s.mu.Unlock()
 				select {
 				case <-st.cache.Settled():
+				case <-pumpDone:
+					// The server connection failed (or was given up) while
+					// the session waited: retry finds out and ends.
 				case <-ctx.Done():
 					return s.end("proxy shutdown")
 				}
@@ -552,11 +558,11 @@ func (s *Session) server(ctx context.Context) (*serverpool.Server, *serverState,
 			return nil, nil, err
 		}
 		st := s.state(srv)
-		ok, err := s.handover(ctx, srv, st)
-		if err != nil && attempt >= 3 {
-			return nil, nil, err
-		}
-		if !ok {
+		if err := s.handover(ctx, srv, st); err != nil {
+			s.o.Logger.Warn("server connection closed: the reset for another client failed", "key", s.o.Key.String(), "error", err.Error())
+			if attempt >= 3 {
+				return nil, nil, err
+			}
 			continue
 		}
 		if err := s.applyParams(ctx, srv); err != nil {
@@ -620,7 +626,7 @@ func (s *Session) pump(srv *serverpool.Server, done chan struct{}) {
 			s.abort(srv, fmt.Sprintf("client write: %v", err), nil)
 			return false
 		}
-		wbuf = wbuf[:0]
+		wbuf = shrink(wbuf)
 		return true
 	}
 	for {
@@ -724,6 +730,16 @@ func (s *Session) pump(srv *serverpool.Server, done chan struct{}) {
 			return
 		}
 	}
+}
+
+// shrink empties a batch buffer, and lets it go when one large message grew
+// it: an idle session must not keep a large result's or a large Bind's
+// memory.
+func shrink(b []byte) []byte {
+	if cap(b) > 2*flushAt {
+		return nil
+	}
+	return b[:0]
 }
 
 // Mode returns the session's pool mode.
