@@ -43,7 +43,11 @@ func (s *Session) tryDetach(srv *serverpool.Server, st *serverState, check bool,
 	s.mu.Unlock()
 
 	clean := !st.cache.Broken()
-	if clean && hz == nil && (check || st.watch.Due()) {
+	// The check runs even when the connection will be closed anyway: SQL
+	// PREPARE both breaks the statement cache and is a hazard, and the
+	// client must learn that its statement is gone rather than meet 26000
+	// on its next transaction.
+	if hz == nil && (check || st.watch.Due()) {
 		ctx, cancel := context.WithTimeout(context.Background(), s.o.QueryTimeout)
 		hs, err := st.watch.Check(ctx, srv.PgConn())
 		cancel()
@@ -155,7 +159,16 @@ func (s *Session) reset(srv *serverpool.Server, done <-chan struct{}, query stri
 		<-done
 		return ok
 	case <-done:
-		return false
+		// The pump sends its verdict before it ends, so both cases may be
+		// ready when this select runs, and select picks at random: a
+		// clean reset must not be taken for a failed one, which closed the
+		// server connection (2 of ~80 sequential sessions under -race).
+		select {
+		case ok := <-s.resetOK:
+			return ok
+		default:
+			return false
+		}
 	case <-t.C:
 		return false
 	}
