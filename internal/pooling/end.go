@@ -243,7 +243,7 @@ func (s *Session) fail(err error) string {
 		_ = s.writeClient([]pgproto3.BackendMessage{&pgproto3.ErrorResponse{Severity: "FATAL", SeverityUnlocalized: "FATAL",
 			Code: pe.Code, Message: pe.Message, Detail: pe.Detail, Hint: pe.Hint}})
 		return s.end("server refused: " + pe.Code + " " + pe.Message)
-	case failure.ClassOf(err) == failure.Timeout:
+	case errors.Is(err, serverpool.ErrExhausted):
 		code = sqlstateTooManyConnections
 	case failure.ClassOf(err) != failure.ProtocolError && failure.ClassOf(err) != failure.ConfigInvalid:
 		code = sqlstateConnectionFailure

@@ -176,7 +176,7 @@ func Start(ctx context.Context, client net.Conn, startup map[string]string, o Op
 			if srv != nil {
 				srv.Release(true)
 			}
-			return nil, nil, err
+			return nil, nil, clientRequest(err)
 		}
 		ignore = ignore[:len(ignore):len(ignore)]
 		for _, kv := range sessionSets {
@@ -188,7 +188,7 @@ func Start(ctx context.Context, client net.Conn, startup map[string]string, o Op
 		if srv != nil {
 			srv.Release(true)
 		}
-		return nil, nil, err
+		return nil, nil, clientRequest(err)
 	}
 	s.params = pc
 	if srv == nil {
@@ -257,6 +257,25 @@ func unreportedStartup(startup map[string]string) ([][2]string, error) {
 	return out, nil
 }
 
+// ErrClientRequest is in the chain of errors about what the client asked
+// for (its startup parameters, a value the pool cannot carry): the
+// client's answer, nothing wrong with the server.
+var ErrClientRequest = errors.New("pooling: the client's request cannot be served")
+
+// clientRequest marks err as the client's (a Hazard keeps its own type).
+func clientRequest(err error) error {
+	var hz *paramsync.Hazard
+	if errors.As(err, &hz) {
+		return err
+	}
+	return &clientError{err}
+}
+
+type clientError struct{ err error }
+
+func (e *clientError) Error() string   { return e.err.Error() }
+func (e *clientError) Unwrap() []error { return []error{e.err, ErrClientRequest} }
+
 func isPgError(err error) bool {
 	var pe *pgconn.PgError
 	return errors.As(err, &pe)
@@ -266,7 +285,7 @@ func isPgError(err error) bool {
 func (s *Session) applyParams(ctx context.Context, srv *serverpool.Server) error {
 	plan, err := s.params.Plan(srv.Params())
 	if err != nil {
-		return err
+		return clientRequest(err)
 	}
 	for _, q := range plan {
 		if _, err := exec(ctx, srv, q, s.o.QueryTimeout); err != nil {

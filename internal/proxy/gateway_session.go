@@ -20,7 +20,9 @@ import (
 	"github.com/pgtrust/pgtrust/internal/authlimit"
 	"github.com/pgtrust/pgtrust/internal/identmap"
 	"github.com/pgtrust/pgtrust/internal/paramsync"
+	"github.com/pgtrust/pgtrust/internal/pooling"
 	"github.com/pgtrust/pgtrust/internal/scram"
+	"github.com/pgtrust/pgtrust/internal/serverpool"
 	"github.com/pgtrust/pgtrust/pgtls"
 )
 
@@ -59,6 +61,10 @@ const (
 	authReasonClientGone   = "client_closed"
 	authReasonReplication  = "replication"
 	authReasonUpstreamFail = "upstream"
+	// A pooled login the pool could not serve: no server connection came
+	// free in time, or the client asked for what the pool cannot keep.
+	authReasonPoolExhausted = "pool_exhausted"
+	authReasonPoolRefused   = "pool_refused"
 )
 
 // front is the gateway listener's runtime, nil on a local listener.
@@ -346,6 +352,33 @@ func (s *session) gatewayAuth(startup []byte) bool {
 			s.closeReason("greeting", err)
 			return false
 		}
+		if errors.Is(err, serverpool.ErrExhausted) {
+			// The pool has no room now: the client's answer, as PostgreSQL
+			// answers a full server; the upstream is fine.
+			s.p.metrics.auth.WithLabelValues(s.up.name, string(mode), "failure", authReasonPoolExhausted).Inc()
+			r := failure.ReportOf(err)
+			s.sendToClient(errorResponse(sqlstateTooManyClients, "pgtrust: "+r.Message, r.Evidence, r.Fix))
+			s.closeReason("pool login", err)
+			return false
+		}
+		if errors.Is(err, pooling.ErrClientRequest) {
+			s.p.metrics.auth.WithLabelValues(s.up.name, string(mode), "failure", authReasonPoolRefused).Inc()
+			r := failure.ReportOf(err)
+			s.sendToClient(errorResponse(sqlstateInvalidParameterValue, "pgtrust: "+r.Message, r.Evidence, r.Fix))
+			s.closeReason("pool login", err)
+			return false
+		}
+		var hz *paramsync.Hazard
+		if errors.As(err, &hz) {
+			s.p.metrics.auth.WithLabelValues(s.up.name, string(mode), "failure", authReasonPoolRefused).Inc()
+			// What the client asked for cannot be pooled: its own answer.
+			e := hz.ErrorResponse()
+			e.Severity, e.SeverityUnlocalized = "FATAL", "FATAL"
+			b, _ := e.Encode(nil)
+			s.sendToClient(b)
+			s.closeReason("pool login", err)
+			return false
+		}
 		s.p.metrics.auth.WithLabelValues(s.up.name, string(mode), "failure", authReasonUpstreamFail).Inc()
 		var pe *pgconn.PgError
 		if clientCausedUpstreamError(err) && errors.As(err, &pe) {
@@ -354,16 +387,6 @@ func (s *session) gatewayAuth(startup []byte) bool {
 			s.sendToClient(errorResponse(pe.Code, pe.Message, pe.Detail, pe.Hint))
 			s.logger().Info("the upstream refused the client's request", s.baseAttrs(slog.String("user", s.user),
 				slog.String("role", role), slog.String("sqlstate", pe.Code), slog.String("error", pe.Message))...)
-			return false
-		}
-		var hz *paramsync.Hazard
-		if errors.As(err, &hz) {
-			// What the client asked for cannot be pooled: its own answer.
-			e := hz.ErrorResponse()
-			e.Severity, e.SeverityUnlocalized = "FATAL", "FATAL"
-			b, _ := e.Encode(nil)
-			s.sendToClient(b)
-			s.closeReason("pool login", err)
 			return false
 		}
 		s.upstreamFailed("connect as role", err)

@@ -27,6 +27,8 @@ const (
 	sqlstateInvalidAuthSpec     = "28000"
 	sqlstateFeatureNotSupported = "0A000"
 	sqlstateQueryCanceled       = "57014"
+	// sqlstateInvalidParameterValue: a pooled client's startup value the pool refuses.
+	sqlstateInvalidParameterValue = "22023"
 )
 
 // errorWriteTimeout bounds the write of a last ErrorResponse to a client.

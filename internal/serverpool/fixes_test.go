@@ -2,6 +2,7 @@ package serverpool_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -144,6 +145,27 @@ func TestFixes(t *testing.T) {
 				p.Maintain()
 				waitFor(t, "every key forgotten", func() bool { return len(p.Stats()) == 0 })
 				acquire(t, p, appKey).Release(true)
+			})
+
+			t.Run("keys whose dials failed make room", func(t *testing.T) {
+				// Clients naming databases that do not exist must not lock
+				// everyone else out of the pool for the idle timeout.
+				p, _ := w.pool(t, serverpool.Options{Size: 1, MaxKeys: 2})
+				for _, db := range []string{"nosuchdb1", "nosuchdb2", "nosuchdb3"} {
+					if _, err := p.Acquire(context.Background(), serverpool.Key{Database: db, Role: "app"}); err == nil || errors.Is(err, serverpool.ErrExhausted) {
+						t.Fatalf("%s: %v, want the dial's error", db, err)
+					}
+				}
+				acquire(t, p, appKey).Release(true)
+				held := acquire(t, p, appKey)
+				defer held.Release(true)
+				k2 := serverpool.Key{Database: "app2", Role: "app"}
+				s2 := acquire(t, p, k2)
+				defer s2.Release(true)
+				_, err := p.Acquire(context.Background(), serverpool.Key{Database: "postgres", Role: "other"})
+				if !errors.Is(err, serverpool.ErrExhausted) {
+					t.Fatalf("a third key while two hold connections: %v, want ErrExhausted", err)
+				}
 			})
 
 			t.Run("a statement that swallows cancels keeps its slot until terminated", func(t *testing.T) {

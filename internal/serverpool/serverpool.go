@@ -261,13 +261,30 @@ func (p *Pool) keyLocked(k Key) *keyPool {
 	return kp
 }
 
+// ErrExhausted is in the chain of the errors that say the pool has no
+// room for a client now (its wait timeout passed, or MaxKeys keys are in
+// use): the client gets "too many connections" (53300), and nothing is
+// wrong with the server.
+var ErrExhausted = errors.New("server pool exhausted")
+
 // acquireKeyLocked is the key's state for an Acquire: a new key is refused
 // beyond MaxKeys.
 func (p *Pool) acquireKeyLocked(k Key) (*keyPool, error) {
 	kp := p.keys[k]
 	if kp == nil {
 		if len(p.keys) >= p.o.MaxKeys {
-			return nil, failure.New(failure.ConfigInvalid, "server pool: too many database/role pairs in use; %s refused", k).
+			// Keys holding nothing (no connection of any state, no waiter:
+			// say a database that does not exist, whose dial failed) make
+			// room first, so that clients naming databases at random
+			// cannot lock everyone else out for the idle timeout.
+			for ok, other := range p.keys {
+				if other.total() == 0 && len(other.waiters) == 0 {
+					delete(p.keys, ok)
+				}
+			}
+		}
+		if len(p.keys) >= p.o.MaxKeys {
+			return nil, failure.Wrap(failure.ConfigInvalid, ErrExhausted, "server pool: too many database/role pairs in use; %s refused", k).CauseInMessage().
 				WithEvidence("%d keys (database, role) have connections or were used within the idle timeout %s; the limit is %d", len(p.keys), p.o.IdleTimeout, p.o.MaxKeys).
 				WithFix("raise the pool's key limit (MaxKeys), or restrict the databases and roles clients may use")
 		}
@@ -1229,7 +1246,7 @@ func (p *Pool) waitTimeout(kp *keyPool, waited time.Duration) *failure.Error {
 	p.mu.Lock()
 	active, idle, opening, waiting := kp.active, len(kp.idle), kp.opening, len(kp.waiters)
 	p.mu.Unlock()
-	return failure.New(failure.Timeout, "no server connection for %s became free within %s", kp.key, p.o.WaitTimeout).
+	return failure.Wrap(failure.Timeout, ErrExhausted, "no server connection for %s became free within %s", kp.key, p.o.WaitTimeout).CauseInMessage().
 		WithEvidence("pool size %d (+%d reserve): %d active, %d idle, %d opening, %d other clients waiting; this client waited %s",
 			p.o.Size, p.o.Reserve, active, idle, opening, waiting, waited).
 		WithFix("retry later, shorten the transactions that hold server connections, or raise the pool size or reserve")
