@@ -346,19 +346,20 @@ func (s *Session) attach(srv *serverpool.Server) {
 }
 
 // Cancel sends a CancelRequest to the server connection running the
-// client's query, if any. It holds the session while it does, so the
-// connection cannot pass to another client before the request is in.
-func (s *Session) Cancel(ctx context.Context) error {
+// client's query, if any, and says whether there was one. It holds the
+// session while it does, so the connection cannot pass to another client
+// before the request is in.
+func (s *Session) Cancel(ctx context.Context) (bool, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.srv == nil {
-		return nil
+		return false, nil
 	}
 	pg := s.srv.PgConn()
 	if pg == nil {
-		return nil
+		return false, nil
 	}
-	return pg.CancelRequest(ctx)
+	return true, pg.CancelRequest(ctx)
 }
 
 // Close ends the session from outside (proxy shutdown).

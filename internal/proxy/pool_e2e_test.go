@@ -799,6 +799,9 @@ func TestPoolCancel(t *testing.T) {
 	if gb := <-rb; gb.err != nil || gb.v != aPid {
 		t.Fatalf("B, on A's last server connection %s, after idle A's cancel: %q %v", aPid, gb.v, gb.err)
 	}
+	waitFor(t, "the idle cancel counted", 10*time.Second, func() bool {
+		return p.metric(t, "pgtrust_cancel_requests_total", map[string]string{"result": "idle"}) == 1
+	})
 	if got := mustStr(t, a, "SELECT 'A fine'"); got != "A fine" {
 		t.Fatal(got)
 	}

@@ -865,10 +865,17 @@ func (p *Proxy) forwardCancel(req *pgproto3.CancelRequest, from *session) {
 		// any, and only while it runs it.
 		ctx, cancel := context.WithTimeout(p.ctx, p.tuning().ConnectTimeout)
 		defer cancel()
-		if err := target.pooled.Cancel(ctx); err != nil {
+		sent, err := target.pooled.Cancel(ctx)
+		if err != nil {
 			p.metrics.cancels.WithLabelValues("failed").Inc()
 			p.refusals.Log(slog.LevelWarn, "cancel request not delivered", []any{"upstream", target.up.name, "class", string(failure.ClassOf(err))},
 				"id", target.id, "error", err.Error())
+			return
+		}
+		if !sent {
+			// Between transactions: nothing runs, as PostgreSQL ignores a
+			// cancel of an idle session.
+			p.metrics.cancels.WithLabelValues("idle").Inc()
 			return
 		}
 		p.metrics.cancels.WithLabelValues("forwarded").Inc()
