@@ -3,12 +3,19 @@
 // offer: CPU and heap profiles (runtime/pprof) and a settable connection
 // limit. bench/run uses it to profile the proxy under pgbench load, and for
 // the pgtrust paths when the installed CLI has no proxy command yet.
+// --pool-mode pools the server connections as [upstreams.NAME.pool] does;
+// pooling needs the proxy to authenticate the client itself, so it also
+// sets the upstream's auth (the role, default the dsn's user, opened with
+// the dsn's own credentials), which the proxy allows on loopback only.
 //
 //	benchproxy --upstream DSN [--listen ADDR] [--unix-socket-dir DIR]
 //	           [--max-connections N] [--cpuprofile FILE] [--memprofile FILE]
+//	           [--pool-mode session|transaction --pool-size N [--auth-role ROLE]]
 //
 // It prints "ready" on stdout once listening and runs until SIGINT or
-// SIGTERM, then writes the profiles and shuts the proxy down.
+// SIGTERM, then writes the profiles (with --memprofile also a "memstats"
+// line on stdout: goroutines, heap and stack in use) and shuts the proxy
+// down.
 package main
 
 import (
@@ -24,6 +31,7 @@ import (
 	"time"
 
 	"github.com/pgtrust/pgtrust/connstring"
+	"github.com/pgtrust/pgtrust/internal/pooling"
 	"github.com/pgtrust/pgtrust/internal/proxy"
 )
 
@@ -43,6 +51,9 @@ func run() error {
 	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of the whole run to FILE")
 	memProfile := flag.String("memprofile", "", "write a heap profile at exit to FILE")
 	verbose := flag.Bool("v", false, "log sessions to stderr")
+	poolMode := flag.String("pool-mode", "", `pool server connections: "session" or "transaction" (implies the upstream's auth)`)
+	poolSize := flag.Int("pool-size", 0, "server connections per (database, role) (default: the proxy's, 20)")
+	authRole := flag.String("auth-role", "", "with --pool-mode: the role the proxy opens server connections as (default: the dsn's user)")
 	flag.Parse()
 	if *upstream == "" {
 		return fmt.Errorf("--upstream is required")
@@ -55,13 +66,17 @@ func run() error {
 	if *verbose {
 		logger = slog.New(slog.NewTextHandler(os.Stderr, nil))
 	}
-	p, err := proxy.New(proxy.Config{
-		Logger: logger,
-		Upstreams: []proxy.UpstreamConfig{{
-			Name: "bench", Listen: *listen, UnixSocketDir: *socketDir, UnixSocketPort: *socketPort,
-			Conn: conn, MaxConnections: *maxConns,
-		}},
-	})
+	u := proxy.UpstreamConfig{
+		Name: "bench", Listen: *listen, UnixSocketDir: *socketDir, UnixSocketPort: *socketPort,
+		Conn: conn, MaxConnections: *maxConns,
+	}
+	if *poolMode != "" {
+		u.Auth = &proxy.UpstreamAuth{Role: *authRole}
+		u.Pool = &proxy.PoolConfig{Mode: pooling.Mode(*poolMode), Size: *poolSize}
+	} else if *poolSize != 0 || *authRole != "" {
+		return fmt.Errorf("--pool-size and --auth-role need --pool-mode")
+	}
+	p, err := proxy.New(proxy.Config{Logger: logger, Upstreams: []proxy.UpstreamConfig{u}})
 	if err != nil {
 		return err
 	}
@@ -76,15 +91,25 @@ func run() error {
 		}
 		defer pprof.StopCPUProfile()
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	sig, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	// The proxy's own context ends after the heap profile: its sessions
+	// end with it, and the profile is of them still open.
+	ctx, cancelRun := context.WithCancel(context.Background())
+	defer cancelRun()
 	if err := p.Start(ctx); err != nil {
 		return err
 	}
 	fmt.Println("ready")
-	<-ctx.Done()
+	<-sig.Done()
 	if *memProfile != "" {
 		runtime.GC()
+		// Stacks are not in the heap profile: say what they and the heap
+		// hold, with the sessions still open.
+		var ms runtime.MemStats
+		runtime.ReadMemStats(&ms)
+		fmt.Printf("memstats goroutines=%d heap_inuse_kib=%d stack_inuse_kib=%d sys_kib=%d\n",
+			runtime.NumGoroutine(), ms.HeapInuse>>10, ms.StackInuse>>10, ms.Sys>>10)
 		f, err := os.Create(*memProfile)
 		if err != nil {
 			return err
@@ -94,6 +119,7 @@ func run() error {
 			return err
 		}
 	}
+	cancelRun()
 	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	_ = p.Shutdown(sctx)

@@ -2,7 +2,8 @@
 // Go than in bash:
 //
 //	benchtool freeport                      print a free 127.0.0.1 TCP port
-//	benchtool hold -n N -dsn DSN            open N idle connections, print "ready N", wait for SIGTERM/stdin EOF
+//	benchtool hold -n N -dsn DSN [-until-signal]
+//	                                        open N idle connections, print "ready N", wait for SIGTERM/stdin EOF
 //	benchtool latency FILE...               p50 and p99 (ms) of pgbench --log files
 //	benchtool report -dir DIR -out MD ...   docs/benchmarks.md, the chart's data and gnuplot script
 package main

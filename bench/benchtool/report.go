@@ -18,7 +18,10 @@ var paths = []struct{ id, name string }{
 	{"direct-plain", "direct plaintext"},
 	{"pgtrust-tcp", "pgtrust TCP"},
 	{"pgtrust-unix", "pgtrust Unix"},
-	{"pgbouncer", "PgBouncer"},
+	{"pgtrust-pool-session", "pgtrust pool session"},
+	{"pgtrust-pool-txn", "pgtrust pool transaction"},
+	{"pgbouncer-session", "PgBouncer session"},
+	{"pgbouncer-txn", "PgBouncer transaction"},
 	{"stunnel", "stunnel"},
 }
 
@@ -68,6 +71,7 @@ type memoryRow struct {
 	path               string
 	conns              int
 	beforeKiB, afterKB float64
+	servers            int // PostgreSQL backends the clients opened (pools); -1 = not counted
 }
 
 func (m memoryRow) perConnKiB() float64 { return (m.afterKB - m.beforeKiB) / float64(m.conns) }
@@ -126,14 +130,20 @@ func readResults(dir string) (*results, error) {
 		sc := bufio.NewScanner(mf)
 		for sc.Scan() {
 			fl := strings.Split(sc.Text(), "\t")
-			if len(fl) != 4 {
-				return nil, fmt.Errorf("memory.tsv: want path, conns, before, after: %q", sc.Text())
+			if len(fl) != 4 && len(fl) != 5 {
+				return nil, fmt.Errorf("memory.tsv: want path, conns, before, after[, servers]: %q", sc.Text())
 			}
 			n, _ := strconv.Atoi(fl[1])
 			b, _ := strconv.ParseFloat(fl[2], 64)
 			a, _ := strconv.ParseFloat(fl[3], 64)
+			srv := -1
+			if len(fl) == 5 && fl[4] != "" {
+				if srv, err = strconv.Atoi(fl[4]); err != nil {
+					return nil, fmt.Errorf("memory.tsv: bad server count in %q", sc.Text())
+				}
+			}
 			if n > 0 {
-				r.memory = append(r.memory, memoryRow{fl[0], n, b, a})
+				r.memory = append(r.memory, memoryRow{fl[0], n, b, a, srv})
 			}
 		}
 	}
@@ -238,6 +248,8 @@ set style histogram clustered gap 1
 set style fill solid 0.85 border -1
 set boxwidth 0.9
 set key outside right top vertical
+# gnuplot's default cycle has 8 colours; a 9th path would repeat the first.
+set linetype 9 lc rgb "#8c564b"
 set grid ytics
 set logscale y 2
 set yrange [0.125:*]

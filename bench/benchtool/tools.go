@@ -37,6 +37,9 @@ func hold(args []string) error {
 	n := fs.Int("n", 500, "number of connections")
 	dsn := fs.String("dsn", "", "libpq connection string")
 	parallel := fs.Int("parallel", 16, "connections opened at once")
+	// A background job of a script has /dev/null as stdin: its EOF would
+	// close the connections at once, before anyone measured them.
+	untilSignal := fs.Bool("until-signal", false, "ignore stdin: hold until SIGTERM or SIGINT only")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -82,10 +85,12 @@ func hold(args []string) error {
 	}
 	fmt.Printf("ready %d\n", *n)
 	stdinEOF := make(chan struct{})
-	go func() {
-		_, _ = io.Copy(io.Discard, os.Stdin)
-		close(stdinEOF)
-	}()
+	if !*untilSignal {
+		go func() {
+			_, _ = io.Copy(io.Discard, os.Stdin)
+			close(stdinEOF)
+		}()
+	}
 	select {
 	case <-ctx.Done():
 	case <-stdinEOF:
