@@ -205,6 +205,34 @@ func (s *session) gatewayAuth(startup []byte) bool {
 		}
 	}
 
+	// scramFailed ends a failed SCRAM exchange (cluster_secret, scram): one
+	// 28P01 for every wrong secret and unknown user, whose difference only
+	// the server log keeps.
+	scramFailed := func(err error, unknown bool, unknownWhy string) bool {
+		switch {
+		case errors.Is(err, scram.ErrAuthFailed):
+			failedAll(lim, keys)
+			why := failure.New(ClassAuthSecret, "SCRAM authentication failed for user %q", s.user)
+			if unknown {
+				// Operators read the log; /metrics may be public.
+				logReason = "unknown_user"
+				why = failure.New(ClassAuthSecret, "SCRAM authentication failed for user %q: %s", s.user, unknownWhy)
+			}
+			return fail(authReasonBadSecret, authFailedResponse(s.user), why)
+		case errors.Is(err, os.ErrDeadlineExceeded):
+			return fail(authReasonTimeout, errorResponse(sqlstateQueryCanceled, "canceling authentication due to timeout",
+				fmt.Sprintf("pgtrust: the client did not complete authentication within auth_timeout (%s)", tune.AuthTimeout), ""), err)
+		case errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF):
+			return fail(authReasonClientGone, nil, err)
+		}
+		failedAll(lim, keys)
+		msg := "pgtrust: malformed SCRAM message"
+		if fe, ok := failure.As(err); ok {
+			msg = "pgtrust: " + fe.Message
+		}
+		return fail(authReasonProtocol, errorResponse(sqlstateProtocolViolation, msg, "", ""), err)
+	}
+
 	var role, password string
 	switch mode {
 	case AuthClusterSecret:
@@ -217,28 +245,7 @@ func (s *session) gatewayAuth(startup []byte) bool {
 		be := pgproto3.NewBackend(s.client, s.client)
 		res, err := scram.Authenticate(be, s.user, opts)
 		if err != nil {
-			switch {
-			case errors.Is(err, scram.ErrAuthFailed):
-				failedAll(lim, keys)
-				why := failure.New(ClassAuthSecret, "SCRAM authentication failed for user %q", s.user)
-				if entry == nil {
-					// Operators read the log; /metrics may be public.
-					logReason = "unknown_user"
-					why = failure.New(ClassAuthSecret, "SCRAM authentication failed for user %q: no such user in the role table", s.user)
-				}
-				return fail(authReasonBadSecret, authFailedResponse(s.user), why)
-			case errors.Is(err, os.ErrDeadlineExceeded):
-				return fail(authReasonTimeout, errorResponse(sqlstateQueryCanceled, "canceling authentication due to timeout",
-					fmt.Sprintf("pgtrust: the client did not complete authentication within auth_timeout (%s)", tune.AuthTimeout), ""), err)
-			case errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF):
-				return fail(authReasonClientGone, nil, err)
-			}
-			failedAll(lim, keys)
-			msg := "pgtrust: malformed SCRAM message"
-			if fe, ok := failure.As(err); ok {
-				msg = "pgtrust: " + fe.Message
-			}
-			return fail(authReasonProtocol, errorResponse(sqlstateProtocolViolation, msg, "", ""), err)
+			return scramFailed(err, entry == nil, "no such user in the role table")
 		}
 		role, password = entry.role, entry.password
 		s.matchedOwner = entry.owners[res.Matched]
@@ -282,28 +289,7 @@ func (s *session) gatewayAuth(startup []byte) bool {
 		}
 		res, err := scram.Authenticate(pgproto3.NewBackend(s.client, s.client), s.user, opts)
 		if err != nil {
-			switch {
-			case errors.Is(err, scram.ErrAuthFailed):
-				failedAll(lim, keys)
-				why := failure.New(ClassAuthSecret, "SCRAM authentication failed for user %q", s.user)
-				if v == nil || (fromQuery && gw.aq.IsDecoy(v)) {
-					// Operators read the log; /metrics may be public.
-					logReason = "unknown_user"
-					why = failure.New(ClassAuthSecret, "SCRAM authentication failed for user %q: no such user in auth_file or auth_query", s.user)
-				}
-				return fail(authReasonBadSecret, authFailedResponse(s.user), why)
-			case errors.Is(err, os.ErrDeadlineExceeded):
-				return fail(authReasonTimeout, errorResponse(sqlstateQueryCanceled, "canceling authentication due to timeout",
-					fmt.Sprintf("pgtrust: the client did not complete authentication within auth_timeout (%s)", tune.AuthTimeout), ""), err)
-			case errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF):
-				return fail(authReasonClientGone, nil, err)
-			}
-			failedAll(lim, keys)
-			msg := "pgtrust: malformed SCRAM message"
-			if fe, ok := failure.As(err); ok {
-				msg = "pgtrust: " + fe.Message
-			}
-			return fail(authReasonProtocol, errorResponse(sqlstateProtocolViolation, msg, "", ""), err)
+			return scramFailed(err, v == nil || (fromQuery && gw.aq.IsDecoy(v)), "no such user in auth_file or auth_query")
 		}
 		role, password = s.user, gw.cfg.UpstreamPassword
 		s.matchedOwner = s.user
