@@ -55,11 +55,10 @@ func TestPoolTransactionModeTPCB(t *testing.T) {
 	}
 	for _, mode := range []string{"simple", "extended", "prepared"} {
 		t.Run(mode, func(t *testing.T) {
-			// One thread per client: pgbench up to 17 prepares synchronously
+			// One thread per client: pgbench 15 prepares synchronously
 			// (PQprepare), which blocks every other client of its thread, and
-			// those may hold the server connections the prepare waits for. Any
-			// transaction pooler deadlocks there (PgBouncer too, see
-			// docs/pooling.md).
+			// those may hold the server connections the prepare waits for
+			// (docs/pooling.md, Known limits).
 			out, err := pgbench(t, pgEnv, "-M", mode, "-c", "32", "-j", "32", "-t", "40", "-n")
 			if err != nil || !strings.Contains(out, "number of failed transactions: 0") || !strings.Contains(out, "actually processed: 1280/1280") {
 				t.Fatalf("pgbench -M %s: %v\n%s", mode, err, out)
