@@ -268,12 +268,17 @@ func (s *upstreamSettings) poolPassword(gw int, role string) string {
 	return ""
 }
 
+// frontIndex is the session's gateway index, -1 for a local listener.
+func (s *session) frontIndex() int {
+	if s.ln == nil {
+		return -1
+	}
+	return s.ln.gw
+}
+
 // pool is the server pool of this session's front, nil when not pooled.
 func (s *session) pool() (*serverpool.Pool, pooling.Mode) {
-	gw := -1
-	if s.ln != nil {
-		gw = s.ln.gw
-	}
+	gw := s.frontIndex()
 	i := poolIndex(gw)
 	if i < 0 || i >= len(s.up.pools) || s.up.pools[i] == nil {
 		return nil, ""
@@ -339,10 +344,7 @@ func (s *session) poolLogin(pool *serverpool.Pool, mode pooling.Mode, role strin
 	}
 	s.pooled = sess
 	s.mu.Unlock()
-	gw := -1
-	if s.ln != nil {
-		gw = s.ln.gw
-	}
+	gw := s.frontIndex()
 	s.up.poolClients.add(gw, o.Key, 1)
 	s.poolDone = func() { s.up.poolClients.add(gw, o.Key, -1) }
 	s.pid, s.secret = newCancelKey()
