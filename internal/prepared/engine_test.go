@@ -164,3 +164,72 @@ func TestLateTakeImmediateKeepsOrder(t *testing.T) {
 		t.Fatalf("taken twice: %v", imm)
 	}
 }
+
+// A message naming a statement, pipelined behind a Query or a segment that
+// may drop statements, waits for its answer; other Queries do not hold it.
+func TestWaitBehindStatementDrop(t *testing.T) {
+	dropped := []pgproto3.BackendMessage{&pgproto3.CommandComplete{CommandTag: []byte("DEALLOCATE ALL")}, &pgproto3.ReadyForQuery{TxStatus: 'I'}}
+	extended := append([]pgproto3.BackendMessage{&pgproto3.ParseComplete{}, &pgproto3.BindComplete{}}, dropped...)
+	for _, tc := range []struct {
+		ahead  []pgproto3.FrontendMessage
+		wait   bool
+		answer []pgproto3.BackendMessage
+	}{
+		{[]pgproto3.FrontendMessage{query("DEALLOCATE ALL")}, true, dropped},
+		{[]pgproto3.FrontendMessage{query("discard all")}, true, dropped},
+		{[]pgproto3.FrontendMessage{query("SELECT 1")}, false, nil},
+		{[]pgproto3.FrontendMessage{parse("", "DEALLOCATE ALL"), bind("", ""), exec(""), syncMsg()}, true, extended},
+		{[]pgproto3.FrontendMessage{parse("", "SELECT 2"), bind("", ""), exec(""), syncMsg()}, false, nil},
+	} {
+		c, sc := NewClient(), NewServerCache(0)
+		ahead := fmt.Sprintf("%d messages ending %#v", len(tc.ahead), tc.ahead[len(tc.ahead)-1])
+		filter := func(msgs ...pgproto3.BackendMessage) {
+			t.Helper()
+			for _, m := range msgs {
+				if _, err := c.Filter(m, sc); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+		translate := func(msgs ...pgproto3.FrontendMessage) {
+			t.Helper()
+			for _, m := range msgs {
+				if _, err := c.Translate(m, sc); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+		translate(parse("s", "SELECT 1"), syncMsg())
+		filter(&pgproto3.ParseComplete{}, &pgproto3.ReadyForQuery{TxStatus: 'I'})
+		translate(tc.ahead...)
+		for _, m := range []pgproto3.FrontendMessage{descS("s"), bind("", "s"), parse("t", "SELECT 3"), closeS("s")} {
+			_, err := c.Translate(m, sc)
+			if got := errors.Is(err, ErrWait); got != tc.wait {
+				t.Errorf("%v then %T: ErrWait %v, want %v (err %v)", ahead, m, got, tc.wait, err)
+			}
+			if err == nil {
+				break // translated: the state moved on
+			}
+		}
+		if !tc.wait {
+			continue
+		}
+		select {
+		case <-sc.Settled():
+			t.Errorf("%v: settled before its answer", ahead)
+		default:
+		}
+		filter(tc.answer...)
+		select {
+		case <-sc.Settled():
+		default:
+			t.Errorf("%v: not settled after its answer", ahead)
+		}
+		// The statement is gone, as on PostgreSQL: the Describe goes to
+		// the server as the client's name, which PostgreSQL answers 26000.
+		out, err := c.Translate(descS("s"), sc)
+		if err != nil || len(out) != 1 || out[0].(*pgproto3.Describe).Name != "s" {
+			t.Errorf("%v: after the drop, Describe translated to %v, %v", ahead, out, err)
+		}
+	}
+}

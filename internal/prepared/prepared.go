@@ -74,10 +74,11 @@
 //     ServerCache and the Client, as they did on the server; statements
 //     Parsed behind them in the same pipeline stay. Other clients'
 //     statements are prepared again at their next use. The pool's own
-//     DISCARD ALL between sessions is followed by ServerCache.Reset. (A Bind
-//     or Describe pipelined behind such a command, before its answer, of a
-//     statement this server lacked gets it injected and runs, where
-//     PostgreSQL answers 26000.)
+//     DISCARD ALL between sessions is followed by ServerCache.Reset. A
+//     message naming a statement, pipelined behind a simple Query or a
+//     segment whose text contains "deallocate" or "discard", waits
+//     (ErrWait) for that Query's or segment's ReadyForQuery, so that it is
+//     answered as PostgreSQL answers it (26000 once the statement is gone).
 //   - SQL-level PREPARE and DEALLOCATE name (their CommandComplete) mark the
 //     ServerCache Broken: the engine cannot see the name, and SQL-level
 //     statements must not reach another client. The session closes a broken
@@ -235,7 +236,7 @@ type statement struct {
 	scope      string
 	query      string
 	oids       []uint32
-	mayset     bool // mayChangeScope(query), computed once
+	holds      hold // holdsOf(query), computed once
 }
 
 func newStatement(p *pgproto3.Parse, scope string) *statement {
@@ -256,7 +257,7 @@ func newStatement(p *pgproto3.Parse, scope string) *statement {
 		serverName: Prefix + hex.EncodeToString(sum[:16]),
 		scope:      scope,
 		query:      p.Query,
-		mayset:     mayChangeScope(p.Query),
+		holds:      holdsOf(p.Query),
 		oids:       append([]uint32(nil), p.ParameterOIDs...),
 	}
 }
@@ -267,13 +268,13 @@ func (s *statement) parse() *pgproto3.Parse {
 
 // Client is one client session's named statements. Create with NewClient.
 type Client struct {
-	mu         sync.Mutex
-	max        int // named statements at most (DefaultMaxStatements)
-	stmts      map[string]*statement
-	marks      map[string]mark // which pipeline segment last changed a name
-	unnamedSet bool            // the unnamed statement may change a scope setting
-	scope      string
-	immediate  []pgproto3.BackendMessage
+	mu        sync.Mutex
+	max       int // named statements at most (DefaultMaxStatements)
+	stmts     map[string]*statement
+	marks     map[string]mark // which pipeline segment last changed a name
+	unnamed   hold            // what running the unnamed statement may do (holdsOf)
+	scope     string
+	immediate []pgproto3.BackendMessage
 }
 
 // SetScope sets what, besides the query text and parameter types, decides
@@ -408,19 +409,71 @@ type request struct {
 	serverName string
 	dropped    bool // a DEALLOCATE ALL or DISCARD ALL ahead of it removed serverName
 	limit      bool // the over-limit error in place of a client Parse
-	mayset     bool // a Query or segment's Sync that may change a scope setting
+	holds      hold // a Query or segment's Sync that may change a scope setting or drop statements
 }
 
-// mayChangeScope says whether a simple Query may change a setting of the
-// scope: SET, RESET, set_config() all contain "set" (a false positive only
-// delays the named Parses pipelined behind it by that Query's answer).
-func mayChangeScope(q string) bool {
-	for i := 0; i+3 <= len(q); i++ {
-		if (q[i]|0x20) == 's' && (q[i+1]|0x20) == 'e' && (q[i+2]|0x20) == 't' {
+// hold is what a simple Query, or a statement a segment runs, may do that
+// messages pipelined behind it must wait for (its ReadyForQuery), because
+// the engine learns the effect only from the answer.
+type hold uint8
+
+const (
+	// holdScope: it may change a scope setting (SET, RESET, set_config all
+	// contain "set"). PostgreSQL reports the change just before
+	// ReadyForQuery, and the session updates the scope then; named Parses
+	// wait.
+	holdScope hold = 1 << iota
+	// holdDrop: it may drop statements (DEALLOCATE, DISCARD). The engine
+	// sees that in its CommandComplete; messages naming a statement wait,
+	// so that they are answered as PostgreSQL answers them (26000 when the
+	// statement is gone).
+	holdDrop
+)
+
+// holdsOf says what running q may do. A false positive only delays the
+// messages pipelined behind q by q's answer.
+func holdsOf(q string) hold {
+	var h hold
+	if containsFold(q, "set") {
+		h |= holdScope
+	}
+	if containsFold(q, "deallocate") || containsFold(q, "discard") {
+		h |= holdDrop
+	}
+	return h
+}
+
+// containsFold reports whether s contains the lower-case ASCII word w in
+// any case.
+func containsFold(s, w string) bool {
+	for i := 0; i+len(w) <= len(s); i++ {
+		j := 0
+		for j < len(w) && s[i+j]|0x20 == w[j] {
+			j++
+		}
+		if j == len(w) {
 			return true
 		}
 	}
 	return false
+}
+
+func (sc *ServerCache) hold(h hold) {
+	if h&holdScope != 0 {
+		sc.setting++
+	}
+	if h&holdDrop != 0 {
+		sc.dropping++
+	}
+}
+
+func (sc *ServerCache) unhold(h hold) {
+	if h&holdScope != 0 {
+		sc.setting--
+	}
+	if h&holdDrop != 0 {
+		sc.dropping--
+	}
 }
 
 // undo reverts the client map only if nothing later changed the name again:
@@ -456,8 +509,9 @@ type ServerCache struct {
 	failed   bool // an ErrorResponse arrived since the last ReadyForQuery
 	copyIn   bool // CopyInResponse seen; Syncs are ignored by the server until the client's CopyDone/CopyFail
 	broken   bool // the server's statements may differ from the cache's: close the connection at release
-	setting  int  // outstanding Queries and Syncs that may change a scope setting (mayChangeScope)
-	segSet   bool // the current segment binds a statement that may change a scope setting
+	setting  int  // outstanding Queries and Syncs that may change a scope setting (holdScope)
+	dropping int  // outstanding Queries and Syncs that may drop statements (holdDrop)
+	segHolds hold // what the statements the current segment binds may do
 
 	parses, evictions uint64
 
@@ -479,7 +533,7 @@ func (sc *ServerCache) uncertain(seq uint64) bool { return seq < sc.sent && seq 
 func (sc *ServerCache) Settled() <-chan struct{} {
 	sc.mu.Lock()
 	defer sc.mu.Unlock()
-	if sc.done == sc.sent && sc.setting == 0 {
+	if sc.done == sc.sent && sc.setting == 0 && sc.dropping == 0 {
 		ch := make(chan struct{})
 		close(ch)
 		return ch
@@ -575,7 +629,8 @@ func (sc *ServerCache) Reset() {
 	}
 	sc.clear()
 	clear(sc.wrote)
-	sc.idle, sc.aborted, sc.failed, sc.copyIn, sc.segSet, sc.setting = true, false, false, false, false, 0
+	sc.idle, sc.aborted, sc.failed, sc.copyIn = true, false, false, false
+	sc.segHolds, sc.setting, sc.dropping = 0, 0, 0
 }
 
 // droppedAll brings the cache and the client's names in line with a server
@@ -758,30 +813,20 @@ func (c *Client) waits(msg pgproto3.FrontendMessage, sc *ServerCache) bool {
 		// and the session updates the scope then.
 		return true
 	}
+	name := statementName(msg)
+	if name == "" {
+		return false
+	}
+	if sc.dropping > 0 {
+		// The Query or segment ahead may drop statements (holdDrop).
+		return true
+	}
 	if sc.done == sc.sent {
 		return false
 	}
-	name := ""
 	var content *statement
-	switch m := msg.(type) {
-	case *pgproto3.Parse:
-		name = m.Name
-		if name != "" {
-			content = newStatement(m, c.scope)
-		}
-	case *pgproto3.Bind:
-		name = m.PreparedStatement
-	case *pgproto3.Describe:
-		if m.ObjectType == 'S' {
-			name = m.Name
-		}
-	case *pgproto3.Close:
-		if m.ObjectType == 'S' {
-			name = m.Name
-		}
-	}
-	if name == "" {
-		return false
+	if p, ok := msg.(*pgproto3.Parse); ok {
+		content = newStatement(p, c.scope)
 	}
 	if mk, ok := c.marks[name]; ok && mk.sc == sc && sc.uncertain(mk.seq) {
 		return true
@@ -795,6 +840,25 @@ func (c *Client) waits(msg pgproto3.FrontendMessage, sc *ServerCache) bool {
 		}
 	}
 	return false
+}
+
+// statementName is the named statement msg refers to, or "".
+func statementName(msg pgproto3.FrontendMessage) string {
+	switch m := msg.(type) {
+	case *pgproto3.Parse:
+		return m.Name
+	case *pgproto3.Bind:
+		return m.PreparedStatement
+	case *pgproto3.Describe:
+		if m.ObjectType == 'S' {
+			return m.Name
+		}
+	case *pgproto3.Close:
+		if m.ObjectType == 'S' {
+			return m.Name
+		}
+	}
+	return ""
 }
 
 func (c *Client) mark(name string, sc *ServerCache) {
@@ -852,7 +916,7 @@ func (c *Client) translate(msg pgproto3.FrontendMessage, sc *ServerCache) ([]pgp
 	switch m := msg.(type) {
 	case *pgproto3.Parse:
 		if m.Name == "" {
-			c.unnamedSet = mayChangeScope(m.Query)
+			c.unnamed = holdsOf(m.Query)
 			sc.queue = append(sc.queue, &request{kind: kParse, action: forward})
 			return append(out, m), nil
 		}
@@ -928,13 +992,13 @@ func (c *Client) translate(msg pgproto3.FrontendMessage, sc *ServerCache) ([]pgp
 
 	case *pgproto3.Bind:
 		name := m.PreparedStatement
-		if name == "" && c.unnamedSet {
-			sc.segSet = true
+		if name == "" {
+			sc.segHolds |= c.unnamed
 		}
 		if name != "" {
 			s, ok := c.lookup(name, sc)
-			if ok && s.mayset {
-				sc.segSet = true
+			if ok {
+				sc.segHolds |= s.holds
 			}
 			if !ok && strings.HasPrefix(name, Prefix) {
 				return nil, reserved(name)
@@ -995,11 +1059,9 @@ func (c *Client) translate(msg pgproto3.FrontendMessage, sc *ServerCache) ([]pgp
 		} else {
 			// A segment that ran a statement that may SET reports it just
 			// before this Sync's ReadyForQuery.
-			r := &request{kind: kSync, action: forward, mayset: sc.segSet}
-			if r.mayset {
-				sc.setting++
-				sc.segSet = false
-			}
+			r := &request{kind: kSync, action: forward, holds: sc.segHolds}
+			sc.hold(r.holds)
+			sc.segHolds = 0
 			sc.queue = append(sc.queue, r)
 			sc.sent++
 		}
@@ -1007,10 +1069,8 @@ func (c *Client) translate(msg pgproto3.FrontendMessage, sc *ServerCache) ([]pgp
 		if sc.copyIn {
 			sc.broken = true // see Sync
 		}
-		r := &request{kind: kQuery, action: forward, mayset: mayChangeScope(m.String)}
-		if r.mayset {
-			sc.setting++
-		}
+		r := &request{kind: kQuery, action: forward, holds: holdsOf(m.String)}
+		sc.hold(r.holds)
 		sc.queue = append(sc.queue, r)
 	case *pgproto3.FunctionCall:
 		if sc.copyIn {
@@ -1061,8 +1121,8 @@ func (sc *ServerCache) popReq(kinds string) *request {
 	if r.kind == kSync {
 		sc.syncDone()
 	}
-	if r.mayset {
-		sc.setting--
+	if r.holds != 0 {
+		sc.unhold(r.holds)
 		sc.wake()
 	}
 	return r
@@ -1168,9 +1228,7 @@ func (c *Client) Filter(msg pgproto3.BackendMessage, sc *ServerCache) ([]pgproto
 				kept = append(kept, r)
 			} else {
 				sc.sent--
-				if r.mayset {
-					sc.setting--
-				}
+				sc.unhold(r.holds)
 			}
 		}
 		sc.queue = kept
@@ -1189,13 +1247,9 @@ func (c *Client) Filter(msg pgproto3.BackendMessage, sc *ServerCache) ([]pgproto
 			}
 			for i := n - 1; i >= 0; i-- {
 				sc.queue[i].undo(sc)
-				if sc.queue[i].mayset {
-					sc.setting--
-				}
+				sc.unhold(sc.queue[i].holds)
 			}
-			if sc.queue[n].mayset {
-				sc.setting--
-			}
+			sc.unhold(sc.queue[n].holds)
 			sc.queue = sc.queue[n+1:]
 			sc.syncDone()
 		}
