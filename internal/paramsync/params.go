@@ -302,6 +302,53 @@ func (c *Client) Reconcile(server map[string]string) []*pgproto3.ParameterStatus
 	return out
 }
 
+// NeedsServer reports whether a server must judge the client's startup
+// values before the greeting: a value that differs from defaults, or that
+// the server does not report. The exception is an application_name of at
+// most 63 bytes of printable ASCII, which PostgreSQL accepts and reports
+// unchanged (at login it cuts longer ones to NAMEDATALEN-1 bytes and
+// replaces other bytes), so a pool can greet with it and set it when the
+// client's first transaction gets a server connection, as PgBouncer does.
+func (c *Client) NeedsServer(defaults map[string]string) bool {
+	for n, v := range c.want {
+		d, ok := defaults[n]
+		switch {
+		case !ok:
+			return true
+		case d == v:
+		case n == "application_name" && len(v) <= 63 && printableASCII(v):
+		default:
+			return true
+		}
+	}
+	return false
+}
+
+// Greeting returns the ParameterStatus messages of a greeting given without
+// a server connection, when NeedsServer is false: defaults, with the
+// client's values in place (they differ only in application_name).
+func (c *Client) Greeting(defaults map[string]string) []*pgproto3.ParameterStatus {
+	m := make(map[string]string, len(defaults))
+	for n, v := range defaults {
+		if w, ok := c.want[n]; ok {
+			v = w
+		}
+		m[n] = v
+	}
+	return c.Reconcile(m)
+}
+
+// printableASCII reports whether every byte of s is printable ASCII (32 to
+// 126), which PostgreSQL's application_name check keeps as is.
+func printableASCII(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] < 32 || s[i] > 126 {
+			return false
+		}
+	}
+	return true
+}
+
 // setConfig renders pg_catalog.set_config('name', E'value', false) for an
 // ASCII value.
 func setConfig(name, value string) string {

@@ -327,6 +327,49 @@ func TestStartupParameters(t *testing.T) {
 	})
 }
 
+// NeedsServer lets a pool greet without a server connection only when the
+// greeting it builds (Greeting) is what PostgreSQL itself sends: checked
+// against direct connections for application_name values PostgreSQL keeps
+// and ones it changes, and for other parameters.
+func TestNeedsServerGreetingMatchesServer(t *testing.T) {
+	eachVersion(t, func(t *testing.T, s *pgtest.Server) {
+		defaults := dialWire(t, s, nil).params
+		for _, tc := range []struct {
+			startup map[string]string
+			needs   bool
+		}{
+			{map[string]string{}, false},
+			{map[string]string{"application_name": "bench"}, false},
+			{map[string]string{"application_name": `it's a \test "x" ab` + strings.Repeat("long", 11)}, false}, // 63 bytes
+			{map[string]string{"application_name": strings.Repeat("long", 16)}, true},                          // PostgreSQL keeps 63
+			{map[string]string{"options": "--application-name=via-options"}, false},
+			{map[string]string{"application_name": "b\u00e9"}, true},
+			{map[string]string{"application_name": "tab\there"}, true},
+			{map[string]string{"DateStyle": "sql, dmy"}, true},
+			{map[string]string{"application_name": "bench", "TimeZone": "Europe/Paris"}, true},
+		} {
+			c, err := NewClient(tc.startup, defaults)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := c.NeedsServer(defaults); got != tc.needs {
+				t.Errorf("%q: NeedsServer %v, want %v", tc.startup, got, tc.needs)
+				continue
+			}
+			if tc.needs {
+				continue
+			}
+			sent := map[string]string{}
+			for _, ps := range c.Greeting(defaults) {
+				sent[ps.Name] = ps.Value
+			}
+			if direct := dialWire(t, s, tc.startup).params; !reflect.DeepEqual(sent, direct) {
+				t.Errorf("%q: greeting without a server:\n%v\na direct connection got:\n%v", tc.startup, sent, direct)
+			}
+		}
+	})
+}
+
 func TestStartupRefusals(t *testing.T) {
 	eachVersion(t, func(t *testing.T, s *pgtest.Server) {
 		def := dialWire(t, s, nil).params

@@ -138,7 +138,8 @@ type Session struct {
 // (kept for the session), and in transaction mode when the key has no
 // recorded defaults yet or the client asks for parameters other than the
 // defaults (so that the server judges them at login, as it would
-// directly). Errors are classified; a *pgconn.PgError is the server's
+// directly), except an application_name PostgreSQL would take as it is
+// (paramsync.Client.NeedsServer): that is set at the first transaction. Errors are classified; a *pgconn.PgError is the server's
 // verdict on the client's request.
 func Start(ctx context.Context, client net.Conn, startup map[string]string, o Options) (*Session, []*pgproto3.ParameterStatus, error) {
 	if o.ResetQuery == "" {
@@ -191,11 +192,9 @@ func Start(ctx context.Context, client net.Conn, startup map[string]string, o Op
 		return nil, nil, clientRequest(err)
 	}
 	s.params = pc
-	if srv == nil {
-		if plan, _ := pc.Plan(defaults); len(plan) > 0 {
-			if srv, err = o.Pool.Acquire(ctx, o.Key); err != nil {
-				return nil, nil, err
-			}
+	if srv == nil && pc.NeedsServer(defaults) {
+		if srv, err = o.Pool.Acquire(ctx, o.Key); err != nil {
+			return nil, nil, err
 		}
 	}
 	var greet []*pgproto3.ParameterStatus
@@ -224,7 +223,7 @@ func Start(ctx context.Context, client net.Conn, startup map[string]string, o Op
 			srv.Release(true)
 		}
 	} else {
-		greet = pc.Reconcile(defaults)
+		greet = pc.Greeting(defaults)
 	}
 	s.setScope()
 	return s, greet, nil

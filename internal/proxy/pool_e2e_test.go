@@ -1058,3 +1058,56 @@ func TestPoolLoginWaitTimeout(t *testing.T) {
 		t.Fatalf("a pool wait timeout counted as %v upstream failures", f)
 	}
 }
+
+// TestPoolLoginApplicationName: in transaction mode a client whose only
+// startup difference from the defaults is a printable-ASCII application_name
+// logs in without a server connection (the only one is held in a
+// transaction, and the wait timeout is 1 s) and is greeted with its value,
+// which its first transaction then has; a value PostgreSQL would change
+// (non-ASCII) still takes a server connection at login, so the greeting
+// says what PostgreSQL made of it.
+func TestPoolLoginApplicationName(t *testing.T) {
+	t.Parallel()
+	env := newEnv(t)
+	p := pooledProxy(t, env, pooling.ModeTransaction, 1, func(pc *PoolConfig) { pc.WaitTimeout = time.Second })
+	port := p.port(t, "pooled")
+	holder := warmPool(t, port)
+	ctx, cancel := qctx()
+	defer cancel()
+	tx, err := holder.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustStr(t, tx, "SELECT 'holding the only server connection'")
+	c, err := pgxConnect(t, port, "sslmode=disable application_name=bench")
+	if err != nil {
+		t.Fatalf("login with application_name=bench while the pool is busy: %v", err)
+	}
+	defer c.Close(context.Background())
+	if got := c.PgConn().ParameterStatus("application_name"); got != "bench" {
+		t.Fatalf("greeting application_name %q, want bench", got)
+	}
+	_, err = pgxConnect(t, port, "sslmode=disable application_name=b\u00e9")
+	wantPgError(t, "login with a non-ASCII application_name while the pool is busy", err, "no server connection", "53300")
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := mustStr(t, c, "SELECT current_setting('application_name')"); got != "bench" {
+		t.Fatalf("first transaction: application_name %q, want bench", got)
+	}
+	if got := mustStr(t, holder, "SELECT current_setting('application_name')"); got != "" {
+		t.Fatalf("the other client sees application_name %q, want its own (empty)", got)
+	}
+	u, err := pgxConnect(t, port, "sslmode=disable application_name=b\u00e9")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer u.Close(context.Background())
+	greeted := u.PgConn().ParameterStatus("application_name")
+	if greeted == "b\u00e9" || !strings.HasPrefix(greeted, "b") {
+		t.Fatalf("non-ASCII application_name greeted as %q: not the server's verdict", greeted)
+	}
+	if got := mustStr(t, u, "SELECT current_setting('application_name')"); got != greeted {
+		t.Fatalf("application_name %q in the session, %q in the greeting", got, greeted)
+	}
+}
