@@ -1,6 +1,8 @@
 package config
 
 import (
+	"time"
+
 	"github.com/pgtrust/pgtrust/internal/pooling"
 	"github.com/pgtrust/pgtrust/internal/proxy"
 )
@@ -26,6 +28,8 @@ type Pool struct {
 	ResetQuery              string   `toml:"reset_query"` // "-" for none
 	StatementCache          int      `toml:"statement_cache"`
 	IgnoreStartupParameters []string `toml:"ignore_startup_parameters"`
+	ClientParkAfter         Duration `toml:"client_park_after"`
+	ParkIdleClients         *bool    `toml:"park_idle_clients"` // default true
 }
 
 func (p *Pool) proxyConfig() *proxy.PoolConfig {
@@ -37,5 +41,15 @@ func (p *Pool) proxyConfig() *proxy.PoolConfig {
 		ReserveAfter: p.ReserveTimeout.D(), WaitTimeout: p.WaitTimeout.D(), IdleTimeout: p.IdleTimeout.D(),
 		Lifetime: p.Lifetime.D(), Jitter: p.LifetimeJitter, CheckAfter: p.CheckAfter.D(), MaxKeys: p.MaxKeys,
 		ResetQuery: p.ResetQuery, StatementCache: p.StatementCache, IgnoreStartupParameters: p.IgnoreStartupParameters,
+		ClientParkAfter: p.clientParkAfter(),
 	}
+}
+
+// clientParkAfter is PoolConfig's ClientParkAfter: negative when parking
+// is off.
+func (p *Pool) clientParkAfter() time.Duration {
+	if p.ParkIdleClients != nil && !*p.ParkIdleClients {
+		return -1
+	}
+	return p.ClientParkAfter.D()
 }

@@ -30,6 +30,7 @@ max_keys = 7
 reset_query = "-"
 statement_cache = 50
 ignore_startup_parameters = ["extra_float_digits"]
+client_park_after = "250ms"
 `))
 	if err != nil {
 		t.Fatal(err)
@@ -42,8 +43,11 @@ ignore_startup_parameters = ["extra_float_digits"]
 	if p == nil || p.Mode != pooling.ModeTransaction || p.Size != 8 || p.MinIdle != 2 || p.Reserve != 1 || p.ReserveAfter != 2*time.Second ||
 		p.WaitTimeout != 3*time.Second || p.IdleTimeout != 4*time.Minute || p.Lifetime != 30*time.Minute || p.Jitter != 0.2 ||
 		p.CheckAfter != 10*time.Second || p.MaxKeys != 7 || p.ResetQuery != pooling.NoReset || p.StatementCache != 50 ||
-		len(p.IgnoreStartupParameters) != 1 || p.IgnoreStartupParameters[0] != "extra_float_digits" {
+		len(p.IgnoreStartupParameters) != 1 || p.IgnoreStartupParameters[0] != "extra_float_digits" || p.ClientParkAfter != 250*time.Millisecond {
 		t.Fatalf("pool table: %+v", p)
+	}
+	if p := (&Pool{ClientParkAfter: Duration(time.Second), ParkIdleClients: new(bool)}).proxyConfig(); p.ClientParkAfter >= 0 {
+		t.Fatalf("park_idle_clients = false gave client_park_after %v", p.ClientParkAfter)
 	}
 	if _, err := Parse([]byte("[upstreams.main]\ndsn = \"host=h\"\n[upstreams.main.pool]\nmode = \"transaction\"\nsizee = 3\n")); err == nil {
 		t.Fatal("an unknown key in [pool] was accepted")

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"io"
+	"sync"
 
 	"github.com/pgtrust/pgtrust/internal/pgwire"
 )
@@ -23,16 +24,36 @@ type msgReader struct {
 	r, w int
 	max  int
 	big  []byte // the last message when it did not fit buf
+	// boundary: Next is reading the first bytes of a message into an
+	// empty buffer, so a read that stops now loses nothing.
+	boundary bool
 }
 
+// atBoundary reports whether the read under way is the first of a message
+// with nothing buffered.
+func (m *msgReader) atBoundary() bool { return m.boundary && m.w == 0 }
+
+// release lets the buffer go while nothing is buffered (a parked client);
+// the next read takes one again.
+func (m *msgReader) release() {
+	if m.r == m.w && m.buf != nil {
+		b := m.buf
+		readerBufs.Put(&b)
+		m.buf, m.r, m.w = nil, 0, 0
+	}
+}
+
+// readerBufs recycles the buffers of parked clients.
+var readerBufs = sync.Pool{New: func() any { b := make([]byte, readerSize); return &b }}
+
 func newMsgReader(src io.Reader, max int) *msgReader {
-	return &msgReader{src: src, buf: make([]byte, readerSize), max: max}
+	return &msgReader{src: src, buf: *readerBufs.Get().(*[]byte), max: max}
 }
 
 // Buffered reports whether a whole next message is already here, so that
 // reading it cannot block.
 func (m *msgReader) Buffered() bool {
-	if m.w-m.r < 5 {
+	if m.buf == nil || m.w-m.r < 5 {
 		return false
 	}
 	n := int(int32(binary.BigEndian.Uint32(m.buf[m.r+1:])))
@@ -43,7 +64,13 @@ func (m *msgReader) Buffered() bool {
 // valid until the next call.
 func (m *msgReader) Next() ([]byte, error) {
 	m.big = nil
-	if err := m.fill(5); err != nil {
+	if m.buf == nil {
+		m.buf = *readerBufs.Get().(*[]byte)
+	}
+	m.boundary = m.r == m.w
+	err := m.fill(5)
+	m.boundary = false
+	if err != nil {
 		return nil, err
 	}
 	typ := m.buf[m.r]

@@ -21,7 +21,9 @@
 // decision exclusive with the client goroutine's use of the connection.
 // The client goroutine takes a new server connection only after the
 // previous pump has written its last message, so the client sees answers
-// in order.
+// in order. A transaction-mode client idle between transactions may have
+// no goroutine at all: Serve parks it (Parker) and its next message starts
+// one.
 package pooling
 
 import (
@@ -86,6 +88,9 @@ type Options struct {
 	// QueryTimeout bounds each of the pool's own queries (parameter
 	// replay, reset, checks). Default 5s.
 	QueryTimeout time.Duration
+	// Parker, if set, parks the client between transactions in
+	// transaction mode (Serve), when its connection is a plain socket.
+	Parker *Parker
 	// In and Out count bytes from and to the client (optional).
 	In, Out func(n int)
 	Logger  *slog.Logger
@@ -130,6 +135,8 @@ type Session struct {
 	resetOK     chan bool
 
 	hazard *paramsync.Hazard // reported by the watch during the transaction (under mu)
+
+	parkState
 }
 
 // Start begins a pooled session for an authenticated client whose startup
@@ -362,10 +369,21 @@ func (s *Session) Cancel(ctx context.Context) (bool, error) {
 }
 
 // Close ends the session from outside (proxy shutdown).
-func (s *Session) Close() { s.client.Close() }
+func (s *Session) Close() {
+	s.Wake()
+	s.client.Close()
+}
 
-// Run relays until the client or the session ends, and says why.
+// Run relays until the client or the session ends, and says why. It never
+// parks (Serve does).
 func (s *Session) Run(ctx context.Context) string {
+	reason, _ := s.run(ctx, false)
+	return reason
+}
+
+// run relays until the session ends (parked false, and why) or, when
+// canPark, until the client is parked (parked true).
+func (s *Session) run(ctx context.Context, canPark bool) (reason string, parked bool) {
 	var sbuf []byte
 	var target *serverpool.Server
 	var targetConn net.Conn // target's socket, taken while it was attached
@@ -390,31 +408,46 @@ func (s *Session) Run(ctx context.Context) string {
 		return err
 	}
 	for {
+		if canPark && !started && !s.rd.Buffered() {
+			// Waiting for the client between messages: the Parker may
+			// interrupt the wait once it has lasted a sweep (park then
+			// checks that no transaction holds a server connection).
+			s.idleTick.Store(s.o.Parker.tick.Load())
+		}
 		raw, err := s.rd.Next()
+		if canPark {
+			s.idleTick.Store(0)
+		}
+		if errors.Is(err, errPark) {
+			if s.park() {
+				return "", true
+			}
+			continue
+		}
 		if err != nil {
 			_ = flush()
 			if errors.Is(err, io.EOF) {
-				return s.end("client closed")
+				return s.end("client closed"), false
 			}
 			if s.endReason() != "" {
-				return s.end(s.endReason())
+				return s.end(s.endReason()), false
 			}
-			return s.end("client error: " + err.Error())
+			return s.end("client error: " + err.Error()), false
 		}
 		if s.o.In != nil {
 			s.o.In(len(raw))
 		}
 		if raw[0] == 'X' {
 			if err := flush(); err != nil {
-				return s.end("server write: " + err.Error())
+				return s.end("server write: " + err.Error()), false
 			}
-			return s.end("client terminated")
+			return s.end("client terminated"), false
 		}
 	retry:
 		srv, st, err := s.server(ctx)
 		if err != nil {
 			_ = flush()
-			return s.fail(err)
+			return s.fail(err), false
 		}
 		if !started {
 			s.mu.Lock()
@@ -430,7 +463,7 @@ func (s *Session) Run(ctx context.Context) string {
 		} else if srv != target {
 			// Unreachable: a counted batch keeps its server attached.
 			_ = flush()
-			return s.fail(failure.New(failure.ProtocolError, "pooling: the server connection changed under an unwritten batch"))
+			return s.fail(failure.New(failure.ProtocolError, "pooling: the server connection changed under an unwritten batch")), false
 		}
 		if s.o.Mode == ModeSession {
 			sbuf = s.countSession(raw, sbuf)
@@ -438,7 +471,7 @@ func (s *Session) Run(ctx context.Context) string {
 			sbuf, err = s.translate(raw, st, sbuf)
 			if errors.Is(err, prepared.ErrWait) {
 				if err := flush(); err != nil {
-					return s.end("server write: " + err.Error())
+					return s.end("server write: " + err.Error()), false
 				}
 				s.mu.Lock()
 				pumpDone := s.pumpDone
@@ -449,18 +482,18 @@ func (s *Session) Run(ctx context.Context) string {
 					// The server connection failed (or was given up) while
 					// the session waited: retry finds out and ends.
 				case <-ctx.Done():
-					return s.end("proxy shutdown")
+					return s.end("proxy shutdown"), false
 				}
 				goto retry
 			}
 			if err != nil {
 				_ = flush()
-				return s.fail(err)
+				return s.fail(err), false
 			}
 		}
 		if !s.rd.Buffered() || len(sbuf) >= flushAt {
 			if err := flush(); err != nil {
-				return s.end("server write: " + err.Error())
+				return s.end("server write: " + err.Error()), false
 			}
 		}
 	}

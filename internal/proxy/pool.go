@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"sort"
@@ -11,6 +12,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
 
+	"github.com/pgtrust/pgtrust/internal/parking"
 	"github.com/pgtrust/pgtrust/internal/pooling"
 	"github.com/pgtrust/pgtrust/internal/serverpool"
 	"github.com/pgtrust/pgtrust/pgtls"
@@ -41,6 +43,11 @@ type PoolConfig struct {
 	// IgnoreStartupParameters are dropped instead of refused in
 	// transaction mode (e.g. extra_float_digits, sent by pgJDBC).
 	IgnoreStartupParameters []string
+	// ClientParkAfter: a transaction-mode client on a plain socket that
+	// has been idle between transactions this long (up to twice) gives
+	// its goroutine back until its next message (pooling.Parker). Default
+	// pooling.DefaultIdleAfter; negative: never.
+	ClientParkAfter time.Duration
 }
 
 // Gateway pool modes besides pooling's: inherit the upstream's, or none.
@@ -180,6 +187,17 @@ func (p *Proxy) startPools(u *upstream) error {
 			return wrapUpstream(u.name, "pool", err)
 		}
 		u.pools[poolIndex(gw)] = pool
+		if frontPoolMode(u.cfg, gw) == pooling.ModeTransaction && u.parker == nil && u.cfg.Pool.ClientParkAfter >= 0 {
+			parker, err := pooling.NewParker(u.cfg.Pool.ClientParkAfter)
+			switch {
+			case errors.Is(err, parking.ErrUnsupported):
+				// Clients keep their goroutines on this system.
+			case err != nil:
+				return wrapUpstream(u.name, "pool", err)
+			default:
+				u.parker = parker
+			}
+		}
 	}
 	return nil
 }
@@ -207,6 +225,9 @@ func (u *upstream) closePools() {
 		if pool != nil {
 			pool.Close()
 		}
+	}
+	if u.parker != nil {
+		_ = u.parker.Close()
 	}
 }
 
@@ -329,6 +350,7 @@ func (s *session) poolLogin(pool *serverpool.Pool, mode pooling.Mode, role strin
 			s.up.metrics.bytesOut.Add(float64(n))
 		},
 		Logger: s.p.log.With("upstream", s.up.name, "id", s.id),
+		Parker: s.up.parker,
 	}
 	ctx, cancel := context.WithCancel(s.p.ctx)
 	defer cancel()
@@ -364,24 +386,27 @@ func (s *session) poolLogin(pool *serverpool.Pool, mode pooling.Mode, role strin
 	return nil
 }
 
-// runPooled relays a pooled session until it ends, with the same log
-// lines as the pipe.
-func (s *session) runPooled() {
+// runPooled relays a pooled session, with the same log lines as the pipe.
+// The session may outlive the call: a parked client has no goroutine, and
+// whichever goroutine ends the session closes it (finish).
+func (s *session) runPooled(finish func()) {
 	s.logger().Info("session opened", s.baseAttrs(
 		slog.String("user", s.user), slog.String("database", s.database), slog.String("application_name", s.application),
 		slog.String("auth", string(s.mode)), slog.String("client_identity", s.identity),
 		slog.String("client_tls", orNone(s.clientTL)), slog.String("pool_mode", string(s.pooled.Mode())),
 	)...)
-	reason := s.pooled.Run(s.p.ctx)
-	s.poolDone()
-	if s.p.forced.Load() {
-		reason = "proxy shutdown"
-	}
-	s.logger().Info("session closed", s.baseAttrs(
-		slog.String("client_tls", orNone(s.clientTL)),
-		slog.Int64("bytes_client_to_upstream", s.bytesIn.Load()),
-		slog.Int64("bytes_upstream_to_client", s.bytesOut.Load()),
-		slog.Duration("duration", time.Since(s.start)),
-		slog.String("reason", reason),
-	)...)
+	s.pooled.Serve(s.p.ctx, func(reason string) {
+		s.poolDone()
+		if s.p.forced.Load() {
+			reason = "proxy shutdown"
+		}
+		s.logger().Info("session closed", s.baseAttrs(
+			slog.String("client_tls", orNone(s.clientTL)),
+			slog.Int64("bytes_client_to_upstream", s.bytesIn.Load()),
+			slog.Int64("bytes_upstream_to_client", s.bytesOut.Load()),
+			slog.Duration("duration", time.Since(s.start)),
+			slog.String("reason", reason),
+		)...)
+		finish()
+	})
 }

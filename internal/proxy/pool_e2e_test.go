@@ -1111,3 +1111,58 @@ func TestPoolLoginApplicationName(t *testing.T) {
 		t.Fatalf("application_name %q in the session, %q in the greeting", got, greeted)
 	}
 }
+
+// TestPoolClientsPark: idle transaction-mode clients on plain sockets are
+// parked (no goroutine) after client_park_after, and each one's next
+// query, prepared statements included, runs as before; a client idle
+// inside a transaction is not parked and keeps its transaction; a parked
+// client that hangs up ends its session; the proxy closes with clients
+// parked.
+func TestPoolClientsPark(t *testing.T) {
+	t.Parallel()
+	env := newEnv(t)
+	p := pooledProxy(t, env, pooling.ModeTransaction, 2, func(pc *PoolConfig) { pc.ClientParkAfter = 50 * time.Millisecond })
+	port := p.port(t, "pooled")
+	warmPool(t, port)
+	const n = 12
+	clients := make([]*pgx.Conn, n)
+	for i := range clients {
+		clients[i] = pgxPool(t, port)
+		if got := mustStr(t, clients[i], "SELECT $1::text", fmt.Sprint(i)); got != fmt.Sprint(i) {
+			t.Fatalf("client %d: %q", i, got)
+		}
+	}
+	ctx, cancel := qctx()
+	defer cancel()
+	inTx, err := clients[0].Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustStr(t, inTx, "SELECT 'in a transaction'")
+	parked := func() float64 { return p.metric(t, "pgtrust_pool_clients_parked", nil) }
+	// Every client but the one in a transaction (and warmPool's, also idle).
+	waitFor(t, "idle clients parked", 20*time.Second, func() bool { return parked() == n })
+	for round := range 3 {
+		for i, c := range clients[1:] {
+			want := fmt.Sprintf("%d/%d", round, i)
+			// pgx prepares and caches the statement: the parked client's
+			// statements must survive parking.
+			if got := mustStr(t, c, "SELECT $1::text || '/' || $2::text", fmt.Sprint(round), fmt.Sprint(i)); got != want {
+				t.Fatalf("round %d, client %d after parking: %q", round, i, got)
+			}
+		}
+		waitFor(t, "clients parked again", 20*time.Second, func() bool { return parked() == n })
+	}
+	if got := mustStr(t, inTx, "SELECT 'still in it'"); got != "still in it" {
+		t.Fatal(got)
+	}
+	if err := inTx.Commit(ctx); err != nil {
+		t.Fatalf("the transaction left idle across sweeps: %v", err)
+	}
+	waitFor(t, "the committed client parked too", 20*time.Second, func() bool { return parked() == n+1 })
+	before := p.metric(t, "pgtrust_pool_clients_active", nil)
+	clients[1].Close(context.Background())
+	waitFor(t, "the hung-up parked client's session to end", 20*time.Second, func() bool {
+		return parked() == n && p.metric(t, "pgtrust_pool_clients_active", nil) == before-1
+	})
+}

@@ -94,6 +94,7 @@ type poolCollector struct {
 	p                                                    *Proxy
 	clients, waiting, servers, maxWait                   *prometheus.Desc
 	opened, closed, retired, terminated, dialFailuresNow *prometheus.Desc
+	parked                                               *prometheus.Desc
 }
 
 func newPoolCollector(p *Proxy) *poolCollector {
@@ -108,17 +109,21 @@ func newPoolCollector(p *Proxy) *poolCollector {
 		retired:         prometheus.NewDesc("pgtrust_pool_servers_retired_total", "Server connections closed because a certificate rotation or reload retired their generation.", l, nil),
 		terminated:      prometheus.NewDesc("pgtrust_pool_backends_terminated_total", "Backends ended with pg_terminate_backend after an unclean release.", l, nil),
 		dialFailuresNow: prometheus.NewDesc("pgtrust_pool_dial_failures_consecutive", "Failed dials since the last successful one.", l, nil),
+		parked:          prometheus.NewDesc("pgtrust_pool_clients_parked", "Idle transaction-mode clients parked without a goroutine until their next message (client_park_after).", []string{"upstream"}, nil),
 	}
 }
 
 func (c *poolCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.clients, c.waiting, c.servers, c.maxWait, c.opened, c.closed, c.retired, c.terminated, c.dialFailuresNow} {
+	for _, d := range []*prometheus.Desc{c.clients, c.waiting, c.servers, c.maxWait, c.opened, c.closed, c.retired, c.terminated, c.dialFailuresNow, c.parked} {
 		ch <- d
 	}
 }
 
 func (c *poolCollector) Collect(ch chan<- prometheus.Metric) {
 	for _, u := range c.p.upstreams {
+		if u.parker != nil {
+			ch <- prometheus.MustNewConstMetric(c.parked, prometheus.GaugeValue, float64(u.parker.Parked()), u.name)
+		}
 		for _, ps := range u.poolStatus() {
 			for _, k := range ps.Keys {
 				l := []string{ps.Upstream, ps.Pool, k.Database, k.Role}

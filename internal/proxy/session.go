@@ -124,8 +124,16 @@ func (s *session) logger() *slog.Logger { return s.p.log }
 // (AuthTimeout). Only a failure of the upstream's own phase or answers
 // counts against the upstream; a slow or silent client is a client refusal.
 func (s *session) run() {
-	defer s.p.sessionDone(s)
-	defer s.closeAll()
+	handedOff := false // a pooled session ends on whichever goroutine it is on then
+	finish := func() {
+		s.closeAll()
+		s.p.sessionDone(s)
+	}
+	defer func() {
+		if !handedOff {
+			finish()
+		}
+	}()
 
 	tune := s.p.tuning()
 	_ = s.raw.SetDeadline(s.start.Add(tune.StartupTimeout))
@@ -213,7 +221,8 @@ func (s *session) run() {
 	_ = s.raw.SetDeadline(time.Time{})
 	s.p.registerCancel(s)
 	if s.pooled != nil {
-		s.runPooled()
+		handedOff = true
+		s.runPooled(finish)
 		return
 	}
 	_ = s.upConn.SetDeadline(time.Time{})
@@ -842,6 +851,11 @@ func (s *session) closeAll() {
 		return
 	}
 	s.closed = true
+	if s.pooled != nil {
+		// A parked client must be woken to end: closing its socket alone
+		// would drop it from the parking lot's watch.
+		s.pooled.Wake()
+	}
 	// TLS first, so that its close_notify goes out before the socket closes.
 	if s.client != nil && s.client != s.raw {
 		s.client.Close()

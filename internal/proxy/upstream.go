@@ -15,6 +15,7 @@ import (
 	"github.com/pgtrust/pgtrust/failure"
 	"github.com/pgtrust/pgtrust/internal/authlimit"
 	"github.com/pgtrust/pgtrust/internal/leader"
+	"github.com/pgtrust/pgtrust/internal/pooling"
 	"github.com/pgtrust/pgtrust/internal/serverpool"
 	"github.com/pgtrust/pgtrust/pgtls"
 )
@@ -42,6 +43,7 @@ type upstream struct {
 	// pools are the server pools of the pooled fronts, indexed by
 	// poolIndex (nil where a front does not pool); they outlive reloads.
 	pools       []*serverpool.Pool
+	parker      *pooling.Parker // parks idle transaction-mode clients; nil when none or unsupported
 	poolClients poolClients
 
 	slotMu         sync.Mutex

@@ -1,0 +1,250 @@
+package pooling
+
+import (
+	"context"
+	"errors"
+	"os"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/pgtrust/pgtrust/internal/parking"
+)
+
+// DefaultIdleAfter is how long a transaction-mode client waits between
+// transactions before its goroutine is given back (Parker).
+const DefaultIdleAfter = time.Second
+
+// Parker gives back the goroutine of a transaction-mode client that has
+// been idle between transactions for a while: the client's socket waits in
+// a parking.Lot, and its next message starts a goroutine again. An idle
+// pooled client then costs its socket and its session state, not a
+// goroutine stack. A client busy with transactions is never parked (a
+// park costs three system calls and a goroutine start); a sweep every
+// IdleAfter interrupts the reads of clients idle since the previous sweep.
+//
+// Only plain sockets are parked (a TLS connection buffers records the Lot
+// cannot see), only in transaction mode, and only between transactions.
+type Parker struct {
+	lot   *parking.Lot
+	every time.Duration
+
+	mu       sync.Mutex
+	sessions map[*Session]struct{}
+	tick     atomic.Int64
+	stop     chan struct{}
+	stopped  chan struct{}
+}
+
+// NewParker starts a Parker sweeping every idleAfter (DefaultIdleAfter
+// when ≤ 0). Where parking is not available it returns
+// parking.ErrUnsupported, and sessions keep their goroutines.
+func NewParker(idleAfter time.Duration) (*Parker, error) {
+	if idleAfter <= 0 {
+		idleAfter = DefaultIdleAfter
+	}
+	lot, err := parking.New()
+	if err != nil {
+		return nil, err
+	}
+	p := &Parker{lot: lot, every: idleAfter, sessions: map[*Session]struct{}{},
+		stop: make(chan struct{}), stopped: make(chan struct{})}
+	p.tick.Store(1)
+	go p.sweep()
+	return p, nil
+}
+
+// Parked is the number of clients parked now.
+func (p *Parker) Parked() int { return p.lot.Len() }
+
+// Close stops the sweeps and wakes every parked client (whose session
+// then goes on as usual).
+func (p *Parker) Close() error {
+	select {
+	case <-p.stop:
+		return nil
+	default:
+	}
+	close(p.stop)
+	<-p.stopped
+	return p.lot.Close()
+}
+
+func (p *Parker) sweep() {
+	defer close(p.stopped)
+	t := time.NewTicker(p.every)
+	defer t.Stop()
+	var due []*Session
+	for {
+		select {
+		case <-p.stop:
+			return
+		case <-t.C:
+		}
+		now := p.tick.Add(1)
+		due = due[:0]
+		p.mu.Lock()
+		for s := range p.sessions {
+			if since := s.idleTick.Load(); since != 0 && since < now-1 && !s.interrupted.Load() {
+				due = append(due, s)
+			}
+		}
+		p.mu.Unlock()
+		for _, s := range due {
+			s.interrupt()
+		}
+		clear(due)
+	}
+}
+
+func (p *Parker) add(s *Session) {
+	p.mu.Lock()
+	p.sessions[s] = struct{}{}
+	p.mu.Unlock()
+}
+
+func (p *Parker) remove(s *Session) {
+	p.mu.Lock()
+	delete(p.sessions, s)
+	p.mu.Unlock()
+}
+
+// errPark ends a client read that the Parker interrupted while the session
+// waited, at a message boundary, for the client's next message.
+var errPark = errors.New("pooling: parked")
+
+// parkState is a session's part in parking.
+type parkState struct {
+	conn interface {
+		syscall.Conn
+		SetReadDeadline(time.Time) error
+	}
+	idleTick    atomic.Int64 // the Parker's tick when the session began waiting at a boundary; 0 when not
+	interrupted atomic.Bool  // the Parker set a past read deadline to stop the wait
+	closing     atomic.Bool  // the session is being closed from outside: never park again
+
+	mu     sync.Mutex // orders Park's ticket with the wake that clears it
+	ticket parking.Ticket
+
+	ctx  context.Context
+	done func(reason string)
+}
+
+// interrupt stops the session's wait for its client; the read returns
+// errPark (or, if a message arrived meanwhile, goes on).
+func (s *Session) interrupt() {
+	s.interrupted.Store(true)
+	_ = s.conn.SetReadDeadline(time.Unix(1, 0))
+}
+
+// clientReader is the session's reader of a parkable client socket: it
+// turns the Parker's interruption into errPark at a message boundary, and
+// into nothing anywhere else.
+type clientReader struct {
+	s *Session
+}
+
+func (r clientReader) Read(p []byte) (int, error) {
+	for {
+		n, err := r.s.client.Read(p)
+		if err == nil || !r.s.interrupted.Load() || !errors.Is(err, os.ErrDeadlineExceeded) {
+			return n, err
+		}
+		// Deadline first: the Parker interrupts again only once
+		// interrupted is false, so its next deadline cannot be undone here.
+		if err := r.s.conn.SetReadDeadline(time.Time{}); err != nil {
+			return n, err
+		}
+		r.s.interrupted.Store(false)
+		if n > 0 {
+			return n, nil
+		}
+		if r.s.rd.atBoundary() {
+			return 0, errPark
+		}
+	}
+}
+
+// Serve relays like Run, and gives its goroutine back while the client is
+// parked (Options.Parker): then it returns before the session ends, and
+// done runs with the reason on whichever goroutine ends it. Without a
+// Parker, or for a client that cannot be parked, it is Run followed by
+// done.
+func (s *Session) Serve(ctx context.Context, done func(reason string)) {
+	s.ctx, s.done = ctx, done
+	if p := s.o.Parker; p != nil && s.o.Mode == ModeTransaction {
+		if c, ok := s.client.(interface {
+			syscall.Conn
+			SetReadDeadline(time.Time) error
+		}); ok {
+			s.conn = c
+			s.rd.src = clientReader{s}
+			p.add(s)
+		}
+	}
+	s.serve()
+}
+
+// serve runs the session until it ends or parks.
+func (s *Session) serve() {
+	reason, parked := s.run(s.ctx, s.conn != nil)
+	if parked {
+		return
+	}
+	if s.conn != nil {
+		s.o.Parker.remove(s)
+	}
+	s.done(reason)
+}
+
+// park hands the client's socket to the Parker, if the session is between
+// transactions with nothing of its own in flight; false means go on
+// reading.
+func (s *Session) park() bool {
+	s.mu.Lock()
+	busy := s.srv != nil || s.ending || s.endErr != ""
+	pumpDone := s.pumpDone
+	s.mu.Unlock()
+	if busy {
+		return false
+	}
+	if pumpDone != nil {
+		<-pumpDone // the pump has given the server back and writes its last bytes
+	}
+	s.rd.release()
+	s.parkState.mu.Lock()
+	defer s.parkState.mu.Unlock()
+	if s.closing.Load() {
+		return false
+	}
+	t, err := s.o.Parker.lot.Park(s.conn, s.resume)
+	if err != nil {
+		s.o.Logger.Debug("client not parked", "error", err.Error())
+		return false
+	}
+	s.ticket = t
+	return true
+}
+
+// resume runs when the parked client has something to read (or the
+// session is being closed).
+func (s *Session) resume() {
+	s.parkState.mu.Lock()
+	s.ticket = 0
+	s.parkState.mu.Unlock()
+	s.serve()
+}
+
+// Wake ends parking for good and resumes a parked session, which then reads
+// its client as usual. Call it before closing the client from outside:
+// a closed socket leaves the Parker's watch without waking the session.
+func (s *Session) Wake() {
+	s.closing.Store(true)
+	s.parkState.mu.Lock()
+	t := s.ticket
+	s.parkState.mu.Unlock()
+	if t != 0 {
+		s.o.Parker.lot.Unpark(t)
+	}
+}
