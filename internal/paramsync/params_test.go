@@ -475,3 +475,57 @@ func TestParseOptions(t *testing.T) {
 		t.Fatalf("empty: %v %v", got, err)
 	}
 }
+
+// InSync is true exactly when Plan has nothing to send and Reconcile
+// nothing to tell: the pool's shortcut must never skip either.
+func TestInSyncAgreesWithPlanAndReconcile(t *testing.T) {
+	defaults := map[string]string{"client_encoding": "UTF8", "DateStyle": "ISO, MDY", "TimeZone": "UTC",
+		"application_name": "", "is_superuser": "off", "server_version": "15.18"}
+	with := func(k, v string) map[string]string {
+		m := map[string]string{}
+		for n, x := range defaults {
+			m[n] = x
+		}
+		m[k] = v
+		return m
+	}
+	for _, tc := range []struct {
+		name    string
+		startup map[string]string
+		observe [][2]string
+		server  map[string]string
+	}{
+		{"fresh, defaults", nil, nil, defaults},
+		{"fresh, server SET by another client", nil, nil, with("DateStyle", "German, DMY")},
+		{"client SET, server default", nil, [][2]string{{"DateStyle", "German, DMY"}}, defaults},
+		{"client SET, server the same", nil, [][2]string{{"DateStyle", "German, DMY"}}, with("DateStyle", "German, DMY")},
+		{"startup application_name, server default", map[string]string{"application_name": "bench"}, nil, defaults},
+		{"startup application_name, server set", map[string]string{"application_name": "bench"}, nil, with("application_name", "bench")},
+		{"informational differs", nil, nil, with("is_superuser", "on")},
+		{"server reports one more", nil, nil, with("search_path", "public")},
+	} {
+		c, err := NewClient(tc.startup, defaults)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Greeting(defaults)
+		for _, kv := range tc.observe {
+			c.Observe(kv[0], kv[1])
+		}
+		in := c.InSync(Key(tc.server))
+		plan, _ := c.Plan(tc.server)
+		// Reconcile changes the client: ask a copy.
+		d, _ := NewClient(tc.startup, defaults)
+		d.Greeting(defaults)
+		for _, kv := range tc.observe {
+			d.Observe(kv[0], kv[1])
+		}
+		msgs := d.Reconcile(tc.server)
+		if need := len(plan) > 0 || len(msgs) > 0; in == need {
+			t.Errorf("%s: InSync %v, Plan %q, Reconcile %d messages", tc.name, in, plan, len(msgs))
+		}
+	}
+	if Key(map[string]string{"a": "b c"}) == Key(map[string]string{"a b": "c"}) {
+		t.Error("Key is not injective")
+	}
+}

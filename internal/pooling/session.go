@@ -104,6 +104,20 @@ type serverState struct {
 	cache *prepared.ServerCache
 	watch *paramsync.Watch
 	owner string // identity of the last session that used it; "" before the first
+
+	// paramsync.Key of the connection's parameters at version paramsVer.
+	paramsKey string
+	paramsVer uint64
+	keyed     bool
+}
+
+// key returns paramsync.Key(srv.Params()), recomputed only after the
+// parameters changed.
+func (st *serverState) key(srv *serverpool.Server) string {
+	if v := srv.ParamsVersion(); !st.keyed || v != st.paramsVer {
+		st.paramsKey, st.paramsVer, st.keyed = paramsync.Key(srv.Params()), v, true
+	}
+	return st.paramsKey
 }
 
 // Session is one client's pooled session.
@@ -617,20 +631,11 @@ func (s *Session) server(ctx context.Context) (*serverpool.Server, *serverState,
 			}
 			continue
 		}
-		if err := s.applyParams(ctx, srv); err != nil {
-			srv.Release(isPgError(err))
-			return nil, nil, err
-		}
-		if ps := s.params.Reconcile(srv.Params()); len(ps) > 0 {
-			msgs := make([]pgproto3.BackendMessage, len(ps))
-			for i, p := range ps {
-				msgs[i] = p
-			}
-			if err := s.writeClient(msgs); err != nil {
-				srv.Release(true)
+		// The usual case is in sync: nothing to set, nothing to tell.
+		if !s.params.InSync(st.key(srv)) {
+			if err := s.syncParams(ctx, srv); err != nil {
 				return nil, nil, err
 			}
-			s.setScope()
 		}
 		s.attach(srv)
 		s.mu.Lock()
@@ -638,6 +643,27 @@ func (s *Session) server(ctx context.Context) (*serverpool.Server, *serverState,
 		s.mu.Unlock()
 		return srv, st, nil
 	}
+}
+
+// syncParams makes srv hold the client's parameters and tells the client
+// what differs from what it was last sent; on failure srv is released.
+func (s *Session) syncParams(ctx context.Context, srv *serverpool.Server) error {
+	if err := s.applyParams(ctx, srv); err != nil {
+		srv.Release(isPgError(err))
+		return err
+	}
+	if ps := s.params.Reconcile(srv.Params()); len(ps) > 0 {
+		msgs := make([]pgproto3.BackendMessage, len(ps))
+		for i, p := range ps {
+			msgs[i] = p
+		}
+		if err := s.writeClient(msgs); err != nil {
+			srv.Release(true)
+			return err
+		}
+		s.setScope()
+	}
+	return nil
 }
 
 // writeClient encodes msgs and writes them to the client.

@@ -163,6 +163,7 @@ type conn struct {
 	lastUsed time.Time
 	mu       sync.Mutex // guards params and state
 	params   map[string]string
+	paramVer uint64 // counts SetParam calls, for ParamsVersion
 	state    any
 }
 
@@ -324,8 +325,21 @@ func (p *Pool) Acquire(ctx context.Context, key Key) (*Server, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, p.waitEnded(key, err, 0)
 	}
-	timeout := time.NewTimer(p.o.WaitTimeout)
-	defer timeout.Stop()
+	// The wait's timer starts only when the Acquire has to wait or dial:
+	// most take an idle connection at once.
+	began := time.Now()
+	var timeout *time.Timer
+	deadline := func() <-chan time.Time {
+		if timeout == nil {
+			timeout = time.NewTimer(p.o.WaitTimeout - time.Since(began))
+		}
+		return timeout.C
+	}
+	defer func() {
+		if timeout != nil {
+			timeout.Stop()
+		}
+	}()
 	start := p.o.Now()
 	var w *waiter
 	var reserveC, backoffC <-chan time.Time
@@ -386,7 +400,7 @@ func (p *Pool) Acquire(ctx context.Context, key Key) (*Server, error) {
 				gen := p.gen
 				p.wg.Add(1) // the dial goroutine; not closed, so Close has not begun waiting
 				p.mu.Unlock()
-				return p.open(ctx, kp, gen, timeout.C, start)
+				return p.open(ctx, kp, gen, deadline(), start)
 			}
 			if backingOff && kp.total() == 0 {
 				// PgBouncer's fast fail: no connection will come back to
@@ -423,7 +437,7 @@ func (p *Pool) Acquire(ctx context.Context, key Key) (*Server, error) {
 			p.mu.Lock()
 			w.reserve = true
 			p.mu.Unlock()
-		case <-timeout.C:
+		case <-deadline():
 			if s := p.giveUp(kp, w); s != nil {
 				return s, nil
 			}
@@ -508,17 +522,29 @@ func (p *Pool) ready(c *conn) *Server {
 
 var errUnexpectedData = errors.New("the server sent data while the connection was idle")
 
+// doneContext is a context that is already cancelled.
+var doneContext = func() context.Context {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	return ctx
+}()
+
 // socketCheck tells whether an idle connection is dead or out of sync
 // without a round trip and without consuming a byte: pgconn must hold no
 // buffered input (in sync), and the socket below TLS must have nothing
 // pending.
 func socketCheck(pg *pgconn.PgConn, sock syscall.Conn) error {
-	ctx, cancel := context.WithTimeout(context.Background(), checkTimeout)
-	defer cancel()
 	// SyncConn costs nothing when pgconn buffers no input (it pings
 	// otherwise, and a ping's failure means the connection is unusable).
-	if err := pg.SyncConn(ctx); err != nil {
-		return err
+	// Asked first with a context already done, it answers at once either
+	// way (pgconn sends nothing under a done context): the timer of a
+	// real deadline is paid only when a ping is needed.
+	if pg.SyncConn(doneContext) != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), checkTimeout)
+		defer cancel()
+		if err := pg.SyncConn(ctx); err != nil {
+			return err
+		}
 	}
 	if sock != nil {
 		return peekSocket(sock)
@@ -947,7 +973,16 @@ func (s *Server) Params() map[string]string {
 func (s *Server) SetParam(name, value string) {
 	s.c.mu.Lock()
 	s.c.params[name] = value
+	s.c.paramVer++
 	s.c.mu.Unlock()
+}
+
+// ParamsVersion changes whenever SetParam is called: a caller can keep
+// something computed from Params until it does.
+func (s *Server) ParamsVersion() uint64 {
+	s.c.mu.Lock()
+	defer s.c.mu.Unlock()
+	return s.c.paramVer
 }
 
 // State is what the caller stored on the server connection with SetState
