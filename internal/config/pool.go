@@ -30,6 +30,7 @@ type Pool struct {
 	IgnoreStartupParameters []string `toml:"ignore_startup_parameters"`
 	ClientParkAfter         Duration `toml:"client_park_after"`
 	ParkIdleClients         *bool    `toml:"park_idle_clients"` // default true
+	IdleTransactionTimeout  Duration `toml:"idle_transaction_timeout"`
 }
 
 func (p *Pool) proxyConfig() *proxy.PoolConfig {
@@ -41,7 +42,7 @@ func (p *Pool) proxyConfig() *proxy.PoolConfig {
 		ReserveAfter: p.ReserveTimeout.D(), WaitTimeout: p.WaitTimeout.D(), IdleTimeout: p.IdleTimeout.D(),
 		Lifetime: p.Lifetime.D(), Jitter: p.LifetimeJitter, CheckAfter: p.CheckAfter.D(), MaxKeys: p.MaxKeys,
 		ResetQuery: p.ResetQuery, StatementCache: p.StatementCache, IgnoreStartupParameters: p.IgnoreStartupParameters,
-		ClientParkAfter: p.clientParkAfter(),
+		ClientParkAfter: p.clientParkAfter(), IdleTransactionTimeout: p.IdleTransactionTimeout.D(),
 	}
 }
 

@@ -31,6 +31,7 @@ reset_query = "-"
 statement_cache = 50
 ignore_startup_parameters = ["extra_float_digits"]
 client_park_after = "250ms"
+idle_transaction_timeout = "90s"
 `))
 	if err != nil {
 		t.Fatal(err)
@@ -43,7 +44,7 @@ client_park_after = "250ms"
 	if p == nil || p.Mode != pooling.ModeTransaction || p.Size != 8 || p.MinIdle != 2 || p.Reserve != 1 || p.ReserveAfter != 2*time.Second ||
 		p.WaitTimeout != 3*time.Second || p.IdleTimeout != 4*time.Minute || p.Lifetime != 30*time.Minute || p.Jitter != 0.2 ||
 		p.CheckAfter != 10*time.Second || p.MaxKeys != 7 || p.ResetQuery != pooling.NoReset || p.StatementCache != 50 ||
-		len(p.IgnoreStartupParameters) != 1 || p.IgnoreStartupParameters[0] != "extra_float_digits" || p.ClientParkAfter != 250*time.Millisecond {
+		len(p.IgnoreStartupParameters) != 1 || p.IgnoreStartupParameters[0] != "extra_float_digits" || p.ClientParkAfter != 250*time.Millisecond || p.IdleTransactionTimeout != 90*time.Second {
 		t.Fatalf("pool table: %+v", p)
 	}
 	if p := (&Pool{ClientParkAfter: Duration(time.Second), ParkIdleClients: new(bool)}).proxyConfig(); p.ClientParkAfter >= 0 {

@@ -346,6 +346,12 @@ func (c *Client) InSync(serverKey string) bool {
 	return c.wantAgree && serverKey == c.seenKey
 }
 
+// Forget lets go of what InSync keeps between calls (an idle client's
+// memory); the next InSync computes it again.
+func (c *Client) Forget() {
+	c.seenKey, c.keyFresh = "", false
+}
+
 // NeedsServer reports whether a server must judge the client's startup
 // values before the greeting: a value that differs from defaults, or that
 // the server does not report. The exception is an application_name of at

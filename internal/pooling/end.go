@@ -3,6 +3,7 @@ package pooling
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"time"
 
@@ -18,6 +19,8 @@ const (
 	sqlstateTooManyConnections = "53300" // no server connection became free in time
 	sqlstateConnectionFailure  = "08006" // the server connection was lost
 	sqlstateProtocolViolation  = "08P01"
+	// idle_in_transaction_session_timeout
+	sqlstateIdleInTransactionTimeout = "25P03"
 )
 
 // tryDetach gives srv back to the pool at a ReadyForQuery 'I' (the last
@@ -105,6 +108,7 @@ func (s *Session) resetDone(srv *serverpool.Server, msg pgproto3.BackendMessage)
 // client left it idle) or is closed (mid-transaction, or anything
 // outstanding). It returns reason.
 func (s *Session) end(reason string) string {
+	s.disarmIdleTx()
 	s.mu.Lock()
 	s.ending = true
 	srv, st, done := s.srv, s.st, s.pumpDone
@@ -194,8 +198,49 @@ func (s *Session) serverLost(srv *serverpool.Server, err error) {
 	if !mine {
 		return
 	}
+	if s.idleTxExpired.Load() {
+		// PostgreSQL's own words for its idle_in_transaction_session_timeout.
+		_ = s.writeClient([]pgproto3.BackendMessage{&pgproto3.ErrorResponse{Severity: "FATAL", SeverityUnlocalized: "FATAL",
+			Code: sqlstateIdleInTransactionTimeout, Message: "terminating connection due to idle-in-transaction timeout",
+			Detail: fmt.Sprintf("pgtrust pool: the transaction was idle for idle_transaction_timeout (%s)", s.o.IdleTransactionTimeout),
+			Hint:   "commit or roll back promptly, or raise the pool's idle_transaction_timeout"}})
+		s.abort(srv, "idle transaction timeout", nil)
+		return
+	}
 	_ = s.writeClient([]pgproto3.BackendMessage{errorMessage("FATAL", sqlstateConnectionFailure, serverIOError(err))})
 	s.abort(srv, "server connection lost: "+err.Error(), nil)
+}
+
+// armIdleTx starts the idle-in-transaction clock at a ReadyForQuery that
+// leaves a transaction open; the client's next message stops it.
+func (s *Session) armIdleTx(srv *serverpool.Server, status byte) {
+	d := s.o.IdleTransactionTimeout
+	if d <= 0 || status == 'I' {
+		return
+	}
+	t := time.AfterFunc(d, func() {
+		s.mu.Lock()
+		mine := s.srv == srv
+		s.mu.Unlock()
+		if !mine {
+			return
+		}
+		// Closing the socket ends the pump's read; serverLost then
+		// tells the client why.
+		s.idleTxExpired.Store(true)
+		if pg := srv.PgConn(); pg != nil {
+			_ = pg.Conn().Close()
+		}
+	})
+	if old := s.idleTx.Swap(t); old != nil {
+		old.Stop()
+	}
+}
+
+func (s *Session) disarmIdleTx() {
+	if t := s.idleTx.Swap(nil); t != nil {
+		t.Stop()
+	}
 }
 
 // abort ends the session from the pump: srv is closed, the client

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"os"
+	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -35,6 +36,15 @@ type Parker struct {
 	tick     atomic.Int64
 	stop     chan struct{}
 	stopped  chan struct{}
+
+	// Returning memory to the system: parks counts parks; the sweeper
+	// calls debug.FreeOSMemory when releaseParks more happened since the
+	// last call, at most every releaseEvery.
+	parks        atomic.Int64
+	releasedAt   int64
+	lastRelease  time.Time
+	releaseParks int64
+	releaseEvery time.Duration
 }
 
 // NewParker starts a Parker sweeping every idleAfter (DefaultIdleAfter
@@ -49,7 +59,7 @@ func NewParker(idleAfter time.Duration) (*Parker, error) {
 		return nil, err
 	}
 	p := &Parker{lot: lot, every: idleAfter, sessions: map[*Session]struct{}{},
-		stop: make(chan struct{}), stopped: make(chan struct{})}
+		stop: make(chan struct{}), stopped: make(chan struct{}), releaseParks: 256, releaseEvery: 10 * time.Second}
 	p.tick.Store(1)
 	go p.sweep()
 	return p, nil
@@ -95,7 +105,22 @@ func (p *Parker) sweep() {
 			s.interrupt()
 		}
 		clear(due)
+		p.release()
 	}
+}
+
+// release returns freed memory to the system after a burst of parks: the
+// stacks and buffers of the goroutines that parked clients gave back are
+// free in Go's heap, but the runtime hands them back to the system only
+// slowly, so the process would keep the memory of clients that hold none.
+// It costs a garbage collection, at most every releaseEvery.
+func (p *Parker) release() {
+	n := p.parks.Load()
+	if n-p.releasedAt < p.releaseParks || time.Since(p.lastRelease) < p.releaseEvery {
+		return
+	}
+	p.releasedAt, p.lastRelease = n, time.Now()
+	debug.FreeOSMemory()
 }
 
 func (p *Parker) add(s *Session) {
@@ -213,6 +238,7 @@ func (s *Session) park() bool {
 		<-pumpDone // the pump has given the server back and writes its last bytes
 	}
 	s.rd.release()
+	s.params.Forget()
 	s.parkState.mu.Lock()
 	defer s.parkState.mu.Unlock()
 	if s.closing.Load() {
@@ -224,6 +250,7 @@ func (s *Session) park() bool {
 		return false
 	}
 	s.ticket = t
+	s.o.Parker.parks.Add(1)
 	return true
 }
 

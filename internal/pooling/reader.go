@@ -4,7 +4,6 @@ import (
 	"encoding/binary"
 	"fmt"
 	"io"
-	"sync"
 
 	"github.com/pgtrust/pgtrust/internal/pgwire"
 )
@@ -34,20 +33,17 @@ type msgReader struct {
 func (m *msgReader) atBoundary() bool { return m.boundary && m.w == 0 }
 
 // release lets the buffer go while nothing is buffered (a parked client);
-// the next read takes one again.
+// the next read allocates one again. (Not a sync.Pool: a pool keeps what
+// parked clients gave back alive across a garbage collection, which is the
+// memory parking is meant to free.)
 func (m *msgReader) release() {
-	if m.r == m.w && m.buf != nil {
-		b := m.buf
-		readerBufs.Put(&b)
+	if m.r == m.w {
 		m.buf, m.r, m.w = nil, 0, 0
 	}
 }
 
-// readerBufs recycles the buffers of parked clients.
-var readerBufs = sync.Pool{New: func() any { b := make([]byte, readerSize); return &b }}
-
 func newMsgReader(src io.Reader, max int) *msgReader {
-	return &msgReader{src: src, buf: *readerBufs.Get().(*[]byte), max: max}
+	return &msgReader{src: src, buf: make([]byte, readerSize), max: max}
 }
 
 // Buffered reports whether a whole next message is already here, so that
@@ -65,7 +61,7 @@ func (m *msgReader) Buffered() bool {
 func (m *msgReader) Next() ([]byte, error) {
 	m.big = nil
 	if m.buf == nil {
-		m.buf = *readerBufs.Get().(*[]byte)
+		m.buf = make([]byte, readerSize)
 	}
 	m.boundary = m.r == m.w
 	err := m.fill(5)

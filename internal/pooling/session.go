@@ -88,6 +88,13 @@ type Options struct {
 	// QueryTimeout bounds each of the pool's own queries (parameter
 	// replay, reset, checks). Default 5s.
 	QueryTimeout time.Duration
+	// IdleTransactionTimeout, if positive, ends a session whose client
+	// leaves a transaction open (ReadyForQuery 'T' or 'E') without sending
+	// anything for this long: the server connection is closed (the
+	// transaction rolls back) and the client gets FATAL 25P03, as from
+	// PostgreSQL's idle_in_transaction_session_timeout. PgBouncer's
+	// idle_transaction_timeout.
+	IdleTransactionTimeout time.Duration
 	// Parker, if set, parks the client between transactions in
 	// transaction mode (Serve), when its connection is a plain socket.
 	Parker *Parker
@@ -149,6 +156,9 @@ type Session struct {
 	resetOK     chan bool
 
 	hazard *paramsync.Hazard // reported by the watch during the transaction (under mu)
+
+	idleTx        atomic.Pointer[time.Timer] // armed at a ReadyForQuery 'T' or 'E' (IdleTransactionTimeout)
+	idleTxExpired atomic.Bool
 
 	parkState
 }
@@ -431,6 +441,9 @@ func (s *Session) run(ctx context.Context, canPark bool) (reason string, parked 
 		raw, err := s.rd.Next()
 		if canPark {
 			s.idleTick.Store(0)
+		}
+		if s.o.IdleTransactionTimeout > 0 {
+			s.disarmIdleTx()
 		}
 		if errors.Is(err, errPark) {
 			if s.park() {
@@ -739,6 +752,7 @@ func (s *Session) pump(srv *serverpool.Server, done chan struct{}) {
 			if rfq, ok := msg.(*pgproto3.ReadyForQuery); ok {
 				s.lastTx.Store(uint32(rfq.TxStatus))
 				s.rfqs.Add(1)
+				s.armIdleTx(srv, rfq.TxStatus)
 			}
 			if fe.ReadBufferLen() == 0 || len(wbuf) >= flushAt {
 				if !flush() {
@@ -796,6 +810,7 @@ func (s *Session) pump(srv *serverpool.Server, done chan struct{}) {
 			continue
 		}
 		if rfq.TxStatus != 'I' {
+			s.armIdleTx(srv, rfq.TxStatus)
 			if !flush() {
 				return
 			}

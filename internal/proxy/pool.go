@@ -48,6 +48,9 @@ type PoolConfig struct {
 	// its goroutine back until its next message (pooling.Parker). Default
 	// pooling.DefaultIdleAfter; negative: never.
 	ClientParkAfter time.Duration
+	// IdleTransactionTimeout ends a client's session when it leaves a
+	// transaction open and silent this long (FATAL 25P03); 0: never.
+	IdleTransactionTimeout time.Duration
 }
 
 // Gateway pool modes besides pooling's: inherit the upstream's, or none.
@@ -350,7 +353,7 @@ func (s *session) poolLogin(pool *serverpool.Pool, mode pooling.Mode, role strin
 			s.up.metrics.bytesOut.Add(float64(n))
 		},
 		Logger: s.p.log.With("upstream", s.up.name, "id", s.id),
-		Parker: s.up.parker,
+		Parker: s.up.parker, IdleTransactionTimeout: cfg.IdleTransactionTimeout,
 	}
 	ctx, cancel := context.WithCancel(s.p.ctx)
 	defer cancel()

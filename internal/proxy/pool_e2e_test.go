@@ -1166,3 +1166,54 @@ func TestPoolClientsPark(t *testing.T) {
 		return parked() == n && p.metric(t, "pgtrust_pool_clients_active", nil) == before-1
 	})
 }
+
+// TestPoolIdleTransactionTimeout: a client that leaves a transaction open
+// and silent past idle_transaction_timeout gets FATAL 25P03 (PostgreSQL's
+// message) at its next query, its transaction is rolled back and the
+// server connection's slot freed; a transaction whose statements come
+// more often than the timeout is untouched, in both modes.
+func TestPoolIdleTransactionTimeout(t *testing.T) {
+	t.Parallel()
+	for _, mode := range []pooling.Mode{pooling.ModeTransaction, pooling.ModeSession} {
+		t.Run(string(mode), func(t *testing.T) {
+			env := newEnv(t)
+			p := pooledProxy(t, env, mode, 1, func(pc *PoolConfig) {
+				pc.IdleTransactionTimeout = 400 * time.Millisecond
+				pc.WaitTimeout = 10 * time.Second
+			})
+			port := p.port(t, "pooled")
+			c := warmPool(t, port)
+			ctx, cancel := qctx()
+			defer cancel()
+			mustExec := func(c *pgx.Conn, q string) {
+				t.Helper()
+				if _, err := c.Exec(ctx, q); err != nil {
+					t.Fatalf("%s: %v", q, err)
+				}
+			}
+			mustExec(c, "CREATE TABLE IF NOT EXISTS idle_tx (v int)")
+			// Busy: 8 statements 100 ms apart, 800 ms in all.
+			mustExec(c, "BEGIN")
+			for range 8 {
+				mustExec(c, "INSERT INTO idle_tx VALUES (1)")
+				time.Sleep(100 * time.Millisecond)
+			}
+			mustExec(c, "COMMIT")
+			// Idle: the transaction is ended under the client.
+			mustExec(c, "BEGIN")
+			mustExec(c, "INSERT INTO idle_tx VALUES (2)")
+			time.Sleep(1500 * time.Millisecond)
+			_, err := c.Exec(ctx, "INSERT INTO idle_tx VALUES (3)")
+			pe := wantPgError(t, "a statement after the idle-in-transaction timeout", err, "idle-in-transaction timeout", "25P03")
+			if pe.Severity != "FATAL" || !strings.Contains(pe.Detail, "idle_transaction_timeout") {
+				t.Fatalf("idle timeout error: %s %q", pe.Severity, pe.Detail)
+			}
+			// The pool's only server connection serves the next client, and
+			// only the committed rows exist.
+			d := pgxPool(t, port)
+			if got := mustStr(t, d, "SELECT count(*) FILTER (WHERE v = 1)::text || ' ' || count(*) FILTER (WHERE v <> 1)::text FROM idle_tx"); got != "8 0" {
+				t.Fatalf("rows after the timeout: %q, want 8 committed and none of the idle transaction", got)
+			}
+		})
+	}
+}
