@@ -27,8 +27,11 @@ import (
 	"os/signal"
 	"runtime"
 	"runtime/pprof"
+	"strings"
 	"syscall"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/pgtrust/pgtrust/connstring"
 	"github.com/pgtrust/pgtrust/internal/pooling"
@@ -76,7 +79,8 @@ func run() error {
 	} else if *poolSize != 0 || *authRole != "" {
 		return fmt.Errorf("--pool-size and --auth-role need --pool-mode")
 	}
-	p, err := proxy.New(proxy.Config{Logger: logger, Upstreams: []proxy.UpstreamConfig{u}})
+	reg := prometheus.NewRegistry()
+	p, err := proxy.New(proxy.Config{Logger: logger, Upstreams: []proxy.UpstreamConfig{u}, Registerer: reg})
 	if err != nil {
 		return err
 	}
@@ -108,8 +112,8 @@ func run() error {
 		// hold, with the sessions still open.
 		var ms runtime.MemStats
 		runtime.ReadMemStats(&ms)
-		fmt.Printf("memstats goroutines=%d heap_inuse_kib=%d stack_inuse_kib=%d sys_kib=%d\n",
-			runtime.NumGoroutine(), ms.HeapInuse>>10, ms.StackInuse>>10, ms.Sys>>10)
+		fmt.Printf("memstats goroutines=%d parked=%d heap_inuse_kib=%d stack_inuse_kib=%d heap_released_kib=%d sys_kib=%d rss_kib=%s\n",
+			runtime.NumGoroutine(), parked(reg), ms.HeapInuse>>10, ms.StackInuse>>10, ms.HeapReleased>>10, ms.Sys>>10, rssKiB())
 		f, err := os.Create(*memProfile)
 		if err != nil {
 			return err
@@ -124,4 +128,37 @@ func run() error {
 	defer cancel()
 	_ = p.Shutdown(sctx)
 	return nil
+}
+
+// parked is the proxy's pgtrust_pool_clients_parked: idle pooled clients
+// without a goroutine.
+func parked(reg *prometheus.Registry) int {
+	mfs, err := reg.Gather()
+	if err != nil {
+		return -1
+	}
+	n := 0
+	for _, mf := range mfs {
+		if mf.GetName() == "pgtrust_pool_clients_parked" {
+			for _, m := range mf.GetMetric() {
+				n += int(m.GetGauge().GetValue())
+			}
+		}
+	}
+	return n
+}
+
+// rssKiB is the process's VmRSS in KiB, as /proc/self/status says ("?"
+// where there is none).
+func rssKiB() string {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return "?"
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(line); len(f) >= 2 && f[0] == "VmRSS:" {
+			return f[1]
+		}
+	}
+	return "?"
 }

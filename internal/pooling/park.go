@@ -39,9 +39,11 @@ type Parker struct {
 
 	// Returning memory to the system: parks counts parks; the sweeper
 	// calls debug.FreeOSMemory when releaseParks more happened since the
-	// last call, at most every releaseEvery.
+	// last call and the burst is over (no park since the previous sweep),
+	// or after releaseEvery while parks go on.
 	parks        atomic.Int64
 	releasedAt   int64
+	prevSweep    int64 // parks at the previous sweep
 	lastRelease  time.Time
 	releaseParks int64
 	releaseEvery time.Duration
@@ -113,10 +115,13 @@ func (p *Parker) sweep() {
 // stacks and buffers of the goroutines that parked clients gave back are
 // free in Go's heap, but the runtime hands them back to the system only
 // slowly, so the process would keep the memory of clients that hold none.
-// It costs a garbage collection, at most every releaseEvery.
+// It costs a garbage collection: once per burst of parks, at most every
+// releaseEvery while they go on.
 func (p *Parker) release() {
 	n := p.parks.Load()
-	if n-p.releasedAt < p.releaseParks || time.Since(p.lastRelease) < p.releaseEvery {
+	settled := n == p.prevSweep
+	p.prevSweep = n
+	if n-p.releasedAt < p.releaseParks || !settled && time.Since(p.lastRelease) < p.releaseEvery {
 		return
 	}
 	p.releasedAt, p.lastRelease = n, time.Now()
