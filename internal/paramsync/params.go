@@ -69,11 +69,10 @@ type Client struct {
 	want map[string]string // replayed parameters: the value the client's session has
 	seen map[string]string // every reported parameter: the value the client was last sent
 
-	// Key(seen) and whether want agrees with seen, for InSync; computed
-	// when first asked after a change.
-	seenKey   string
-	keyFresh  bool
-	wantAgree bool
+	// Whether want agrees with seen, for InSync; computed when first
+	// asked after a change.
+	agreeFresh bool
+	wantAgree  bool
 }
 
 // NewClient starts a client's view from its startup packet parameters and
@@ -166,7 +165,7 @@ func checkEncoding(enc string) error {
 // Observe records a ParameterStatus the client was sent (forwarded from the
 // server running its transaction, or synthesised by Reconcile).
 func (c *Client) Observe(name, value string) {
-	c.keyFresh = false
+	c.agreeFresh = false
 	c.seen[name] = value
 	if IsReplayed(name) {
 		c.want[canonical[strings.ToLower(name)]] = value
@@ -309,31 +308,13 @@ func (c *Client) Reconcile(server map[string]string) []*pgproto3.ParameterStatus
 	return out
 }
 
-// Key is a canonical form of a set of reported parameters: equal maps give
-// equal keys, different maps different keys (values are Go-quoted).
-func Key(params map[string]string) string {
-	names := make([]string, 0, len(params))
-	for n := range params {
-		names = append(names, n)
-	}
-	sort.Strings(names)
-	var b strings.Builder
-	for _, n := range names {
-		b.WriteString(strconv.Quote(n))
-		b.WriteByte('=')
-		b.WriteString(strconv.Quote(params[n]))
-		b.WriteByte(' ')
-	}
-	return b.String()
-}
-
 // InSync reports whether a server connection whose reported parameters
-// have the Key serverKey already holds everything the client was told and
-// wants: Plan would return no query and Reconcile no message. It is the
-// pool's per-transaction shortcut; false means run Plan and Reconcile.
-func (c *Client) InSync(serverKey string) bool {
-	if !c.keyFresh {
-		c.seenKey = Key(c.seen)
+// are server already holds everything the client was told and wants: Plan
+// would return no query and Reconcile no message. It is the pool's
+// per-transaction shortcut (no allocation); false means run Plan and
+// Reconcile.
+func (c *Client) InSync(server map[string]string) bool {
+	if !c.agreeFresh {
 		c.wantAgree = true
 		for n, v := range c.want {
 			if s, ok := c.seen[n]; !ok || s != v {
@@ -341,15 +322,17 @@ func (c *Client) InSync(serverKey string) bool {
 				break
 			}
 		}
-		c.keyFresh = true
+		c.agreeFresh = true
 	}
-	return c.wantAgree && serverKey == c.seenKey
-}
-
-// Forget lets go of what InSync keeps between calls (an idle client's
-// memory); the next InSync computes it again.
-func (c *Client) Forget() {
-	c.seenKey, c.keyFresh = "", false
+	if !c.wantAgree || len(server) != len(c.seen) {
+		return false
+	}
+	for n, v := range server {
+		if s, ok := c.seen[n]; !ok || s != v {
+			return false
+		}
+	}
+	return true
 }
 
 // NeedsServer reports whether a server must judge the client's startup

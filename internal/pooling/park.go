@@ -243,7 +243,6 @@ func (s *Session) park() bool {
 		<-pumpDone // the pump has given the server back and writes its last bytes
 	}
 	s.rd.release()
-	s.params.Forget()
 	s.parkState.mu.Lock()
 	defer s.parkState.mu.Unlock()
 	if s.closing.Load() {

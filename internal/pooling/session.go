@@ -111,20 +111,6 @@ type serverState struct {
 	cache *prepared.ServerCache
 	watch *paramsync.Watch
 	owner string // identity of the last session that used it; "" before the first
-
-	// paramsync.Key of the connection's parameters at version paramsVer.
-	paramsKey string
-	paramsVer uint64
-	keyed     bool
-}
-
-// key returns paramsync.Key(srv.Params()), recomputed only after the
-// parameters changed.
-func (st *serverState) key(srv *serverpool.Server) string {
-	if v := srv.ParamsVersion(); !st.keyed || v != st.paramsVer {
-		st.paramsKey, st.paramsVer, st.keyed = paramsync.Key(srv.Params()), v, true
-	}
-	return st.paramsKey
 }
 
 // Session is one client's pooled session.
@@ -645,7 +631,9 @@ func (s *Session) server(ctx context.Context) (*serverpool.Server, *serverState,
 			continue
 		}
 		// The usual case is in sync: nothing to set, nothing to tell.
-		if !s.params.InSync(st.key(srv)) {
+		var inSync bool
+		srv.WithParams(func(p map[string]string) { inSync = s.params.InSync(p) })
+		if !inSync {
 			if err := s.syncParams(ctx, srv); err != nil {
 				return nil, nil, err
 			}

@@ -163,7 +163,6 @@ type conn struct {
 	lastUsed time.Time
 	mu       sync.Mutex // guards params and state
 	params   map[string]string
-	paramVer uint64 // counts SetParam calls, for ParamsVersion
 	state    any
 }
 
@@ -973,16 +972,15 @@ func (s *Server) Params() map[string]string {
 func (s *Server) SetParam(name, value string) {
 	s.c.mu.Lock()
 	s.c.params[name] = value
-	s.c.paramVer++
 	s.c.mu.Unlock()
 }
 
-// ParamsVersion changes whenever SetParam is called: a caller can keep
-// something computed from Params until it does.
-func (s *Server) ParamsVersion() uint64 {
+// WithParams calls f with the connection's reported parameters, which f
+// must neither change nor keep: Params without the copy.
+func (s *Server) WithParams(f func(map[string]string)) {
 	s.c.mu.Lock()
 	defer s.c.mu.Unlock()
-	return s.c.paramVer
+	f(s.c.params)
 }
 
 // State is what the caller stored on the server connection with SetState
