@@ -58,6 +58,24 @@ func warmPool(t *testing.T, port int) *pgx.Conn {
 	return c
 }
 
+// busyPool starts a transaction pool of one server connection with a
+// 1 s wait timeout, and holds that connection in a transaction: the
+// proxy's port, the holding client and its transaction.
+func busyPool(t *testing.T, env *testEnv) (int, *pgx.Conn, pgx.Tx) {
+	t.Helper()
+	p := pooledProxy(t, env, pooling.ModeTransaction, 1, func(pc *PoolConfig) { pc.WaitTimeout = time.Second })
+	port := p.port(t, "pooled")
+	holder := warmPool(t, port)
+	ctx, cancel := qctx()
+	defer cancel()
+	tx, err := holder.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustStr(t, tx, "SELECT 'holding the only server connection'")
+	return port, holder, tx
+}
+
 // qctx bounds one test query (a hang guard).
 func qctx() (context.Context, context.CancelFunc) {
 	return context.WithTimeout(context.Background(), 20*time.Second)
@@ -594,19 +612,12 @@ func TestPoolTransactionParamsAndHazards(t *testing.T) {
 func TestPoolWaitTimeoutAndMaxClients(t *testing.T) {
 	t.Parallel()
 	env := newEnv(t)
-	p := pooledProxy(t, env, pooling.ModeTransaction, 1, func(pc *PoolConfig) { pc.WaitTimeout = time.Second })
-	port := p.port(t, "pooled")
-	holder := warmPool(t, port)
+	port, holder, tx := busyPool(t, env)
 	waiter := pgxPool(t, port)
 	ctx, cancel := qctx()
 	defer cancel()
-	tx, err := holder.Begin(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	mustStr(t, tx, "SELECT 'in'")
 	t0 := time.Now()
-	_, err = str(waiter, "SELECT 'waiter'")
+	_, err := str(waiter, "SELECT 'waiter'")
 	waited := time.Since(t0)
 	wantPgError(t, "client waiting for the pool's only server connection", err, "pgtrust", "53300")
 	var pe *pgconn.PgError
@@ -1068,17 +1079,9 @@ func TestPoolLoginWaitTimeout(t *testing.T) {
 // says what PostgreSQL made of it.
 func TestPoolLoginApplicationName(t *testing.T) {
 	t.Parallel()
-	env := newEnv(t)
-	p := pooledProxy(t, env, pooling.ModeTransaction, 1, func(pc *PoolConfig) { pc.WaitTimeout = time.Second })
-	port := p.port(t, "pooled")
-	holder := warmPool(t, port)
+	port, holder, tx := busyPool(t, newEnv(t))
 	ctx, cancel := qctx()
 	defer cancel()
-	tx, err := holder.Begin(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	mustStr(t, tx, "SELECT 'holding the only server connection'")
 	c, err := pgxConnect(t, port, "sslmode=disable application_name=bench")
 	if err != nil {
 		t.Fatalf("login with application_name=bench while the pool is busy: %v", err)
