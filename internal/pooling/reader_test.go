@@ -122,3 +122,67 @@ func TestMsgReaderAllocatesWhatArrives(t *testing.T) {
 		t.Fatalf("a Sync of 10005 bytes: %v, want a protocol error", err)
 	}
 }
+
+// boundaryProbe records, at each read, whether the reader said it was at a
+// message boundary (the only place a parked read may stop).
+type boundaryProbe struct {
+	src  io.Reader
+	rd   *msgReader
+	seen []bool
+}
+
+func (p *boundaryProbe) Read(b []byte) (int, error) {
+	p.seen = append(p.seen, p.rd.atBoundary())
+	return p.src.Read(b)
+}
+
+// A read may stop for parking only when it is the first of a message and
+// nothing is buffered: never inside a message, big or small, nor when the
+// next message is partly here. release lets the buffer go only when empty.
+func TestMsgReaderBoundary(t *testing.T) {
+	small := frame('Q', []byte("SELECT 1\x00"))
+	big := frame('d', bytes.Repeat([]byte{'x'}, 3*readerSize))
+	stream := append(append(append([]byte{}, small...), big...), small...)
+	p := &boundaryProbe{src: iotest.HalfReader(bytes.NewReader(stream))}
+	r := newMsgReader(p, 1<<20)
+	p.rd = r
+	for i := range 3 {
+		p.seen = p.seen[:0]
+		atStart := r.r == r.w
+		if _, err := r.Next(); err != nil {
+			t.Fatal(err)
+		}
+		for j, at := range p.seen {
+			if at && (j > 0 || !atStart) {
+				t.Fatalf("message %d, read %d: at a boundary inside a message (%v)", i, j, p.seen)
+			}
+		}
+		if atStart && len(p.seen) > 0 && !p.seen[0] {
+			t.Fatalf("message %d: its first read into an empty buffer is not a boundary", i)
+		}
+	}
+	r = newMsgReader(bytes.NewReader(append(append([]byte{}, small...), small[:3]...)), 1<<20)
+	if _, err := r.Next(); err != nil {
+		t.Fatal(err)
+	}
+	r.release()
+	if r.buf == nil {
+		t.Fatal("released the buffer with part of a message in it")
+	}
+	r = newMsgReader(bytes.NewReader(append(append([]byte{}, small...), small...)), 1<<20)
+	if _, err := r.Next(); err != nil {
+		t.Fatal(err)
+	}
+	for r.Buffered() {
+		if _, err := r.Next(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r.release()
+	if r.buf != nil {
+		t.Fatal("kept the buffer with nothing in it")
+	}
+	if got, err := r.Next(); !errors.Is(err, io.EOF) || got != nil {
+		t.Fatalf("after release: %q %v, want EOF with a fresh buffer", got, err)
+	}
+}
