@@ -196,11 +196,11 @@ func (r clientReader) Read(p []byte) (int, error) {
 	}
 }
 
-// Serve relays like Run, and gives its goroutine back while the client is
-// parked (Options.Parker): then it returns before the session ends, and
-// done runs with the reason on whichever goroutine ends it. Without a
-// Parker, or for a client that cannot be parked, it is Run followed by
-// done.
+// Serve relays the session until the client or the session ends, then
+// calls done with the reason. While the client is parked (Options.Parker)
+// the session has no goroutine: Serve returns before the session ends,
+// and done runs on whichever goroutine ends it. Without a Parker, or for a
+// client that cannot be parked, Serve returns after done.
 func (s *Session) Serve(ctx context.Context, done func(reason string)) {
 	s.ctx, s.done = ctx, done
 	if p := s.o.Parker; p != nil && s.o.Mode == ModeTransaction {

@@ -384,13 +384,6 @@ func (s *Session) Close() {
 	s.client.Close()
 }
 
-// Run relays until the client or the session ends, and says why. It never
-// parks (Serve does).
-func (s *Session) Run(ctx context.Context) string {
-	reason, _ := s.run(ctx, false)
-	return reason
-}
-
 // run relays until the session ends (parked false, and why) or, when
 // canPark, until the client is parked (parked true).
 func (s *Session) run(ctx context.Context, canPark bool) (reason string, parked bool) {
@@ -826,5 +819,5 @@ func shrink(b []byte) []byte {
 // Mode returns the session's pool mode.
 func (s *Session) Mode() Mode { return s.o.Mode }
 
-// Discard ends a session whose Run never started (the greeting failed).
+// Discard ends a session whose Serve never started (the greeting failed).
 func (s *Session) Discard() { s.end("discarded") }
