@@ -18,6 +18,7 @@ type Lot struct {
 	slots  map[Ticket]slot
 	next   Ticket
 	closed bool
+	failed error // the wait loop stopped on this error: nothing can be parked
 	done   chan struct{}
 }
 
@@ -60,6 +61,9 @@ func (l *Lot) Park(c syscall.Conn, wake func()) (Ticket, error) {
 	defer l.mu.Unlock()
 	if l.closed {
 		return 0, ErrClosed
+	}
+	if l.failed != nil {
+		return 0, l.failed
 	}
 	l.next++
 	t := l.next
@@ -150,8 +154,20 @@ func (l *Lot) loop() {
 			continue
 		}
 		if err != nil {
-			// Not expected for a valid epoll descriptor; Close still wakes
-			// what is parked.
+			// Not expected for a valid epoll descriptor. Nothing parked
+			// could wake any more: wake it all now, and park nothing
+			// again (callers keep their goroutines).
+			l.mu.Lock()
+			l.failed = fmt.Errorf("parking: epoll_wait: %w", err)
+			wakes = wakes[:0]
+			for t := range l.slots {
+				s, _ := l.take(t)
+				wakes = append(wakes, s.wake)
+			}
+			l.mu.Unlock()
+			for _, w := range wakes {
+				go w()
+			}
 			return
 		}
 		l.mu.Lock()

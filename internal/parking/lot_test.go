@@ -9,6 +9,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // pair returns both ends of a loopback TCP connection.
@@ -204,4 +206,31 @@ func TestParkRefusesWhatItCannotWatch(t *testing.T) {
 	if _, err := l.Park(f, func() {}); err == nil {
 		t.Fatal("parked a regular file")
 	}
+}
+
+// If the wait loop fails (here its epoll descriptor is closed under it),
+// everything parked is woken and nothing more is parked: no connection
+// is left without a goroutine that could ever wake it.
+func TestLoopFailureWakesAndRefuses(t *testing.T) {
+	l, err := New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, _ := pair(t)
+	c, _ := pair(t)
+	wake, ch := woken()
+	if _, err := l.Park(a, wake); err != nil {
+		t.Fatal(err)
+	}
+	// A blocked epoll_wait does not see its descriptor close: the
+	// eventfd wakes it, and its next wait fails.
+	if err := unix.Close(l.epfd); err != nil {
+		t.Fatal(err)
+	}
+	_, _ = unix.Write(l.evfd, []byte{0, 0, 0, 0, 0, 0, 0, 1})
+	expect(t, ch, "parked before the loop failed")
+	if _, err := l.Park(c, wake); err == nil {
+		t.Fatal("parked after the loop failed")
+	}
+	_ = l.Close() // its epoll descriptor is gone already
 }

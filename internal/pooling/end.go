@@ -212,21 +212,36 @@ func (s *Session) serverLost(srv *serverpool.Server, err error) {
 }
 
 // armIdleTx starts the idle-in-transaction clock at a ReadyForQuery that
-// leaves a transaction open; the client's next message stops it.
+// leaves a transaction open and the server waiting for the client (nothing
+// the client sent is unanswered or unwritten), as PostgreSQL starts
+// idle_in_transaction_session_timeout; a ReadyForQuery 'I' stops it, and
+// so does the client's next message. The clock fires only if no message
+// came and the server still waits for the client.
 func (s *Session) armIdleTx(srv *serverpool.Server, status byte) {
 	d := s.o.IdleTransactionTimeout
-	if d <= 0 || status == 'I' {
+	if d <= 0 {
 		return
 	}
+	if status == 'I' {
+		s.disarmIdleTx()
+		return
+	}
+	s.mu.Lock()
+	waiting := s.srv == srv && s.awaitsClientLocked()
+	s.mu.Unlock()
+	if !waiting {
+		return
+	}
+	seen := s.clientMsgs.Load()
 	t := time.AfterFunc(d, func() {
 		s.mu.Lock()
-		mine := s.srv == srv
-		s.mu.Unlock()
-		if !mine {
+		defer s.mu.Unlock()
+		if s.srv != srv || s.clientMsgs.Load() != seen || !s.awaitsClientLocked() {
 			return
 		}
-		// Closing the socket ends the pump's read; serverLost then
-		// tells the client why.
+		// Closing the socket ends the pump's read; serverLost then tells
+		// the client why. Under mu, so srv cannot pass to another client
+		// meanwhile.
 		s.idleTxExpired.Store(true)
 		if pg := srv.PgConn(); pg != nil {
 			_ = pg.Conn().Close()
@@ -235,6 +250,19 @@ func (s *Session) armIdleTx(srv *serverpool.Server, status byte) {
 	if old := s.idleTx.Swap(t); old != nil {
 		old.Stop()
 	}
+}
+
+// awaitsClientLocked reports whether the server connection has answered
+// everything the client sent and nothing of the client's is being written
+// to it; s.mu is held.
+func (s *Session) awaitsClientLocked() bool {
+	if s.inflight > 0 {
+		return false
+	}
+	if s.o.Mode == ModeSession {
+		return s.syncs.Load() == s.rfqs.Load() && !s.unsynced.Load()
+	}
+	return s.st != nil && s.st.cache.Outstanding() == 0
 }
 
 func (s *Session) disarmIdleTx() {

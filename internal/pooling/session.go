@@ -145,6 +145,7 @@ type Session struct {
 
 	idleTx        atomic.Pointer[time.Timer] // armed at a ReadyForQuery 'T' or 'E' (IdleTransactionTimeout)
 	idleTxExpired atomic.Bool
+	clientMsgs    atomic.Uint64 // messages read from the client (with IdleTransactionTimeout)
 
 	parkState
 }
@@ -421,7 +422,9 @@ func (s *Session) run(ctx context.Context, canPark bool) (reason string, parked 
 		if canPark {
 			s.idleTick.Store(0)
 		}
-		if s.o.IdleTransactionTimeout > 0 {
+		if s.o.IdleTransactionTimeout > 0 && err == nil {
+			// Not on a parking interruption: the client sent nothing.
+			s.clientMsgs.Add(1)
 			s.disarmIdleTx()
 		}
 		if errors.Is(err, errPark) {

@@ -1220,3 +1220,74 @@ func TestPoolIdleTransactionTimeout(t *testing.T) {
 		})
 	}
 }
+
+// pipeline3 sends BEGIN, q and COMMIT as three pipelined segments (a Sync
+// each, as pgconn's and libpq's pipeline modes do) and reads every result.
+func pipeline3(c *pgx.Conn, q string) error {
+	ctx, cancel := qctx()
+	defer cancel()
+	pl := c.PgConn().StartPipeline(ctx)
+	for _, s := range []string{"BEGIN", q, "COMMIT"} {
+		pl.SendQueryParams(s, nil, nil, nil, nil)
+		pl.SendPipelineSync()
+	}
+	if err := pl.Flush(); err != nil {
+		return err
+	}
+	for {
+		r, err := pl.GetResults()
+		if err != nil {
+			pl.Close()
+			return err
+		}
+		if r == nil {
+			return pl.Close()
+		}
+		if rr, ok := r.(*pgconn.ResultReader); ok {
+			if _, err := rr.Close(); err != nil {
+				pl.Close()
+				return err
+			}
+		}
+	}
+}
+
+// TestPoolIdleTransactionClock: the idle-in-transaction clock runs only
+// while the server waits for the client inside a transaction, as
+// PostgreSQL's does: a pipelined statement still running behind BEGIN's
+// ReadyForQuery is not idle, a pipelined COMMIT stops the clock, and
+// parking (which interrupts an idle client's read) does not stop it.
+func TestPoolIdleTransactionClock(t *testing.T) {
+	t.Parallel()
+	for _, mode := range []pooling.Mode{pooling.ModeTransaction, pooling.ModeSession} {
+		t.Run(string(mode), func(t *testing.T) {
+			env := newEnv(t)
+			p := pooledProxy(t, env, mode, 1, func(pc *PoolConfig) {
+				pc.IdleTransactionTimeout = 500 * time.Millisecond
+				pc.ClientParkAfter = 50 * time.Millisecond
+				pc.WaitTimeout = 10 * time.Second
+			})
+			port := p.port(t, "pooled")
+			c := warmPool(t, port)
+			if err := pipeline3(c, "SELECT pg_sleep(1.5)"); err != nil {
+				t.Fatalf("pipelined BEGIN; SELECT pg_sleep(1.5); COMMIT (never idle): %v", err)
+			}
+			if err := pipeline3(c, "SELECT 1"); err != nil {
+				t.Fatal(err)
+			}
+			time.Sleep(1200 * time.Millisecond)
+			if got, err := str(c, "SELECT 'ok'"); err != nil || got != "ok" {
+				t.Fatalf("outside any transaction after a pipelined BEGIN/COMMIT: %q %v", got, err)
+			}
+			ctx, cancel := qctx()
+			defer cancel()
+			if _, err := c.Exec(ctx, "BEGIN"); err != nil {
+				t.Fatal(err)
+			}
+			// Several parking sweeps (50 ms) pass while the transaction idles.
+			time.Sleep(2500 * time.Millisecond)
+			_, err := c.Exec(ctx, "SELECT 1")
+			wantPgError(t, "a statement after the idle-in-transaction timeout, with parking sweeps", err, "idle-in-transaction timeout", "25P03")
+		})
+	}
+}
