@@ -233,3 +233,27 @@ func TestWaitBehindStatementDrop(t *testing.T) {
 		}
 	}
 }
+
+// A session that got ErrWait behind a COPY's Query and asks Settled after
+// the CopyInResponse arrived must not wait: the server now waits for the
+// copy data, which the session reads only once it goes on.
+func TestSettledDuringCopyIn(t *testing.T) {
+	c, sc := NewClient(), NewServerCache(0)
+	if _, err := c.Translate(query("COPY zz_settings FROM STDIN"), sc); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Translate(parse("s1", "SELECT 1"), sc); !errors.Is(err, ErrWait) {
+		t.Fatalf("a named Parse behind a Query that may SET: %v, want ErrWait", err)
+	}
+	if _, err := c.Filter(&pgproto3.CopyInResponse{}, sc); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-sc.Settled():
+	default:
+		t.Fatal("Settled is not ready during COPY FROM STDIN: the session would never read the copy data")
+	}
+	if _, err := c.Translate(parse("s1", "SELECT 1"), sc); err != nil {
+		t.Fatalf("retry during COPY: %v", err)
+	}
+}

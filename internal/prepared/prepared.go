@@ -533,7 +533,10 @@ func (sc *ServerCache) uncertain(seq uint64) bool { return seq < sc.sent && seq 
 func (sc *ServerCache) Settled() <-chan struct{} {
 	sc.mu.Lock()
 	defer sc.mu.Unlock()
-	if sc.done == sc.sent && sc.setting == 0 && sc.dropping == 0 {
+	// In COPY FROM STDIN nothing waits (waits says so): a session that
+	// asked before the CopyInResponse arrived must not sleep on a Sync the
+	// server will not answer until the copy data it no longer reads.
+	if sc.copyIn || sc.done == sc.sent && sc.setting == 0 && sc.dropping == 0 {
 		ch := make(chan struct{})
 		close(ch)
 		return ch
