@@ -53,10 +53,13 @@ func TestLibpqParityCRL(t *testing.T) {
 	allOK := per(ok, ok, ok, ok, ok, ok)
 	good := sslServer(p, p.server.ChainPEM, p.server.KeyPEM, nil)
 	revoked := sslServer(p, p.revoked.ChainPEM, p.revoked.KeyPEM, nil)
+	// Made here, not in certHBA: the scenarios run in parallel, after this
+	// function has returned, and must not report through its t.
+	bobRevoked := p.ca.CRLv1(t, p.bobClient.Cert)
 	certHBA := func(o *pgtest.Options) {
 		o.HBA = []string{"local all all trust", "hostssl all all 127.0.0.1/32 cert"}
 		o.CA = p.ca.CertPEM
-		o.CRL = p.ca.CRLv1(t, p.bobClient.Cert)
+		o.CRL = bobRevoked
 	}
 	runParity(t, []scenario{
 		{name: "v1 CRL file, server not revoked", start: good, client: opts + "sslcrl={dir}/v1.crl",

@@ -280,9 +280,13 @@ func TestLibpqParity(t *testing.T) {
 }
 
 // runParity runs each scenario in every sslmode through pgtrust and psql.
+// The scenarios run in parallel: each has its own server (or fake), client
+// files and HOME, and most of their time is spent waiting on the server,
+// psql or, for the silent fake, the connect timeout.
 func runParity(t *testing.T, scs []scenario) {
 	for _, sc := range scs {
 		t.Run(sc.name, func(t *testing.T) {
+			t.Parallel()
 			tgt := sc.start(t)
 			dir := t.TempDir()
 			for name, f := range sc.files {
