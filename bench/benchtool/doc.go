@@ -95,24 +95,23 @@ const (
 	causeCopy = "A large result is a stream of TLS records the proxy decrypts and re-sends in plaintext; " +
 		"its throughput is bounded by the proxy's AES-GCM, copy loop and syscalls, on cores shared with the " +
 		"PostgreSQL backend producing the rows and the client consuming them."
-	causePoolChurn = "Each new client costs the pool an accept, a proxy session and its goroutines, the startup " +
-		"packet's parsing, the greeting and a close, and one thing PgBouncer does not do: pgbench's startup packet " +
-		"sets application_name (PGAPPNAME=bench), which differs from the defaults the pool recorded for its server " +
-		"connections, so internal/pooling's Start takes a server connection at login and applies it with a SET " +
-		"(one more round trip to PostgreSQL per client) so that PostgreSQL judges the value as it would directly; " +
-		"PgBouncer compares the value with its cache and sends nothing until a query needs it. In the " +
-		"pool-txn-churn8 profile of the 2026-12-02 run the login (proxy.(*session).poolLogin) was about a quarter " +
-		"of the proxy's CPU (pooling.Start alone 16%), the accept loop 12%, and system calls 47% in all. pgtrust proxy also logs " +
-		"every session's opening and closing at the default level (PgBouncer logs connections too)."
+	causePoolChurn = "Each new client costs the pool an accept (Go's listener also turns on TCP keep-alive with " +
+		"its own timings: several setsockopt calls), a proxy session and its goroutine, the startup packet's " +
+		"parsing, the greeting, a first transaction on a pooled server connection (with a set_config of " +
+		"pgbench's application_name the first time a server connection meets it) and a close; PgBouncer does the " +
+		"same work in one event loop. pgtrust proxy also logs every session's opening and closing at the default " +
+		"level (PgBouncer logs connections too). The pool-txn-churn8 profile below shows where this run's CPU went."
 	causePoolTxn = "Per query the pool does what PgBouncer does: a read from the client, a TLS write to the " +
-		"server, a TLS read back and a write to the client. pgtrust does it with two goroutines per busy " +
-		"client (the client reader and the server pump) woken through Go's netpoller, where PgBouncer runs one " +
-		"event loop; in the pool-txn-select8 profile of the 2026-12-02 run 54% of the proxy's CPU was in system " +
-		"calls, 12% in the scheduler (findRunnable) and 9% in serverpool.Acquire (a server connection taken " +
-		"and given back per transaction), on two cores shared with PostgreSQL, pgbench and " +
-		"(here) other work."
-	causePoolMemory = "A pooled client holds one goroutine blocked on its socket, and Go gives each goroutine " +
-		"its own stack; PgBouncer keeps every client in one event loop without a stack."
+		"server, a TLS read back and a write to the client, plus a server connection taken and given back " +
+		"(with a non-blocking peek at its socket). pgtrust does it with two goroutines per busy client (the " +
+		"client reader and the server pump) woken through Go's netpoller, where PgBouncer runs one event loop; " +
+		"the pool-txn-select8 profile below shows this run's split between system calls, the scheduler " +
+		"(findRunnable, netpoll) and the pool's own code. The per-round-trip cost is the proxy's data path, " +
+		"shared with the unpooled paths."
+	causePoolMemory = "An idle pooled client is parked after client_park_after (1 s): no goroutine, no read " +
+		"buffer; it keeps its socket and its session state (the proxy session, the startup parameters, the " +
+		"paramsync and prepared-statement state), and the proxy returns the memory parked clients gave back " +
+		"once the burst of parks is over. PgBouncer keeps a client in about 1 KiB of its own structures."
 	causeMemory = "An idle session holds a 2 KiB read buffer per direction (the 32 KiB pooled buffers are " +
 		"borrowed only while data streams), two goroutine stacks, the upstream crypto/tls connection's " +
 		"record buffers (which keep the size of the largest record seen) and the kernel socket objects " +
@@ -444,10 +443,8 @@ func idleHeapFacts(dir string) string {
 		k, x, _ := strings.Cut(f, "=")
 		v[k], _ = strconv.ParseFloat(x, 64)
 	}
-	return fmt.Sprintf(" Measured with %d idle clients open (pool-txn-idle-heap below): %.0f goroutines; "+
-		"stacks in use %.0f KiB, %.1f KiB per client; heap in use %.0f KiB including the process's own, at most "+
-		"%.1f KiB per client (internal/pooling's 2 KiB read buffer, the decoded startup message, the session's state, "+
-		"its paramsync and prepared-statement state: the heap profile's entries, newMsgReader's buffer the largest). "+
-		"The stacks alone are most of the RSS per client.",
-		n, v["goroutines"], v["stack_inuse_kib"], v["stack_inuse_kib"]/float64(n), v["heap_inuse_kib"], v["heap_inuse_kib"]/float64(n))
+	return fmt.Sprintf(" Measured with %d idle clients open (pool-txn-idle-heap below): %.0f of them parked, "+
+		"%.0f goroutines; stacks in use %.0f KiB; heap in use %.0f KiB including the process's own, at most "+
+		"%.1f KiB per client; the proxy's RSS then %.0f KiB.",
+		n, v["parked"], v["goroutines"], v["stack_inuse_kib"], v["heap_inuse_kib"], v["heap_inuse_kib"]/float64(n), v["rss_kib"])
 }
