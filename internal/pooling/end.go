@@ -57,7 +57,7 @@ func (s *Session) tryDetach(srv *serverpool.Server, st *serverState, check bool,
 		switch {
 		case err != nil:
 			clean = false
-			s.o.Logger.Warn("pool check of a server connection failed; closing it", "key", s.o.Key.String(), "error", err.Error())
+			s.o.Log().Warn("pool check of a server connection failed; closing it", "key", s.o.Key.String(), "error", err.Error())
 		case len(hs) > 0:
 			hz = hs[0]
 		}
@@ -68,7 +68,7 @@ func (s *Session) tryDetach(srv *serverpool.Server, st *serverState, check bool,
 		// an idle session; the state dies with the server connection.
 		clean = false
 		*wbuf, _ = hz.ErrorResponse().Encode(*wbuf)
-		s.o.Logger.Warn("session state that transaction mode cannot carry; ending the session", "key", s.o.Key.String(),
+		s.o.Log().Warn("session state that transaction mode cannot carry; ending the session", "key", s.o.Key.String(),
 			"identity", s.o.Identity, "hazard", hz.Error())
 		s.setEnd("transaction mode cannot carry: " + hz.Error())
 	}

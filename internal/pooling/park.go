@@ -250,7 +250,7 @@ func (s *Session) park() bool {
 	}
 	t, err := s.o.Parker.lot.Park(s.conn, s.resume)
 	if err != nil {
-		s.o.Logger.Debug("client not parked", "error", err.Error())
+		s.o.Log().Debug("client not parked", "error", err.Error())
 		return false
 	}
 	s.ticket = t

@@ -100,8 +100,12 @@ type Options struct {
 	Parker *Parker
 	// In and Out count bytes from and to the client (optional).
 	In, Out func(n int)
-	Logger  *slog.Logger
+	// Log returns the session's logger; called only when the session
+	// logs, so that an idle session keeps no logger of its own. Optional.
+	Log func() *slog.Logger
 }
+
+func discardLog() *slog.Logger { return slog.New(slog.DiscardHandler) }
 
 // NoReset disables the session-mode reset query.
 const NoReset = "-"
@@ -166,8 +170,8 @@ func Start(ctx context.Context, client net.Conn, startup map[string]string, o Op
 	if o.QueryTimeout <= 0 {
 		o.QueryTimeout = DefaultQueryTimeout
 	}
-	if o.Logger == nil {
-		o.Logger = slog.New(slog.DiscardHandler)
+	if o.Log == nil {
+		o.Log = discardLog
 	}
 	s := &Session{o: o, client: client, rd: newMsgReader(client, maxMessage)}
 	s.written = sync.NewCond(&s.mu)
@@ -620,7 +624,7 @@ func (s *Session) server(ctx context.Context) (*serverpool.Server, *serverState,
 		}
 		st := s.state(srv)
 		if err := s.handover(ctx, srv, st); err != nil {
-			s.o.Logger.Warn("server connection closed: the reset for another client failed", "key", s.o.Key.String(), "error", err.Error())
+			s.o.Log().Warn("server connection closed: the reset for another client failed", "key", s.o.Key.String(), "error", err.Error())
 			if attempt >= 3 {
 				return nil, nil, err
 			}

@@ -352,7 +352,7 @@ func (s *session) poolLogin(pool *serverpool.Pool, mode pooling.Mode, role strin
 			s.bytesOut.Add(int64(n))
 			s.up.metrics.bytesOut.Add(float64(n))
 		},
-		Logger: s.p.log.With("upstream", s.up.name, "id", s.id),
+		Log:    func() *slog.Logger { return s.p.log.With("upstream", s.up.name, "id", s.id) },
 		Parker: s.up.parker, IdleTransactionTimeout: cfg.IdleTransactionTimeout,
 	}
 	ctx, cancel := context.WithCancel(s.p.ctx)
