@@ -253,12 +253,10 @@ func (s *Session) armIdleTx(srv *serverpool.Server, status byte) {
 }
 
 // awaitsClientLocked reports whether the server connection has answered
-// everything the client sent and nothing of the client's is being written
-// to it; s.mu is held.
+// everything the client sent (its messages are counted when read, before
+// they are written, so a batch still being written counts as unanswered);
+// s.mu is held.
 func (s *Session) awaitsClientLocked() bool {
-	if s.inflight > 0 {
-		return false
-	}
 	if s.o.Mode == ModeSession {
 		return s.syncs.Load() == s.rfqs.Load() && !s.unsynced.Load()
 	}
