@@ -118,6 +118,22 @@ func (l *Lot) take(t Ticket) (slot, bool) {
 	return s, true
 }
 
+// takeAll removes every slot and appends its wake to wakes; l.mu is held.
+func (l *Lot) takeAll(wakes []func()) []func() {
+	for t := range l.slots {
+		s, _ := l.take(t)
+		wakes = append(wakes, s.wake)
+	}
+	return wakes
+}
+
+// wake runs each function in a goroutine of its own.
+func wake(wakes []func()) {
+	for _, w := range wakes {
+		go w()
+	}
+}
+
 // Close wakes every parked connection and stops the Lot.
 func (l *Lot) Close() error {
 	l.mu.Lock()
@@ -126,15 +142,9 @@ func (l *Lot) Close() error {
 		return nil
 	}
 	l.closed = true
-	var wakes []func()
-	for t := range l.slots {
-		s, _ := l.take(t)
-		wakes = append(wakes, s.wake)
-	}
+	wakes := l.takeAll(nil)
 	l.mu.Unlock()
-	for _, w := range wakes {
-		go w()
-	}
+	wake(wakes)
 	var one = [8]byte{7: 1}
 	if _, err := unix.Write(l.evfd, one[:]); err != nil {
 		return fmt.Errorf("parking: eventfd write: %w", err)
@@ -159,15 +169,9 @@ func (l *Lot) loop() {
 			// again (callers keep their goroutines).
 			l.mu.Lock()
 			l.failed = fmt.Errorf("parking: epoll_wait: %w", err)
-			wakes = wakes[:0]
-			for t := range l.slots {
-				s, _ := l.take(t)
-				wakes = append(wakes, s.wake)
-			}
+			wakes = l.takeAll(wakes[:0])
 			l.mu.Unlock()
-			for _, w := range wakes {
-				go w()
-			}
+			wake(wakes)
 			return
 		}
 		l.mu.Lock()
@@ -186,8 +190,6 @@ func (l *Lot) loop() {
 			}
 		}
 		l.mu.Unlock()
-		for _, w := range wakes {
-			go w()
-		}
+		wake(wakes)
 	}
 }

@@ -1179,13 +1179,7 @@ func TestPoolIdleTransactionTimeout(t *testing.T) {
 	t.Parallel()
 	for _, mode := range []pooling.Mode{pooling.ModeTransaction, pooling.ModeSession} {
 		t.Run(string(mode), func(t *testing.T) {
-			env := newEnv(t)
-			p := pooledProxy(t, env, mode, 1, func(pc *PoolConfig) {
-				pc.IdleTransactionTimeout = 400 * time.Millisecond
-				pc.WaitTimeout = 10 * time.Second
-			})
-			port := p.port(t, "pooled")
-			c := warmPool(t, port)
+			port, c := idleTxPool(t, mode, 400*time.Millisecond, 0)
 			ctx, cancel := qctx()
 			defer cancel()
 			mustExec := func(c *pgx.Conn, q string) {
@@ -1219,6 +1213,20 @@ func TestPoolIdleTransactionTimeout(t *testing.T) {
 			}
 		})
 	}
+}
+
+// idleTxPool starts a pool of one server connection in mode with
+// idle_transaction_timeout (and client_park_after, when not 0) and returns
+// its port and a first client.
+func idleTxPool(t *testing.T, mode pooling.Mode, timeout, parkAfter time.Duration) (int, *pgx.Conn) {
+	t.Helper()
+	p := pooledProxy(t, newEnv(t), mode, 1, func(pc *PoolConfig) {
+		pc.IdleTransactionTimeout = timeout
+		pc.ClientParkAfter = parkAfter
+		pc.WaitTimeout = 10 * time.Second
+	})
+	port := p.port(t, "pooled")
+	return port, warmPool(t, port)
 }
 
 // pipeline3 sends BEGIN, q and COMMIT as three pipelined segments (a Sync
@@ -1261,14 +1269,7 @@ func TestPoolIdleTransactionClock(t *testing.T) {
 	t.Parallel()
 	for _, mode := range []pooling.Mode{pooling.ModeTransaction, pooling.ModeSession} {
 		t.Run(string(mode), func(t *testing.T) {
-			env := newEnv(t)
-			p := pooledProxy(t, env, mode, 1, func(pc *PoolConfig) {
-				pc.IdleTransactionTimeout = 500 * time.Millisecond
-				pc.ClientParkAfter = 50 * time.Millisecond
-				pc.WaitTimeout = 10 * time.Second
-			})
-			port := p.port(t, "pooled")
-			c := warmPool(t, port)
+			_, c := idleTxPool(t, mode, 500*time.Millisecond, 50*time.Millisecond)
 			if err := pipeline3(c, "SELECT pg_sleep(1.5)"); err != nil {
 				t.Fatalf("pipelined BEGIN; SELECT pg_sleep(1.5); COMMIT (never idle): %v", err)
 			}
