@@ -108,7 +108,7 @@ func parseKeyValue(s string) (map[string]string, error) {
 		}
 		if i >= len(s) || s[i] != '=' {
 			e := invalid("missing \"=\" after \"%s\" in connection info string", shown).
-				WithFix(`write every setting as keyword=value; quote values that contain spaces: password='a b'`)
+				WithFix(`write every setting as keyword=value; quote values that contain spaces: application_name='my app'`)
 			if afterSecret {
 				e.WithEvidence("the word follows an unquoted secret value, so it may be part of that secret")
 			} else {

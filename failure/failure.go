@@ -120,7 +120,7 @@ func (e *Error) Detail() string {
 	}
 	if e.Fix != "" {
 		b.WriteString("\nfix: ")
-		b.WriteString(e.Fix)
+		b.WriteString(Redact(e.Fix))
 	}
 	return b.String()
 }
@@ -128,7 +128,7 @@ func (e *Error) Detail() string {
 // GoString keeps %#v from printing the fields, and a secret in the cause,
 // unmasked.
 func (e *Error) GoString() string {
-	return fmt.Sprintf("&failure.Error{Class:%q, Message:%q, Evidence:%q, Fix:%q}", e.Class, e.Error(), Redact(e.Evidence), e.Fix)
+	return fmt.Sprintf("&failure.Error{Class:%q, Message:%q, Evidence:%q, Fix:%q}", e.Class, e.Error(), Redact(e.Evidence), Redact(e.Fix))
 }
 
 func (e *Error) Unwrap() error { return e.Err }
@@ -181,7 +181,7 @@ func ReportOf(err error) *Report {
 		return nil
 	}
 	if e, ok := As(err); ok {
-		return &Report{Class: e.Class, Message: e.Error(), Evidence: Redact(e.Evidence), Fix: e.Fix}
+		return &Report{Class: e.Class, Message: e.Error(), Evidence: Redact(e.Evidence), Fix: Redact(e.Fix)}
 	}
 	return &Report{Class: ProtocolError, Message: Redact(err.Error())}
 }
