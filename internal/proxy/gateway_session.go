@@ -527,6 +527,15 @@ func (s *session) openAsRole(role, password string) error {
 		return err
 	}
 	s.up.metrics.dial.Observe(time.Since(t0).Seconds())
+	// pgconn may still have a background reader blocked on the socket (it
+	// starts one when a write during the login took over 15 ms, which load
+	// makes happen): it would swallow the first answer the pipe is waiting
+	// for. SyncConn stops it, with a ping only when one is running; pgconn
+	// asks for it before Hijack.
+	if err := pg.SyncConn(ctx); err != nil {
+		pg.Close(context.Background())
+		return failure.Wrap(failure.ProtocolError, err, "settle the upstream connection before taking it over")
+	}
 	hc, err := pg.Hijack()
 	if err != nil {
 		pg.Close(context.Background())
