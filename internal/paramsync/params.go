@@ -68,11 +68,6 @@ func IsReplayed(name string) bool { return replayed[strings.ToLower(name)] }
 type Client struct {
 	want map[string]string // replayed parameters: the value the client's session has
 	seen map[string]string // every reported parameter: the value the client was last sent
-
-	// Whether want agrees with seen, for InSync; computed when first
-	// asked after a change.
-	agreeFresh bool
-	wantAgree  bool
 }
 
 // NewClient starts a client's view from its startup packet parameters and
@@ -165,7 +160,6 @@ func checkEncoding(enc string) error {
 // Observe records a ParameterStatus the client was sent (forwarded from the
 // server running its transaction, or synthesised by Reconcile).
 func (c *Client) Observe(name, value string) {
-	c.agreeFresh = false
 	c.seen[name] = value
 	if IsReplayed(name) {
 		c.want[canonical[strings.ToLower(name)]] = value
@@ -314,18 +308,13 @@ func (c *Client) Reconcile(server map[string]string) []*pgproto3.ParameterStatus
 // per-transaction shortcut (no allocation); false means run Plan and
 // Reconcile.
 func (c *Client) InSync(server map[string]string) bool {
-	if !c.agreeFresh {
-		c.wantAgree = true
-		for n, v := range c.want {
-			if s, ok := c.seen[n]; !ok || s != v {
-				c.wantAgree = false
-				break
-			}
-		}
-		c.agreeFresh = true
-	}
-	if !c.wantAgree || len(server) != len(c.seen) {
+	if len(server) != len(c.seen) {
 		return false
+	}
+	for n, v := range c.want {
+		if s, ok := c.seen[n]; !ok || s != v {
+			return false
+		}
 	}
 	for n, v := range server {
 		if s, ok := c.seen[n]; !ok || s != v {
