@@ -431,31 +431,37 @@ const (
 )
 
 // holdsOf says what running q may do. A false positive only delays the
-// messages pipelined behind q by q's answer.
+// messages pipelined behind q by q's answer. One pass over q: a Query's
+// text can be large, and every simple Query goes through here.
 func holdsOf(q string) hold {
 	var h hold
-	if containsFold(q, "set") {
-		h |= holdScope
-	}
-	if containsFold(q, "deallocate") || containsFold(q, "discard") {
-		h |= holdDrop
+	for i := 0; i < len(q) && h != holdScope|holdDrop; i++ {
+		switch q[i] | 0x20 {
+		case 's':
+			if hasFoldAt(q, i, "set") {
+				h |= holdScope
+			}
+		case 'd':
+			if hasFoldAt(q, i, "deallocate") || hasFoldAt(q, i, "discard") {
+				h |= holdDrop
+			}
+		}
 	}
 	return h
 }
 
-// containsFold reports whether s contains the lower-case ASCII word w in
+// hasFoldAt reports whether s holds the lower-case ASCII word w at i, in
 // any case.
-func containsFold(s, w string) bool {
-	for i := 0; i+len(w) <= len(s); i++ {
-		j := 0
-		for j < len(w) && s[i+j]|0x20 == w[j] {
-			j++
-		}
-		if j == len(w) {
-			return true
+func hasFoldAt(s string, i int, w string) bool {
+	if len(s)-i < len(w) {
+		return false
+	}
+	for j := 0; j < len(w); j++ {
+		if s[i+j]|0x20 != w[j] {
+			return false
 		}
 	}
-	return false
+	return true
 }
 
 func (sc *ServerCache) hold(h hold) {
