@@ -144,12 +144,16 @@ func (p *Parker) remove(s *Session) {
 // waited, at a message boundary, for the client's next message.
 var errPark = errors.New("pooling: parked")
 
+// parkableConn is a client connection a Parker can watch and interrupt: a
+// plain socket.
+type parkableConn interface {
+	syscall.Conn
+	SetReadDeadline(time.Time) error
+}
+
 // parkState is a session's part in parking.
 type parkState struct {
-	conn interface {
-		syscall.Conn
-		SetReadDeadline(time.Time) error
-	}
+	conn        parkableConn
 	idleTick    atomic.Int64 // the Parker's tick when the session began waiting at a boundary; 0 when not
 	interrupted atomic.Bool  // the Parker set a past read deadline to stop the wait
 	closing     atomic.Bool  // the session is being closed from outside: never park again
@@ -204,10 +208,7 @@ func (r clientReader) Read(p []byte) (int, error) {
 func (s *Session) Serve(ctx context.Context, done func(reason string)) {
 	s.ctx, s.done = ctx, done
 	if p := s.o.Parker; p != nil && s.o.Mode == ModeTransaction {
-		if c, ok := s.client.(interface {
-			syscall.Conn
-			SetReadDeadline(time.Time) error
-		}); ok {
+		if c, ok := s.client.(parkableConn); ok {
 			s.conn = c
 			s.rd.src = clientReader{s}
 			p.add(s)

@@ -161,8 +161,9 @@ type Session struct {
 // recorded defaults yet or the client asks for parameters other than the
 // defaults (so that the server judges them at login, as it would
 // directly), except an application_name PostgreSQL would take as it is
-// (paramsync.Client.NeedsServer): that is set at the first transaction. Errors are classified; a *pgconn.PgError is the server's
-// verdict on the client's request.
+// (paramsync.Client.NeedsServer): that is set at the first transaction.
+// Errors are classified; a *pgconn.PgError is the server's verdict on the
+// client's request.
 func Start(ctx context.Context, client net.Conn, startup map[string]string, o Options) (*Session, []*pgproto3.ParameterStatus, error) {
 	if o.ResetQuery == "" {
 		o.ResetQuery = DefaultResetQuery
@@ -383,12 +384,6 @@ func (s *Session) Cancel(ctx context.Context) (bool, error) {
 	return true, pg.CancelRequest(ctx)
 }
 
-// Close ends the session from outside (proxy shutdown).
-func (s *Session) Close() {
-	s.Wake()
-	s.client.Close()
-}
-
 // run relays until the session ends (parked false, and why) or, when
 // canPark, until the client is parked (parked true).
 func (s *Session) run(ctx context.Context, canPark bool) (reason string, parked bool) {
@@ -427,7 +422,8 @@ func (s *Session) run(ctx context.Context, canPark bool) (reason string, parked 
 			s.idleTick.Store(0)
 		}
 		if s.o.IdleTransactionTimeout > 0 && err == nil {
-			// Not on a parking interruption: the client sent nothing.
+			// A message came: the idle-in-transaction clock stops (a
+			// parking interruption is not a message).
 			s.clientMsgs.Add(1)
 			s.disarmIdleTx()
 		}
