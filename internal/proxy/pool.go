@@ -12,6 +12,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
 
+	"github.com/pgtrust/pgtrust/failure"
 	"github.com/pgtrust/pgtrust/internal/parking"
 	"github.com/pgtrust/pgtrust/internal/pooling"
 	"github.com/pgtrust/pgtrust/internal/serverpool"
@@ -196,7 +197,9 @@ func (p *Proxy) startPools(u *upstream) error {
 			case errors.Is(err, parking.ErrUnsupported):
 				// Clients keep their goroutines on this system.
 			case err != nil:
-				return wrapUpstream(u.name, "pool", err)
+				return wrapUpstream(u.name, "pool", failure.Wrap(failure.ConfigInvalid, err, "start the parking of idle clients").
+					WithEvidence("the epoll set or eventfd that parks idle transaction-mode clients could not be created").
+					WithFix("raise the process's open-file limit (ulimit -n), or set park_idle_clients = false in [upstreams.%s.pool]", u.name))
 			default:
 				u.parker = parker
 			}
