@@ -233,15 +233,8 @@ func writeDoc(b *strings.Builder, r *results, meta map[string]string, metaOrder 
 		anyMiss := false
 		for _, pp := range pgtrustPaths {
 			ok, known, detail := t.check(r, pp)
-			mark := "met"
-			switch {
-			case !known:
-				mark = "not measured"
-			case !ok:
-				mark = "**missed**"
-				anyMiss = true
-			}
-			p(" %s: %s |", mark, detail)
+			anyMiss = anyMiss || known && !ok
+			p(" %s: %s |", verdict(ok, known), detail)
 		}
 		p("\n")
 		if anyMiss {
@@ -405,22 +398,15 @@ func writePooling(b *strings.Builder, r *results, dir string) {
 	seen := map[string]bool{}
 	for _, t := range poolTargets {
 		ok, known, detail := t.check(r)
-		mark := "met"
-		switch {
-		case !known:
-			mark = "not measured"
-		case !ok:
-			mark = "**missed**"
-			if t.cause != "" && !seen[t.cause] {
-				seen[t.cause] = true
-				c := t.cause
-				if t.cause == causePoolMemory {
-					c += idleHeapFacts(dir)
-				}
-				causes = append(causes, fmt.Sprintf("- *%s*: %s", t.text, c))
+		if known && !ok && t.cause != "" && !seen[t.cause] {
+			seen[t.cause] = true
+			c := t.cause
+			if t.cause == causePoolMemory {
+				c += idleHeapFacts(dir)
 			}
+			causes = append(causes, fmt.Sprintf("- *%s*: %s", t.text, c))
 		}
-		p("| %s | %s: %s |\n", t.text, mark, detail)
+		p("| %s | %s: %s |\n", t.text, verdict(ok, known), detail)
 	}
 	p("\n")
 	if len(causes) > 0 {
@@ -428,9 +414,20 @@ func writePooling(b *strings.Builder, r *results, dir string) {
 	}
 }
 
+// verdict is a target's mark in the report's tables.
+func verdict(ok, known bool) string {
+	switch {
+	case !known:
+		return "not measured"
+	case !ok:
+		return "**missed**"
+	}
+	return "met"
+}
+
 // idleHeapFacts reads the first line of profile-pool-txn-idle-heap.txt
-// ("N idle clients: goroutines=G heap_inuse_kib=H stack_inuse_kib=S ...")
-// and says what it means per client.
+// ("N idle clients: goroutines=G parked=P heap_inuse_kib=H
+// stack_inuse_kib=S ... rss_kib=R") and says what it means per client.
 func idleHeapFacts(dir string) string {
 	line, _, _ := strings.Cut(readOptional(dir, "profile-pool-txn-idle-heap.txt"), "\n")
 	head, kv, ok := strings.Cut(line, " idle clients: ")
