@@ -127,10 +127,7 @@ func TestWakeOnPendingDataAndHangup(t *testing.T) {
 // Unpark wakes a parked connection once; a ticket already woken does
 // nothing; Close wakes what is parked and refuses new parks.
 func TestUnparkAndClose(t *testing.T) {
-	l, err := New()
-	if err != nil {
-		t.Fatal(err)
-	}
+	l := newLot(t)
 	a, _ := pair(t)
 	c, _ := pair(t)
 	wake, ch := woken()
