@@ -22,6 +22,12 @@ type Options struct {
 	RootCAs func() *x509.CertPool
 	// DialContext opens the TCP or Unix connection (default net.Dialer).
 	DialContext func(ctx context.Context, network, address string) (net.Conn, error)
+	// WrapTransport, when set, wraps each socket just before its TLS
+	// handshake; the TLS connection reads and writes through what it
+	// returns. The proxy uses it to take established sessions off their
+	// goroutines (internal/relay). The wrapper must pass everything through
+	// until its owner says otherwise. Plaintext connections are not wrapped.
+	WrapTransport func(net.Conn) net.Conn
 	// LookupHost resolves host names (default net.DefaultResolver).
 	LookupHost func(ctx context.Context, host string) ([]string, error)
 	// Trace receives the events of each stage (doctor, metrics).

@@ -152,7 +152,11 @@ func negotiateTLS(ctx context.Context, raw net.Conn, cfg *connstring.Config, hos
 		return nil
 	}
 
-	fb := &firstByteConn{Conn: raw}
+	under := raw
+	if opts != nil && opts.WrapTransport != nil {
+		under = opts.WrapTransport(raw)
+	}
+	fb := &firstByteConn{Conn: under}
 	tconn := tls.Client(fb, tlsCfg)
 	start := time.Now()
 	err = tconn.HandshakeContext(hctx)

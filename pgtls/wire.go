@@ -68,5 +68,9 @@ func (c *firstByteConn) Read(p []byte) (int, error) {
 	return n, err
 }
 
+// NetConn returns the connection underneath, as tls.Conn.NetConn does, so
+// that a caller can find a transport it wrapped (Options.WrapTransport).
+func (c *firstByteConn) NetConn() net.Conn { return c.Conn }
+
 // looksLikeTLSRecord reports whether b is a TLS record content type.
 func looksLikeTLSRecord(b byte) bool { return b >= 20 && b <= 24 }

@@ -28,6 +28,10 @@ import (
 	"github.com/pgtrust/pgtrust/failure"
 )
 
+// maxEventLoops bounds proxy.event_loops: more loops than cores only add
+// wake-ups.
+const maxEventLoops = 256
+
 // Defaults applied when the file, environment and flags leave a key unset.
 const (
 	DefaultHealthListen   = "127.0.0.1:9090"
@@ -91,6 +95,9 @@ type Proxy struct {
 	ConnectTimeout   Duration `toml:"connect_timeout"`
 	AuthTimeout      Duration `toml:"auth_timeout"`
 	MaxStartupPacket int      `toml:"max_startup_packet"` // 0: the proxy's default
+	// EventLoops relay established sessions: 0 means one per GOMAXPROCS,
+	// -1 none (two goroutines per session).
+	EventLoops int `toml:"event_loops"`
 	// AllowWeakerEnvSSLMode lets DB_SSL_MODE (or PGSSLMODE) weaken an
 	// sslmode the configuration writes; otherwise that is config_invalid.
 	AllowWeakerEnvSSLMode bool `toml:"allow_weaker_env_sslmode"`
@@ -327,6 +334,10 @@ func (f *File) check() error {
 	}
 	if _, err := ParseLevel(f.Log.Level); err != nil {
 		return f.invalid("log.level", "unknown log level %q", f.Log.Level).WithFix(`set log.level to "debug", "info", "warn" or "error"`)
+	}
+	if f.Proxy.EventLoops < -1 || f.Proxy.EventLoops > maxEventLoops {
+		return f.invalid("proxy.event_loops", "is %d; it must be -1 (no event loops), 0 (one per GOMAXPROCS) or up to %d", f.Proxy.EventLoops, maxEventLoops).
+			WithFix("remove the key to use one loop per GOMAXPROCS, or set -1 to relay with two goroutines per session")
 	}
 	if f.Proxy.MaxStartupPacket < 0 {
 		return f.invalid("proxy.max_startup_packet", "must not be negative").WithFix("remove the key to use the default, or give a size in bytes")

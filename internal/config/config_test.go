@@ -437,3 +437,38 @@ func TestEnvCannotReplacePinnedRoot(t *testing.T) {
 		}
 	}
 }
+
+// TestEventLoops: proxy.event_loops reaches the proxy's configuration,
+// from the file, the environment and a flag; out-of-range values are
+// config_invalid with the key named.
+func TestEventLoops(t *testing.T) {
+	f, err := Parse([]byte("[proxy]\nevent_loops = 3\n[upstreams.a]\nlisten = \"127.0.0.1:1\"\ndsn = \"host=db sslmode=disable\"\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f.Proxy.EventLoops != 3 {
+		t.Fatalf("file: %d", f.Proxy.EventLoops)
+	}
+	if err := f.ApplyEnv(map[string]string{"PGTRUST_EVENT_LOOPS": "-1"}); err != nil || f.Proxy.EventLoops != -1 {
+		t.Fatalf("env: %v %d", err, f.Proxy.EventLoops)
+	}
+	if err := f.ApplyFlags(map[string]string{"event-loops": "2"}); err != nil || f.Proxy.EventLoops != 2 {
+		t.Fatalf("flag: %v %d", err, f.Proxy.EventLoops)
+	}
+	pc, err := f.ProxyConfig(nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pc.EventLoops != 2 {
+		t.Fatalf("proxy config: %d", pc.EventLoops)
+	}
+	if err := f.ApplyEnv(map[string]string{"PGTRUST_EVENT_LOOPS": "many"}); err == nil {
+		t.Fatal("a word for event_loops was accepted")
+	}
+	for _, bad := range []string{"-2", "257"} {
+		_, err := Parse([]byte("[proxy]\nevent_loops = " + bad + "\n"))
+		if failure.ClassOf(err) != failure.ConfigInvalid || !strings.Contains(err.Error(), "proxy.event_loops") {
+			t.Fatalf("event_loops = %s: %v", bad, err)
+		}
+	}
+}

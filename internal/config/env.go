@@ -47,6 +47,15 @@ var Overrides = []Override{
 		apply: durationSetter(func(f *File) *Duration { return &f.Proxy.AuthTimeout })},
 	{Env: "PGTRUST_DRAIN_DELAY", Flag: "drain-delay", Key: "proxy.drain_delay", Help: "how long /readyz is 503 before the listeners close on shutdown",
 		apply: durationSetter(func(f *File) *Duration { return &f.Proxy.DrainDelay })},
+	{Env: "PGTRUST_EVENT_LOOPS", Flag: "event-loops", Key: "proxy.event_loops", Help: "event loops relaying established sessions (0: one per GOMAXPROCS, -1: none)",
+		apply: func(f *File, v, origin string) error {
+			n, err := strconv.Atoi(v)
+			if err != nil {
+				return overrideError(origin, v, "a number of event loops (0: one per GOMAXPROCS, -1: none)")
+			}
+			f.Proxy.EventLoops = n
+			return nil
+		}},
 	{Env: "PGTRUST_ALLOW_WEAKER_ENV_SSLMODE", Flag: "allow-weaker-env-sslmode", Key: "proxy.allow_weaker_env_sslmode", Help: "let DB_SSL_MODE weaken an sslmode the configuration writes (true/false)",
 		apply: func(f *File, v, origin string) error {
 			b, err := strconv.ParseBool(v)

@@ -213,6 +213,7 @@ func (f *File) ProxyConfig(logger *slog.Logger, reg prometheus.Registerer) (*pro
 		ConnectTimeout:     f.Proxy.ConnectTimeout.D(),
 		AuthTimeout:        f.Proxy.AuthTimeout.D(),
 		MaxStartupPacket:   f.Proxy.MaxStartupPacket,
+		EventLoops:         f.Proxy.EventLoops,
 		ProbeInterval:      f.Health.ProbeInterval.D(),
 		RefusalLogInterval: f.Log.RefusalInterval.D(),
 		Logger:             logger,

@@ -55,8 +55,13 @@ type Config struct {
 	// counted and reported in one summary line. Default 10s. Metrics count
 	// every refusal.
 	RefusalLogInterval time.Duration
-	Logger             *slog.Logger
-	Registerer         prometheus.Registerer // where metrics are registered (nil = none)
+	// EventLoops is how many event loops relay established sessions
+	// (internal/relay): 0 means one per GOMAXPROCS, a negative number none
+	// (two goroutines per session, as on systems without the loops).
+	// Pooled sessions keep their own goroutines either way.
+	EventLoops int
+	Logger     *slog.Logger
+	Registerer prometheus.Registerer // where metrics are registered (nil = none)
 }
 
 // UpstreamConfig is one named upstream server and its local listeners.

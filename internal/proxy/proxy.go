@@ -27,6 +27,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -38,6 +39,7 @@ import (
 	"github.com/pgtrust/pgtrust/failure"
 	"github.com/pgtrust/pgtrust/internal/authlimit"
 	"github.com/pgtrust/pgtrust/internal/keyfile"
+	"github.com/pgtrust/pgtrust/internal/relay"
 	"github.com/pgtrust/pgtrust/pgtls"
 )
 
@@ -135,6 +137,10 @@ type Proxy struct {
 
 	cancelMu   sync.Mutex
 	cancelKeys map[uint32][]*session
+
+	// relays moves established sessions' bytes; nil: each session pipes
+	// with two goroutines.
+	relays *relay.Loops
 }
 
 // listener is one TCP or Unix listener of an upstream.
@@ -171,6 +177,9 @@ func New(cfg Config) (*Proxy, error) {
 	_, _ = rand.Read(nonce[:])
 	p.nonce = hex.EncodeToString(nonce[:])
 	p.ctx, p.cancel = context.WithCancel(context.Background())
+	if err := p.startRelays(cfg.EventLoops); err != nil {
+		return nil, err
+	}
 	var b renewBuild
 	for _, uc := range cfg.Upstreams {
 		u := &upstream{name: uc.Name, cfg: uc, metrics: m.forUpstream(uc.Name)}
@@ -203,6 +212,38 @@ func New(cfg Config) (*Proxy, error) {
 }
 
 func (p *Proxy) tuning() *tuning { return p.tune.Load() }
+
+// wrapTransport is the pgtls hook that lets an event loop take an
+// upstream's socket from under its TLS connection; nil without loops.
+func (p *Proxy) wrapTransport() func(net.Conn) net.Conn {
+	if p.relays == nil {
+		return nil
+	}
+	return relay.Wrap
+}
+
+// startRelays starts n event loops for established sessions (0: one per
+// GOMAXPROCS; negative: none).
+func (p *Proxy) startRelays(n int) error {
+	if n < 0 {
+		return nil
+	}
+	if n == 0 {
+		n = runtime.GOMAXPROCS(0)
+	}
+	loops, err := relay.New(n)
+	switch {
+	case errors.Is(err, relay.ErrUnsupported):
+		return nil // sessions keep their goroutine pipes on this system
+	case err != nil:
+		p.cancel()
+		return failure.Wrap(failure.ConfigInvalid, err, "start the event loops that relay sessions").
+			WithEvidence("an epoll set or eventfd for %d event loops could not be created", n).
+			WithFix("raise the process's open-file limit (ulimit -n), or set event_loops = -1 in [proxy] to relay with goroutines")
+	}
+	p.relays = loops
+	return nil
+}
 
 // Start opens every listener and serves them in goroutines. It returns once
 // all are listening; if one cannot be opened, none stays open and the error
@@ -501,6 +542,9 @@ func (p *Proxy) Close() error {
 		}
 	}
 	p.stopRenewals()
+	if p.relays != nil {
+		_ = p.relays.Close()
+	}
 	return nil
 }
 

@@ -20,6 +20,7 @@ import (
 	"github.com/pgtrust/pgtrust/failure"
 	"github.com/pgtrust/pgtrust/internal/pgwire"
 	"github.com/pgtrust/pgtrust/internal/pooling"
+	"github.com/pgtrust/pgtrust/internal/relay"
 	"github.com/pgtrust/pgtrust/pgtls"
 )
 
@@ -101,6 +102,10 @@ type session struct {
 	// after login in place of the byte pipe.
 	pooled   *pooling.Session
 	poolDone func() // ends the session's count in its pool's key
+
+	// relayed is set once an event loop owns the session's sockets (under
+	// mu): closeAll then asks the loop to close them.
+	relayed *relay.Session
 
 	bytesIn, bytesOut atomic.Int64
 }
@@ -235,7 +240,56 @@ func (s *session) run() {
 		slog.String("upstream_tls", orNone(s.facts.TLSVersionName())),
 		slog.String("upstream_cipher", s.facts.CipherName()),
 	)...)
+	if s.relay(finish) {
+		handedOff = true
+		return
+	}
 	reason, upstreamDropped := s.pipe()
+	s.piped(reason, upstreamDropped)
+}
+
+// relay hands the session to an event loop; finish runs when it ends
+// there. It reports false, with nothing changed, when the proxy has no
+// loops or a side is not a socket the loop can own (the caller pipes).
+func (s *session) relay(finish func()) bool {
+	if s.p.relays == nil {
+		return false
+	}
+	m := s.up.metrics
+	h := relay.Hooks{
+		ClientBytes:   func(n int) { s.bytesIn.Add(int64(n)); m.bytesIn.Add(float64(n)) },
+		UpstreamBytes: func(n int) { s.bytesOut.Add(int64(n)); m.bytesOut.Add(float64(n)) },
+		Grace:         upstreamCloseGrace,
+		Done: func(r relay.Result) {
+			if r.UpstreamSilent {
+				s.logger().Warn("upstream silent after the client closed; closing the session", s.baseAttrs(slog.Duration("grace", upstreamCloseGrace))...)
+			}
+			reason, dropped := s.endReason(r.First, r.ClientErr, r.UpstreamErr, r.Terminated)
+			s.piped(reason, dropped)
+			finish()
+		},
+	}
+	// Under mu: closeAll, from another goroutine, either comes first (and
+	// nothing is handed over) or finds the relayed session to close.
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return false
+	}
+	rs, err := s.p.relays.Start(s.client, s.upConn, h)
+	if err != nil {
+		if !errors.Is(err, relay.ErrNotDetachable) {
+			s.logger().Debug("session stays on goroutines", s.baseAttrs(slog.String("error", err.Error()))...)
+		}
+		return false
+	}
+	s.relayed = rs
+	return true
+}
+
+// piped logs the end of a session's data phase and, when the upstream
+// ended it, asks for a probe.
+func (s *session) piped(reason string, upstreamDropped bool) {
 	if upstreamDropped {
 		// The server may be gone: find out now rather than at the next
 		// probe interval or the next client.
@@ -565,6 +619,9 @@ func (s *session) handshake(c net.Conn, direct bool) error {
 			return c, err
 		}
 	}
+	if s.p.relays != nil {
+		c = relay.Wrap(c) // an event loop may take the socket after authentication
+	}
 	tc := tls.Server(c, cfg)
 	if err := tc.Handshake(); err != nil {
 		if errors.Is(err, os.ErrDeadlineExceeded) {
@@ -723,13 +780,13 @@ func (s *session) relayClientAuth(strippedPlus bool) error {
 // pipe copies both ways until both end, and says why the session closed
 // and whether the upstream ended it (its server may be gone).
 func (s *session) pipe() (string, bool) {
-	var first atomic.Int32     // 1: client ended first, 2: upstream ended first
+	var first atomic.Int32     // the relay.Side that ended first
 	var terminated atomic.Bool // the client's last bytes were a Terminate message
 	clientDone := make(chan error, 1)
 	upDone := make(chan struct{})
 	go func() {
 		err := copyCounted(s.upConn, s.client, &s.bytesIn, s.up.metrics.bytesIn, &terminated)
-		first.CompareAndSwap(0, 1)
+		first.CompareAndSwap(0, int32(relay.Client))
 		if err == nil {
 			// The client finished: let the upstream see EOF and end the
 			// backend, while its last bytes still flow back.
@@ -742,18 +799,25 @@ func (s *session) pipe() (string, bool) {
 	}()
 	upErr := copyCounted(s.client, s.upConn, &s.bytesOut, s.up.metrics.bytesOut, nil)
 	close(upDone)
-	first.CompareAndSwap(0, 2)
+	first.CompareAndSwap(0, int32(relay.Upstream))
 	// Nothing can flow once the upstream is gone.
 	s.closeAll()
 	clientErr := <-clientDone
+	return s.endReason(relay.Side(first.Load()), clientErr, upErr, terminated.Load())
+}
+
+// endReason says why a session's data phase ended and whether the
+// upstream ended it (its server may be gone). first is the side whose
+// direction ended first.
+func (s *session) endReason(first relay.Side, clientErr, upErr error, terminated bool) (string, bool) {
 	switch {
 	case s.p.forced.Load():
 		return "proxy shutdown", false
-	case first.Load() == 1 && clientErr == nil:
+	case first == relay.Client && clientErr == nil:
 		return "client closed", false
-	case first.Load() == 1:
+	case first == relay.Client:
 		return "client error: " + clientErr.Error(), false
-	case upErr == nil && terminated.Load():
+	case upErr == nil && terminated:
 		return "client terminated", false
 	case upErr == nil:
 		return "upstream closed", true
@@ -851,6 +915,12 @@ func (s *session) closeAll() {
 		return
 	}
 	s.closed = true
+	if s.relayed != nil {
+		// The event loop owns both sockets now: it closes them and then
+		// runs the session's end.
+		s.relayed.Close()
+		return
+	}
 	if s.pooled != nil {
 		// A parked client must be woken to end: closing its socket alone
 		// would drop it from the parking lot's watch.

@@ -103,7 +103,7 @@ func (s *upstreamSettings) close() {
 // buildSettings loads and validates the certificate material of u;
 // renewing sources it starts are collected in b.
 func (p *Proxy) buildSettings(u UpstreamConfig, b *renewBuild) (_ *upstreamSettings, err error) {
-	s := &upstreamSettings{conn: u.Conn, opts: &pgtls.Options{Attestation: u.Attestation, AttestationTimeout: u.AttestationTimeout}, leader: u.Leader, maxConns: u.MaxConnections, validation: validationOf(u.Conn),
+	s := &upstreamSettings{conn: u.Conn, opts: &pgtls.Options{Attestation: u.Attestation, AttestationTimeout: u.AttestationTimeout, WrapTransport: p.wrapTransport()}, leader: u.Leader, maxConns: u.MaxConnections, validation: validationOf(u.Conn),
 		reserved: u.ReservedConnections, maxAuth: u.MaxAuthenticating, maxPending: u.MaxPending, maxAuthSrc: u.MaxAuthenticatingPerSource, plainOK: u.PlaintextIntended}
 	defer func() {
 		if err != nil {
