@@ -27,6 +27,10 @@ const (
 	plainSize = 128 << 10
 	// spareMax is the largest send buffer a loop keeps for reuse.
 	spareMax = 256 << 10
+	// chunksPerTurn bounds what one direction passes on before the loop
+	// serves the other sessions: a stream (COPY, a large result) must not
+	// starve the rest of the loop.
+	chunksPerTurn = 8
 )
 
 // Loops is a set of event loops; sessions are spread over them in turn.
@@ -192,6 +196,8 @@ type loop struct {
 	sessions map[uint64]*Session
 	nextID   uint64
 	grace    []*Session // waiting for the upstream's end after the client's
+	again    []*Session // used up their turn with more to pass on
+	turn     []*Session // the again list being served
 	deadline time.Time  // of the read deadline set on file, zero if none
 	events   []unix.EpollEvent
 	rbuf     []byte // socket bytes for crypto/tls
@@ -354,6 +360,17 @@ func (l *loop) serve(uintptr) bool {
 			}
 			s.step()
 		}
+		if len(l.again) > 0 {
+			// Streams that used up their turn go on after the events of
+			// this round, and the loop polls again before waiting.
+			l.turn, l.again = l.again, l.turn[:0]
+			for _, s := range l.turn {
+				s.queued = false
+				s.step()
+			}
+			clear(l.turn)
+			continue
+		}
 		if n < len(l.events) {
 			return false
 		}
@@ -480,6 +497,7 @@ type Session struct {
 	client, up side
 	res        Result
 	over       bool
+	queued     bool // in the loop's again list
 
 	upBytes, graceBytes int64
 	graceAt             time.Time
@@ -535,7 +553,14 @@ func (s *Session) want(d, other *side) {
 // pump passes what src has on to dst until src has nothing more for now,
 // dst cannot take more, or the direction ends.
 func (s *Session) pump(src, dst *side, from Side) {
-	for !s.over {
+	for i := 0; !s.over; i++ {
+		if i == chunksPerTurn {
+			if !s.queued {
+				s.queued = true
+				s.l.again = append(s.l.again, s)
+			}
+			return
+		}
 		if !s.flush(dst, from) {
 			return
 		}

@@ -394,3 +394,52 @@ func TestManySessions(t *testing.T) {
 		}
 	}
 }
+
+// TestStreamDoesNotStarve: on one loop, a session with an endless stream
+// from its upstream must not keep another session's round trips waiting.
+func TestStreamDoesNotStarve(t *testing.T) {
+	ls := startLoops(t, 1)
+	stream := newRig(t, false, true)
+	_, streamDone, _ := start(t, ls, stream, time.Second)
+	stop := make(chan struct{})
+	go func() {
+		chunk := bytes.Repeat([]byte("d"), 64<<10)
+		for {
+			select {
+			case <-stop:
+				stream.server.Close()
+				return
+			default:
+			}
+			if _, err := stream.server.Write(chunk); err != nil {
+				return
+			}
+		}
+	}()
+	go func() { _, _ = io.Copy(io.Discard, stream.app) }()
+
+	pp := newRig(t, false, true)
+	_, ppDone, _ := start(t, ls, pp, time.Second)
+	go func() {
+		_, _ = io.Copy(pp.server, pp.server)
+		pp.server.Close()
+	}()
+	buf := make([]byte, 4)
+	for i := 0; i < 200; i++ {
+		if _, err := pp.app.Write([]byte("ping")); err != nil {
+			t.Fatal(err)
+		}
+		_ = pp.app.SetReadDeadline(time.Now().Add(10 * time.Second))
+		if _, err := io.ReadFull(pp.app, buf); err != nil {
+			t.Fatalf("round trip %d beside the stream: %v", i, err)
+		}
+	}
+	close(stop)
+	closeWrite(t, pp.app)
+	if res := wait(t, ppDone); res.First != Client {
+		t.Fatalf("ping-pong session: %+v", res)
+	}
+	if res := wait(t, streamDone); res.First != Upstream {
+		t.Fatalf("stream session: %+v", res)
+	}
+}
