@@ -355,6 +355,12 @@ func (l *loop) serve(uintptr) bool {
 			if tok&1 == 1 {
 				d = &s.up
 			}
+			if ev.Events&(unix.EPOLLHUP|unix.EPOLLERR) != 0 && d.ended {
+				// epoll reports these whatever was asked; on a side whose
+				// reading is over they would repeat forever.
+				s.hungUp(d)
+				continue
+			}
 			if ev.Events&(unix.EPOLLIN|unix.EPOLLHUP|unix.EPOLLERR|unix.EPOLLRDHUP) != 0 {
 				d.readable = true
 			}
@@ -487,6 +493,7 @@ type side struct {
 	ended      bool   // its reading direction is over
 	writeShut  bool   // its writing direction was closed (close_notify, shutdown)
 	shutWanted bool   // close its writing direction once out is sent
+	unwatched  bool   // out of the epoll set: its peer hung up after its end
 }
 
 // Session is one relayed session.
@@ -530,9 +537,28 @@ func (s *Session) step() {
 	s.want(&s.up, &s.client)
 }
 
+// hungUp handles a reset or closed peer on a side whose reading already
+// ended: a client that can no longer receive ends the session; an upstream
+// is only dropped from the epoll set, so that its last bytes still reach
+// the client.
+func (s *Session) hungUp(d *side) {
+	if d == &s.client {
+		s.end()
+		return
+	}
+	if !d.unwatched {
+		d.unwatched = true
+		_ = epollCtl(s.l.epfd, unix.EPOLL_CTL_DEL, d.fd, 0, 0)
+	}
+	s.step()
+}
+
 // want sets d's epoll interest: readable while its direction runs and the
 // other side can take more, writable while it has bytes waiting.
 func (s *Session) want(d, other *side) {
+	if d.unwatched {
+		return
+	}
 	var ev uint32
 	if !d.ended && len(other.c.pending()) == 0 {
 		ev |= unix.EPOLLIN

@@ -443,3 +443,23 @@ func TestStreamDoesNotStarve(t *testing.T) {
 		t.Fatalf("stream session: %+v", res)
 	}
 }
+
+// TestClientGoneAfterItsEnd: a client that ended its side and then
+// vanished (reset) ends the session at once, although the upstream has
+// its whole grace left: nothing can reach that client any more.
+func TestClientGoneAfterItsEnd(t *testing.T) {
+	ls := startLoops(t, 1)
+	r := newRig(t, false, true)
+	_, done, _ := start(t, ls, r, time.Hour)
+	closeWrite(t, r.app)
+	_ = r.server.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := r.server.Read(make([]byte, 1)); !errors.Is(err, io.EOF) {
+		t.Fatalf("the upstream did not see the client's end: %v", err)
+	}
+	_ = r.app.(*net.TCPConn).SetLinger(0)
+	r.app.Close()
+	res := wait(t, done)
+	if res.First != Client || res.ClientErr != nil || res.UpstreamSilent {
+		t.Fatalf("result %+v, want the client's clean end", res)
+	}
+}
