@@ -460,10 +460,12 @@ func (s *session) refuse(err error) {
 		s.logger().Debug("client closed before its startup packet", s.baseAttrs()...)
 		return
 	}
+	// Counted before the client hears of it: whoever sees the refusal
+	// finds it in the metrics.
+	s.up.metrics.reject(r.reason)
 	if r.msg != nil {
 		s.sendToClient(r.msg)
 	}
-	s.up.metrics.reject(r.reason)
 	s.p.refusals.Log(slog.LevelWarn, "client refused", []any{"upstream", s.up.name, "reason", r.reason},
 		slog.Uint64("id", s.id), slog.String("client", s.raw.RemoteAddr().String()), slog.String("error", r.err.Error()))
 }
