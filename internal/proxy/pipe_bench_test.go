@@ -111,7 +111,15 @@ func (u *pipeUpstream) session(c net.Conn) error {
 
 // startPipeProxy starts the fake upstream and a proxy in front of it, and
 // returns the proxy's TCP address.
-func startPipeProxy(b *testing.B) string {
+// dataPaths are the proxy's two ways of moving an established session's
+// bytes, benchmarked side by side: event loops (the default) and two
+// goroutines per session (event_loops = -1).
+var dataPaths = []struct {
+	name  string
+	loops int
+}{{"loops", 0}, {"goroutines", -1}}
+
+func startPipeProxy(b *testing.B, eventLoops int) string {
 	b.Helper()
 	ca := testpki.NewRootCA(b, "bench CA", testpki.WithKeyType(testpki.ECDSAP256))
 	server := ca.Server(b, testpki.WithKeyType(testpki.ECDSAP256))
@@ -135,7 +143,7 @@ func startPipeProxy(b *testing.B) string {
 	}
 	p, err := proxy.New(proxy.Config{Upstreams: []proxy.UpstreamConfig{{
 		Name: "bench", Listen: "127.0.0.1:0", Conn: conn, MaxConnections: 100000,
-	}}})
+	}}, EventLoops: eventLoops})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -194,7 +202,12 @@ func openSession(b *testing.B, addr, database string) net.Conn {
 // and reads it back: one round trip of a query and its answer. bytes/s
 // counts the message once.
 func BenchmarkPipeEcho(b *testing.B) {
-	addr := startPipeProxy(b)
+	for _, dp := range dataPaths {
+		b.Run("path="+dp.name, func(b *testing.B) { benchEcho(b, startPipeProxy(b, dp.loops)) })
+	}
+}
+
+func benchEcho(b *testing.B, addr string) {
 	for _, size := range []int{64, 1 << 10, 8 << 10} {
 		b.Run(fmt.Sprintf("msg=%dB", size), func(b *testing.B) {
 			c := openSession(b, addr, "echo")
@@ -224,7 +237,12 @@ func BenchmarkPipeEcho(b *testing.B) {
 // BenchmarkPipeStream reads a continuous upstream stream (a large result)
 // through the proxy, 64 KiB per operation.
 func BenchmarkPipeStream(b *testing.B) {
-	addr := startPipeProxy(b)
+	for _, dp := range dataPaths {
+		b.Run("path="+dp.name, func(b *testing.B) { benchStream(b, startPipeProxy(b, dp.loops)) })
+	}
+}
+
+func benchStream(b *testing.B, addr string) {
 	c := openSession(b, addr, "stream")
 	buf := make([]byte, 64<<10)
 	b.SetBytes(int64(len(buf)))
@@ -247,7 +265,12 @@ func BenchmarkPipeStream(b *testing.B) {
 // GC: what a proxied connection costs in memory while it waits. ns/op is the
 // cost of opening a session through the proxy.
 func BenchmarkIdleSession(b *testing.B) {
-	addr := startPipeProxy(b)
+	for _, dp := range dataPaths {
+		b.Run("path="+dp.name, func(b *testing.B) { benchIdle(b, startPipeProxy(b, dp.loops)) })
+	}
+}
+
+func benchIdle(b *testing.B, addr string) {
 	var before, after runtime.MemStats
 	runtime.GC()
 	runtime.ReadMemStats(&before)

@@ -494,6 +494,7 @@ type side struct {
 	writeShut  bool   // its writing direction was closed (close_notify, shutdown)
 	shutWanted bool   // close its writing direction once out is sent
 	unwatched  bool   // out of the epoll set: its peer hung up after its end
+	dry        bool   // crypto/tls said it needs more bytes than it was given
 }
 
 // Session is one relayed session.
@@ -622,6 +623,18 @@ func (s *Session) fill(src *side) ([]byte, error) {
 	off := 0
 	var ferr error
 	for off < len(l.pbuf) {
+		if src.dry && len(src.c.in) == 0 {
+			// crypto/tls has used up what it was given and needs more:
+			// read the socket once.
+			if !src.readable || src.c.readErr != nil {
+				break
+			}
+			n, rerr := readSocket(src, l.rbuf)
+			if n == 0 && rerr == nil {
+				break
+			}
+			src.c.in, src.c.readErr, src.dry = l.rbuf[:n], rerr, false
+		}
 		n, err := src.tls.Read(l.pbuf[off:])
 		off += n
 		if err == nil {
@@ -631,17 +644,7 @@ func (s *Session) fill(src *side) ([]byte, error) {
 			ferr = err
 			break
 		}
-		// crypto/tls needs more bytes: read the socket once.
-		if !src.readable || src.c.readErr != nil {
-			break
-		}
-		n, rerr := readSocket(src, l.rbuf)
-		src.c.in = l.rbuf[:n]
-		if rerr != nil {
-			src.c.readErr = rerr
-		} else if n == 0 {
-			break
-		}
+		src.dry = true
 	}
 	if len(src.c.in) > 0 {
 		// Left over when the plaintext buffer filled: keep a copy, the
