@@ -5,6 +5,8 @@ import (
 	"cmp"
 	"fmt"
 	"io"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"time"
@@ -143,6 +145,25 @@ func parseTraces(r io.Reader) (shares, error) {
 		return s, fmt.Errorf("traces: no samples")
 	}
 	return s, nil
+}
+
+// readShares reads profile-LABEL.traces of each label in dir.
+func readShares(dir string) map[string]shares {
+	out := map[string]shares{}
+	names, _ := filepath.Glob(filepath.Join(dir, "profile-*.traces"))
+	for _, n := range names {
+		f, err := os.Open(n)
+		if err != nil {
+			continue
+		}
+		s, err := parseTraces(f)
+		f.Close()
+		if err != nil {
+			continue
+		}
+		out[strings.TrimSuffix(strings.TrimPrefix(filepath.Base(n), "profile-"), ".traces")] = s
+	}
+	return out
 }
 
 // sharesText: "system calls 41%, scheduler and netpoll 30%, ..." over the
