@@ -399,7 +399,8 @@ func writeDoc(b *strings.Builder, r *results, meta map[string]string, metaOrder 
 	p("pgtrust's proxy measured side by side with what users would otherwise run, on one machine, in one run "+
 		"of `bench/run`. Paths were interleaved (every workload runs on every path in turn, round after round) "+
 		"so that drift hits all of them equally. Each figure is the **median of %d round(s)**, its ratio to "+
-		"**direct TLS** (the baseline), and the min–max spread.\n\n", r.rounds)
+		"**direct TLS** (the baseline), and the min–max spread. How the proxy scales with CPUs and clients, "+
+		"and the capacity per core it implies, is in [scaling.md](scaling.md) (`bench/run --scaling`).\n\n", r.rounds)
 	if n := meta["note"]; n != "" {
 		p("> %s\n\n", n)
 	}
@@ -733,7 +734,8 @@ func writeVariation(b *strings.Builder, x *run) {
 	}
 	p(". Here PostgreSQL, pgbench and the proxy share the same %s CPUs, so a proxy's CPU per transaction is taken "+
 		"from the database and the client; on a host where the proxy has cores of its own the ratios shift. Compare "+
-		"paths within one run, not figures across runs.\n\n", orQ(x.meta["_cpus"]))
+		"paths within one run, not figures across runs; [scaling.md](scaling.md) measures how the proxy's CPU per "+
+		"transaction and throughput change with the CPUs it is given and the number of clients.\n\n", orQ(x.meta["_cpus"]))
 }
 
 func orQ(s string) string {

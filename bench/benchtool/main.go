@@ -10,6 +10,9 @@
 //	                                        "CPU_µs_PER CS_PER CPU_SECONDS" since the snapshot, per N units of work
 //	benchtool metric -url URL -name NAME    a metric's value from a Prometheus text endpoint
 //	benchtool report -dir DIR -out MD ...   docs/benchmarks.md, the chart's data and gnuplot script
+//	benchtool scaling -dir DIR -out MD -capacity MD
+//	                                        docs/scaling.md and the capacity section of docs/proxy.md (bench/run --scaling)
+//	benchtool splice -file F -with F2       replace the generated section of F (between its capacity markers) with F2
 package main
 
 import (
@@ -35,6 +38,10 @@ func main() {
 		err = metric(os.Args[2:])
 	case "report":
 		err = report(os.Args[2:])
+	case "scaling":
+		err = scaling(os.Args[2:])
+	case "splice":
+		err = splice(os.Args[2:])
 	default:
 		usage()
 	}
@@ -46,6 +53,6 @@ func main() {
 
 func usage() {
 	fmt.Fprintln(os.Stderr, "usage: benchtool freeport | hold -n N -dsn DSN | latency FILE... | proc -pid PID (-snap FILE | -since FILE -per N) |\n"+
-		"       metric -url URL -name NAME | report -dir DIR -out FILE")
+		"       metric -url URL -name NAME | report -dir DIR -out FILE | scaling -dir DIR -out FILE -capacity FILE | splice -file FILE -with FILE")
 	os.Exit(2)
 }
