@@ -12,7 +12,11 @@
 //	           [--max-connections N] [--cpuprofile FILE] [--memprofile FILE]
 //	           [--pool-mode session|transaction --pool-size N [--auth-role ROLE]]
 //
-// It prints "ready" on stdout once listening and runs until SIGINT or
+// Like `pgtrust proxy`, it sets GOMAXPROCS to proxy.SidecarProcs (half the
+// CPUs) unless the GOMAXPROCS environment variable is set, so that its
+// profiles show the proxy as the command runs it.
+//
+// It prints "ready gomaxprocs=N" on stdout once listening and runs until SIGINT or
 // SIGTERM, then writes the profiles (with --memprofile also a "memstats"
 // line on stdout: goroutines, heap and stack in use) and shuts the proxy
 // down.
@@ -65,6 +69,9 @@ func run() error {
 	if err != nil {
 		return err
 	}
+	if os.Getenv("GOMAXPROCS") == "" {
+		runtime.GOMAXPROCS(proxy.SidecarProcs(runtime.GOMAXPROCS(0)))
+	}
 	logger := slog.New(slog.DiscardHandler)
 	if *verbose {
 		logger = slog.New(slog.NewTextHandler(os.Stderr, nil))
@@ -104,7 +111,7 @@ func run() error {
 	if err := p.Start(ctx); err != nil {
 		return err
 	}
-	fmt.Println("ready")
+	fmt.Printf("ready gomaxprocs=%d\n", runtime.GOMAXPROCS(0))
 	<-sig.Done()
 	if *memProfile != "" {
 		runtime.GC()

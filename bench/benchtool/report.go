@@ -38,6 +38,7 @@ var workloads = []workload{
 	{"tpcb8", "TPC-B-like, 8 clients", "tps", false},
 	{"churn8", "pgbench -C -S, 8 clients", "tps", false},
 	{"copy", "COPY TO STDOUT", "MB/s", false},
+	{"avg", "latency average, -S 1 client", "ms", true},
 	{"p50", "latency p50, -S 1 client", "ms", true},
 	{"p99", "latency p99, -S 1 client", "ms", true},
 }
@@ -125,29 +126,47 @@ func readResults(dir string) (*results, error) {
 			r.cells[w][p] = summarize(v)
 		}
 	}
-	if mf, err := os.Open(filepath.Join(dir, "memory.tsv")); err == nil {
-		defer mf.Close()
-		sc := bufio.NewScanner(mf)
-		for sc.Scan() {
-			fl := strings.Split(sc.Text(), "\t")
-			if len(fl) != 4 && len(fl) != 5 {
-				return nil, fmt.Errorf("memory.tsv: want path, conns, before, after[, servers]: %q", sc.Text())
-			}
-			n, _ := strconv.Atoi(fl[1])
-			b, _ := strconv.ParseFloat(fl[2], 64)
-			a, _ := strconv.ParseFloat(fl[3], 64)
-			srv := -1
-			if len(fl) == 5 && fl[4] != "" {
-				if srv, err = strconv.Atoi(fl[4]); err != nil {
-					return nil, fmt.Errorf("memory.tsv: bad server count in %q", sc.Text())
-				}
-			}
-			if n > 0 {
-				r.memory = append(r.memory, memoryRow{fl[0], n, b, a, srv})
-			}
-		}
+	if r.memory, err = readMemory(dir); err != nil {
+		return nil, err
 	}
 	return r, nil
+}
+
+// readMemory reads memory.tsv (path, connections, RSS KiB before and
+// after[, server connections]); none when the file is absent.
+func readMemory(dir string) ([]memoryRow, error) {
+	mf, err := os.Open(filepath.Join(dir, "memory.tsv"))
+	if err != nil {
+		if os.IsNotExist(err) {
+			return nil, nil
+		}
+		return nil, err
+	}
+	defer mf.Close()
+	var rows []memoryRow
+	sc := bufio.NewScanner(mf)
+	for sc.Scan() {
+		fl := strings.Split(sc.Text(), "\t")
+		if len(fl) != 4 && len(fl) != 5 {
+			return nil, fmt.Errorf("memory.tsv: want path, conns, before, after[, servers]: %q", sc.Text())
+		}
+		n, err1 := strconv.Atoi(fl[1])
+		b, err2 := strconv.ParseFloat(fl[2], 64)
+		a, err3 := strconv.ParseFloat(fl[3], 64)
+		if err1 != nil || err2 != nil || err3 != nil {
+			return nil, fmt.Errorf("memory.tsv: bad number in %q", sc.Text())
+		}
+		srv := -1
+		if len(fl) == 5 && fl[4] != "" {
+			if srv, err = strconv.Atoi(fl[4]); err != nil {
+				return nil, fmt.Errorf("memory.tsv: bad server count in %q", sc.Text())
+			}
+		}
+		if n > 0 {
+			rows = append(rows, memoryRow{fl[0], n, b, a, srv})
+		}
+	}
+	return rows, sc.Err()
 }
 
 // readMeta reads the key<TAB>value lines bench/run wrote.
@@ -183,7 +202,7 @@ func readOptional(dir, name string) string {
 
 func report(args []string) error {
 	fs := flag.NewFlagSet("report", flag.ContinueOnError)
-	dir := fs.String("dir", "", "directory with results.tsv, memory.tsv, meta.tsv, commands.txt, profile-*.txt")
+	dir := fs.String("dir", "", "directory with results.tsv, memory.tsv, meta.tsv, commands.txt, profile-*.txt, profile-*.traces")
 	out := fs.String("out", "", "markdown file to write")
 	png := fs.String("png", "benchmarks.png", "chart file name, as linked from the markdown and written by gnuplot")
 	if err := fs.Parse(args); err != nil {
