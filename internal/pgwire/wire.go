@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"syscall"
 )
 
 // Request codes of the pre-startup packets (protocol §55.7).
@@ -85,6 +86,20 @@ func (c *PrefixConn) Read(p []byte) (int, error) {
 		return n, nil
 	}
 	return c.Conn.Read(p)
+}
+
+// SyscallConn exposes the socket once the prefix has been read, so that
+// the proxy's event loop can take it after the TLS handshake; taking it
+// earlier would lose the prefix.
+func (c *PrefixConn) SyscallConn() (syscall.RawConn, error) {
+	if len(c.Prefix) > 0 {
+		return nil, errors.New("pgwire: the replayed prefix is not read yet")
+	}
+	sc, ok := c.Conn.(syscall.Conn)
+	if !ok {
+		return nil, errors.New("pgwire: the connection has no descriptor")
+	}
+	return sc.SyscallConn()
 }
 
 // CloseWrite half-closes c when it supports it (TCP, Unix, TLS), so the peer

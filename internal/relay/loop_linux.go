@@ -75,7 +75,8 @@ func (ls *Loops) Close() error {
 // side ends, then closes both and runs h.Done. Each side is a plain socket
 // or a *tls.Conn made over Wrap; bytes crypto/tls has already buffered
 // are relayed first. On ErrNotDetachable nothing was taken: the caller
-// still owns both connections. Start must not race with the connections'
+// still owns both connections; otherwise Done runs once, whatever
+// happens (a stopped loop ends the session at once). Start must not race with the connections'
 // other users; once it returns, the loop owns them (Session.Close ends
 // the session from any goroutine).
 func (ls *Loops) Start(client, upstream net.Conn, h Hooks) (*Session, error) {
@@ -104,9 +105,13 @@ func (ls *Loops) Start(client, upstream net.Conn, h Hooks) (*Session, error) {
 	l := ls.loops[ls.next.Add(1)%uint32(len(ls.loops))]
 	s := &Session{l: l, h: h, client: *cs, up: *us}
 	if err := l.submit(command{start: s}); err != nil {
+		// The sockets are taken: the session ends here, as if closed.
 		syscall.Close(cfd)
 		syscall.Close(ufd)
-		return nil, err
+		s.over = true
+		if h.Done != nil {
+			go h.Done(Result{UpstreamErr: err})
+		}
 	}
 	return s, nil
 }
@@ -128,6 +133,9 @@ func sideOf(c net.Conn) (*side, func() (int, error), error) {
 	sc, ok := sock.(syscall.Conn)
 	if !ok {
 		return nil, nil, ErrNotDetachable
+	}
+	if a := sock.LocalAddr(); a != nil {
+		d.network = a.Network()
 	}
 	raw, err := sc.SyscallConn()
 	if err != nil {
@@ -258,19 +266,21 @@ func newLoop() (*loop, error) {
 // submit queues a command and wakes the loop.
 func (l *loop) submit(c command) error {
 	l.mu.Lock()
+	defer l.mu.Unlock()
 	if l.stopped {
-		l.mu.Unlock()
-		return errors.New("relay: the event loop is stopped")
+		return errStopped
 	}
-	wake := len(l.cmds) == 0
-	l.cmds = append(l.cmds, c)
-	l.mu.Unlock()
-	if wake {
+	if len(l.cmds) == 0 {
 		l.wake()
 	}
+	l.cmds = append(l.cmds, c)
 	return nil
 }
 
+var errStopped = errors.New("relay: the event loop is stopped")
+
+// wake writes the eventfd; l.mu is held, so that the loop cannot have
+// closed it (run marks the loop stopped under mu before it does).
 func (l *loop) wake() {
 	one := [8]byte{0: 1}
 	_, _ = unix.Write(l.evfd, one[:])
@@ -278,12 +288,11 @@ func (l *loop) wake() {
 
 func (l *loop) stop() error {
 	l.mu.Lock()
-	already := l.stopped
-	l.stopped = true
-	l.mu.Unlock()
-	if !already {
+	if !l.stopped {
+		l.stopped = true
 		l.wake()
 	}
+	l.mu.Unlock()
 	<-l.done
 	return nil
 }
@@ -291,6 +300,11 @@ func (l *loop) stop() error {
 func (l *loop) run() {
 	defer close(l.done)
 	defer func() {
+		// Stopped first: nothing can queue a command or write the eventfd
+		// once it is closed.
+		l.mu.Lock()
+		l.stopped = true
+		l.mu.Unlock()
 		l.file.Close()
 		unix.Close(l.evfd)
 	}()
@@ -309,6 +323,9 @@ func (l *loop) run() {
 			break
 		}
 	}
+	l.mu.Lock()
+	l.stopped = true // a failed loop takes no more sessions either
+	l.mu.Unlock()
 	l.drainCommands()
 	for _, s := range l.sessions {
 		if l.err != nil && s.res.First == Neither {
@@ -324,10 +341,8 @@ func (l *loop) isStopped() bool {
 	return l.stopped
 }
 
-// serve handles what is ready and returns false to wait for Go's poller
-// (true only to stop). It does not confirm an empty set before waiting:
-// any event after its last poll wakes the poller again, and a spurious
-// wake-up costs one empty poll.
+// serve handles what is ready until a poll finds nothing, then returns
+// false to wait for Go's poller (true only to stop).
 func (l *loop) serve(uintptr) bool {
 	for {
 		n, e := pollNow(l.epfd, l.events)
@@ -337,6 +352,9 @@ func (l *loop) serve(uintptr) bool {
 		if e != 0 {
 			l.err = fmt.Errorf("relay: epoll_pwait: %w", e)
 			return true
+		}
+		if n == 0 && len(l.again) == 0 {
+			return false // nothing ready and no stream owed a turn: wait
 		}
 		for i := range l.events[:n] {
 			ev := &l.events[i]
@@ -368,18 +386,24 @@ func (l *loop) serve(uintptr) bool {
 		}
 		if len(l.again) > 0 {
 			// Streams that used up their turn go on after the events of
-			// this round, and the loop polls again before waiting.
+			// this round.
 			l.turn, l.again = l.again, l.turn[:0]
 			for _, s := range l.turn {
 				s.queued = false
 				s.step()
 			}
 			clear(l.turn)
-			continue
+			// A stream can keep the loop from waiting at all: the grace
+			// deadlines are checked here too.
+			if !l.deadline.IsZero() && !time.Now().Before(l.deadline) {
+				l.checkGrace(time.Now())
+				l.armDeadline(true)
+			}
 		}
-		if n < len(l.events) {
-			return false
-		}
+		// Poll again before waiting, always: the Go poller sees the epoll
+		// set's descriptor edge-triggered, and an entry that is still ready
+		// (a short read that left an end of stream behind it, or interest
+		// added to an entry the last poll returned) signals no new edge.
 	}
 }
 
@@ -483,10 +507,11 @@ func (l *loop) putSpare(b []byte) {
 
 // side is one socket of a session.
 type side struct {
-	fd    int
-	tls   *tls.Conn // nil for plaintext
-	c     *Conn     // the transport: crypto/tls's buffers, and what waits to be sent
-	token uint64
+	fd      int
+	network string    // "tcp" or "unix", for errors
+	tls     *tls.Conn // nil for plaintext
+	c       *Conn     // the transport: crypto/tls's buffers, and what waits to be sent
+	token   uint64
 
 	interest   uint32 // the epoll events asked for
 	readable   bool   // the socket may have bytes to read
@@ -667,7 +692,7 @@ func readSocket(d *side, p []byte) (int, error) {
 			d.readable = false
 			return 0, nil
 		case e != 0:
-			return 0, &net.OpError{Op: "read", Net: "tcp", Err: os.NewSyscallError("read", e)}
+			return 0, &net.OpError{Op: "read", Net: d.network, Err: os.NewSyscallError("read", e)}
 		case n == 0:
 			d.readable = false
 			return 0, io.EOF
@@ -699,8 +724,7 @@ func (s *Session) deliver(p []byte, dst *side, from Side) bool {
 			dst.c.out = s.l.takeSpare()
 		}
 		if _, err := dst.tls.Write(p); err != nil {
-			s.fail(dst, err)
-			s.end()
+			s.directionFailed(from, err)
 			return false
 		}
 		return s.flush(dst, from)
@@ -758,7 +782,7 @@ func writeSocket(d *side, p []byte) (int, error) {
 		case e == unix.EAGAIN:
 			return 0, nil
 		case e != 0:
-			return 0, &net.OpError{Op: "write", Net: "tcp", Err: os.NewSyscallError("write", e)}
+			return 0, &net.OpError{Op: "write", Net: d.network, Err: os.NewSyscallError("write", e)}
 		}
 		return n, nil
 	}

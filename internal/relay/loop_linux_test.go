@@ -10,6 +10,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"runtime"
 	"sync"
 	"testing"
 	"time"
@@ -461,5 +462,113 @@ func TestClientGoneAfterItsEnd(t *testing.T) {
 	res := wait(t, done)
 	if res.First != Client || res.ClientErr != nil || res.UpstreamSilent {
 		t.Fatalf("result %+v, want the client's clean end", res)
+	}
+}
+
+// rawOf is the socket under a test end (a TLS connection's transport).
+func rawOf(c net.Conn) net.Conn {
+	if tc, ok := c.(*tls.Conn); ok {
+		c = tc.NetConn()
+	}
+	if rc, ok := c.(*Conn); ok {
+		c = rc.Conn
+	}
+	return c
+}
+
+// TestEndAfterShortRead: an upstream that sends its last bytes and closes
+// (as PostgreSQL does after a FATAL), TLS ones without close_notify, is
+// seen to end although the read that returned the bytes was short and the
+// loop then waited. One P makes the loop wait between the two.
+func TestEndAfterShortRead(t *testing.T) {
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1))
+	for _, m := range modes {
+		t.Run(m.name, func(t *testing.T) {
+			ls := startLoops(t, 1)
+			r := newRig(t, m.clientTLS, m.upTLS)
+			_, done, _ := start(t, ls, r, time.Hour)
+			time.Sleep(50 * time.Millisecond) // the loop is waiting
+			msg := "FATAL: terminating connection due to administrator command"
+			if _, err := r.server.Write([]byte(msg)); err != nil {
+				t.Fatal(err)
+			}
+			rawOf(r.server).Close() // no close_notify: a killed backend
+			_ = r.app.SetReadDeadline(time.Now().Add(10 * time.Second))
+			got, err := io.ReadAll(r.app)
+			if err != nil || string(got) != msg {
+				t.Fatalf("client got %q, %v; want the message, then the end", got, err)
+			}
+			if res := wait(t, done); res.First != Upstream {
+				t.Fatalf("result %+v, want the upstream's end", res)
+			}
+		})
+	}
+}
+
+// TestBothDirectionsHeldBack: small socket buffers and an app that reads
+// in bursts hold both directions back at once, over and over; interest
+// changes on entries the last poll returned must not leave the session
+// waiting for an edge that never comes.
+func TestBothDirectionsHeldBack(t *testing.T) {
+	ls := startLoops(t, 1)
+	// 8 KiB socket buffers make TCP itself slow (window updates wait for
+	// the persist timer): a few hundred KiB are enough transitions.
+	for iter := 0; iter < 4; iter++ {
+		r := newRig(t, true, true)
+		for _, c := range []net.Conn{r.client, r.up} {
+			tc := rawOf(c).(*net.TCPConn)
+			_ = tc.SetReadBuffer(8 << 10)
+			_ = tc.SetWriteBuffer(8 << 10)
+		}
+		_, done, _ := start(t, ls, r, 10*time.Second)
+		go func() {
+			_, _ = io.Copy(r.server, r.server)
+			r.server.Close()
+		}()
+		payload := bytes.Repeat([]byte("0123456789abcdef"), 8<<10)
+		go func() {
+			for off := 0; off < len(payload); off += 4096 {
+				if _, err := r.app.Write(payload[off : off+4096]); err != nil {
+					return
+				}
+			}
+			_ = r.app.(interface{ CloseWrite() error }).CloseWrite()
+		}()
+		var got []byte
+		buf := make([]byte, 3000)
+		for len(got) < len(payload) {
+			time.Sleep(time.Millisecond)
+			_ = r.app.SetReadDeadline(time.Now().Add(10 * time.Second))
+			n, err := r.app.Read(buf)
+			got = append(got, buf[:n]...)
+			if err != nil {
+				t.Fatalf("iteration %d: stalled after %d of %d bytes: %v", iter, len(got), len(payload), err)
+			}
+		}
+		if !bytes.Equal(got, payload) {
+			t.Fatalf("iteration %d: the echo differs", iter)
+		}
+		if res := wait(t, done); res.First != Client || res.ClientErr != nil {
+			t.Fatalf("iteration %d: result %+v", iter, res)
+		}
+	}
+}
+
+// TestStoppedLoop: a session handed to loops that are closed ends at once
+// (its Done runs), and its sockets are closed.
+func TestStoppedLoop(t *testing.T) {
+	ls, err := New(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ls.Close()
+	r := newRig(t, false, true)
+	_, done, _ := start(t, ls, r, time.Second)
+	if res := wait(t, done); res.UpstreamErr == nil {
+		t.Fatalf("result %+v, want the stopped loop's error", res)
+	}
+	_ = r.app.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := r.app.Read(make([]byte, 1)); !errors.Is(err, io.EOF) {
+		t.Fatalf("app read %v, want EOF", err)
 	}
 }
