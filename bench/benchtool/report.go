@@ -95,29 +95,23 @@ func (r *results) ratio(w, p string) (float64, bool) {
 func readResults(dir string) (*results, error) {
 	r := &results{cells: map[string]map[string]stats{}}
 	raw := map[string]map[string][]float64{}
-	f, err := os.Open(filepath.Join(dir, "results.tsv"))
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for line := 1; sc.Scan(); line++ {
-		fl := strings.Split(sc.Text(), "\t")
+	err := eachRow(filepath.Join(dir, "results.tsv"), func(line int, fl []string) error {
 		if len(fl) != 4 {
-			return nil, fmt.Errorf("results.tsv:%d: want round, path, workload, value: %q", line, sc.Text())
+			return fmt.Errorf("results.tsv:%d: want round, path, workload, value: %q", line, strings.Join(fl, "\t"))
 		}
 		round, err1 := strconv.Atoi(fl[0])
 		v, err2 := strconv.ParseFloat(fl[3], 64)
 		if err1 != nil || err2 != nil {
-			return nil, fmt.Errorf("results.tsv:%d: bad number in %q", line, sc.Text())
+			return fmt.Errorf("results.tsv:%d: bad number in %q", line, strings.Join(fl, "\t"))
 		}
 		r.rounds = max(r.rounds, round)
 		if raw[fl[2]] == nil {
 			raw[fl[2]] = map[string][]float64{}
 		}
 		raw[fl[2]][fl[1]] = append(raw[fl[2]][fl[1]], v)
-	}
-	if err := sc.Err(); err != nil {
+		return nil
+	})
+	if err != nil {
 		return nil, err
 	}
 	for w, byPath := range raw {
@@ -135,38 +129,51 @@ func readResults(dir string) (*results, error) {
 // readMemory reads memory.tsv (path, connections, RSS KiB before and
 // after[, server connections]); none when the file is absent.
 func readMemory(dir string) ([]memoryRow, error) {
-	mf, err := os.Open(filepath.Join(dir, "memory.tsv"))
-	if err != nil {
-		if os.IsNotExist(err) {
-			return nil, nil
-		}
-		return nil, err
-	}
-	defer mf.Close()
 	var rows []memoryRow
-	sc := bufio.NewScanner(mf)
-	for sc.Scan() {
-		fl := strings.Split(sc.Text(), "\t")
+	err := eachRow(filepath.Join(dir, "memory.tsv"), func(_ int, fl []string) error {
+		row := strings.Join(fl, "\t")
 		if len(fl) != 4 && len(fl) != 5 {
-			return nil, fmt.Errorf("memory.tsv: want path, conns, before, after[, servers]: %q", sc.Text())
+			return fmt.Errorf("memory.tsv: want path, conns, before, after[, servers]: %q", row)
 		}
 		n, err1 := strconv.Atoi(fl[1])
 		b, err2 := strconv.ParseFloat(fl[2], 64)
 		a, err3 := strconv.ParseFloat(fl[3], 64)
 		if err1 != nil || err2 != nil || err3 != nil {
-			return nil, fmt.Errorf("memory.tsv: bad number in %q", sc.Text())
+			return fmt.Errorf("memory.tsv: bad number in %q", row)
 		}
 		srv := -1
 		if len(fl) == 5 && fl[4] != "" {
+			var err error
 			if srv, err = strconv.Atoi(fl[4]); err != nil {
-				return nil, fmt.Errorf("memory.tsv: bad server count in %q", sc.Text())
+				return fmt.Errorf("memory.tsv: bad server count in %q", row)
 			}
 		}
 		if n > 0 {
 			rows = append(rows, memoryRow{fl[0], n, b, a, srv})
 		}
+		return nil
+	})
+	if os.IsNotExist(err) {
+		return nil, nil
 	}
-	return rows, sc.Err()
+	return rows, err
+}
+
+// eachRow calls fn with the tab-separated fields of every line of file,
+// numbered from 1; it stops at fn's first error.
+func eachRow(file string, fn func(line int, fl []string) error) error {
+	f, err := os.Open(file)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for line := 1; sc.Scan(); line++ {
+		if err := fn(line, strings.Split(sc.Text(), "\t")); err != nil {
+			return err
+		}
+	}
+	return sc.Err()
 }
 
 // readMeta reads the key<TAB>value lines bench/run wrote.

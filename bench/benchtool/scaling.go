@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"flag"
 	"fmt"
 	"math"
@@ -59,32 +58,26 @@ func optFloat(s string) (float64, bool, error) {
 // MB, seconds, proxy CPU seconds).
 func readScaling(dir string) (*scalingData, error) {
 	d := &scalingData{points: map[scaleKey]*scalePoint{}, copies: map[scaleKey]*copyPoint{}}
-	f, err := os.Open(filepath.Join(dir, "scaling.tsv"))
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for line := 1; sc.Scan(); line++ {
-		fl := strings.Split(sc.Text(), "\t")
+	err := eachRow(filepath.Join(dir, "scaling.tsv"), func(line int, fl []string) error {
 		if len(fl) != 10 {
-			return nil, fmt.Errorf("scaling.tsv:%d: want 10 fields: %q", line, sc.Text())
+			return fmt.Errorf("scaling.tsv:%d: want 10 fields: %q", line, strings.Join(fl, "\t"))
 		}
 		round, e1 := strconv.Atoi(fl[0])
 		cpus, e2 := strconv.Atoi(fl[1])
 		clients, e3 := strconv.Atoi(fl[3])
 		if e1 != nil || e2 != nil || e3 != nil {
-			return nil, fmt.Errorf("scaling.tsv:%d: bad round, cpus or clients: %q", line, sc.Text())
+			return fmt.Errorf("scaling.tsv:%d: bad round, cpus or clients: %q", line, strings.Join(fl, "\t"))
 		}
 		var v [6]float64
 		var ok [6]bool
 		for i := range v {
+			var err error
 			if v[i], ok[i], err = optFloat(fl[4+i]); err != nil {
-				return nil, fmt.Errorf("scaling.tsv:%d: %v", line, err)
+				return fmt.Errorf("scaling.tsv:%d: %v", line, err)
 			}
 		}
 		if !ok[0] || !ok[1] {
-			return nil, fmt.Errorf("scaling.tsv:%d: no tps or latency: %q", line, sc.Text())
+			return fmt.Errorf("scaling.tsv:%d: no tps or latency: %q", line, strings.Join(fl, "\t"))
 		}
 		k := scaleKey{cpus, fl[2], clients}
 		pt := d.points[k]
@@ -108,8 +101,9 @@ func readScaling(dir string) (*scalingData, error) {
 		if !slices.Contains(d.clients, clients) {
 			d.clients = append(d.clients, clients)
 		}
-	}
-	if err := sc.Err(); err != nil {
+		return nil
+	})
+	if err != nil {
 		return nil, err
 	}
 	if len(d.points) == 0 {
@@ -117,38 +111,34 @@ func readScaling(dir string) (*scalingData, error) {
 	}
 	slices.Sort(d.cpus)
 	slices.Sort(d.clients)
-	if cf, err := os.Open(filepath.Join(dir, "scaling-copy.tsv")); err == nil {
-		defer cf.Close()
-		sc := bufio.NewScanner(cf)
-		for line := 1; sc.Scan(); line++ {
-			fl := strings.Split(sc.Text(), "\t")
-			if len(fl) != 6 {
-				return nil, fmt.Errorf("scaling-copy.tsv:%d: want 6 fields: %q", line, sc.Text())
-			}
-			cpus, err := strconv.Atoi(fl[1])
-			if err != nil {
-				return nil, fmt.Errorf("scaling-copy.tsv:%d: %q", line, sc.Text())
-			}
-			mb, ok1, err1 := optFloat(fl[3])
-			secs, ok2, err2 := optFloat(fl[4])
-			cpu, ok3, err3 := optFloat(fl[5])
-			if err1 != nil || err2 != nil || err3 != nil || !ok1 || !ok2 || secs <= 0 {
-				return nil, fmt.Errorf("scaling-copy.tsv:%d: %q", line, sc.Text())
-			}
-			k := scaleKey{cpus, fl[2], 0}
-			c := d.copies[k]
-			if c == nil {
-				c = &copyPoint{}
-				d.copies[k] = c
-			}
-			c.mbps = append(c.mbps, mb/secs)
-			if ok3 && cpu > 0 {
-				c.mbPerCPUSec = append(c.mbPerCPUSec, mb/cpu)
-			}
+	err = eachRow(filepath.Join(dir, "scaling-copy.tsv"), func(line int, fl []string) error {
+		if len(fl) != 6 {
+			return fmt.Errorf("scaling-copy.tsv:%d: want 6 fields: %q", line, strings.Join(fl, "\t"))
 		}
-		if err := sc.Err(); err != nil {
-			return nil, err
+		cpus, err := strconv.Atoi(fl[1])
+		if err != nil {
+			return fmt.Errorf("scaling-copy.tsv:%d: %q", line, strings.Join(fl, "\t"))
 		}
+		mb, ok1, err1 := optFloat(fl[3])
+		secs, ok2, err2 := optFloat(fl[4])
+		cpu, ok3, err3 := optFloat(fl[5])
+		if err1 != nil || err2 != nil || err3 != nil || !ok1 || !ok2 || secs <= 0 {
+			return fmt.Errorf("scaling-copy.tsv:%d: %q", line, strings.Join(fl, "\t"))
+		}
+		k := scaleKey{cpus, fl[2], 0}
+		c := d.copies[k]
+		if c == nil {
+			c = &copyPoint{}
+			d.copies[k] = c
+		}
+		c.mbps = append(c.mbps, mb/secs)
+		if ok3 && cpu > 0 {
+			c.mbPerCPUSec = append(c.mbPerCPUSec, mb/cpu)
+		}
+		return nil
+	})
+	if err != nil && !os.IsNotExist(err) {
+		return nil, err
 	}
 	if d.memory, err = readMemory(dir); err != nil {
 		return nil, err
