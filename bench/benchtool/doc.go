@@ -520,7 +520,7 @@ func writeDoc(b *strings.Builder, r *results, meta map[string]string, metaOrder 
 			}
 			p("- *%s* (missed by %s): %s\n", m.t.text, strings.Join(names, " and "), strings.Join(fresh, " "))
 		}
-		p("\n")
+		p("\nThe causes traced beyond these figures, and the next steps, are in [proxy.md](proxy.md#data-path).\n\n")
 	}
 
 	writeVariation(b, x)
