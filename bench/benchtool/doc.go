@@ -401,18 +401,7 @@ func writeDoc(b *strings.Builder, r *results, meta map[string]string, metaOrder 
 		"so that drift hits all of them equally. Each figure is the **median of %d round(s)**, its ratio to "+
 		"**direct TLS** (the baseline), and the min–max spread. How the proxy scales with CPUs and clients, "+
 		"and the capacity per core it implies, is in [scaling.md](scaling.md) (`bench/run --scaling`).\n\n", r.rounds)
-	if n := meta["note"]; n != "" {
-		p("> %s\n\n", n)
-	}
-
-	p("## Machine\n\n| | |\n|---|---|\n")
-	for _, k := range metaOrder {
-		if k == "date" || k == "note" || strings.HasPrefix(k, "_") {
-			continue
-		}
-		p("| %s | %s |\n", k, strings.ReplaceAll(meta[k], "|", "\\|"))
-	}
-	p("\n")
+	writeMachine(b, meta, metaOrder)
 
 	p("## Paths\n\n")
 	p("| path | what |\n|---|---|\n")
@@ -561,6 +550,22 @@ func writeDoc(b *strings.Builder, r *results, meta map[string]string, metaOrder 
 }
 
 // writeCPU renders the proxy CPU and context switches per transaction.
+// writeMachine writes the run's note, if any, and the Machine table of
+// meta.tsv in the order bench/run wrote it.
+func writeMachine(b *strings.Builder, meta map[string]string, order []string) {
+	if n := meta["note"]; n != "" {
+		fmt.Fprintf(b, "> %s\n\n", n)
+	}
+	b.WriteString("## Machine\n\n| | |\n|---|---|\n")
+	for _, k := range order {
+		if k == "date" || k == "note" || strings.HasPrefix(k, "_") {
+			continue
+		}
+		fmt.Fprintf(b, "| %s | %s |\n", k, strings.ReplaceAll(meta[k], "|", "\\|"))
+	}
+	b.WriteString("\n")
+}
+
 func writeCPU(b *strings.Builder, x *run) {
 	p := func(format string, a ...any) { fmt.Fprintf(b, format, a...) }
 	measured := false

@@ -313,17 +313,7 @@ func writeScaling(b *strings.Builder, d *scalingData, meta map[string]string, or
 		"clients' connections included) divided by the transactions pgbench counted; *CPUs busy* is that times the tps; "+
 		"*cs/txn*, the context switches of its threads per transaction (`/proc/PID/task/*/status`). The main comparison "+
 		"with every path is in [benchmarks.md](benchmarks.md).\n\n", d.rounds)
-	if n := meta["note"]; n != "" {
-		p("> %s\n\n", n)
-	}
-	p("## Machine\n\n| | |\n|---|---|\n")
-	for _, k := range order {
-		if k == "date" || k == "note" || strings.HasPrefix(k, "_") {
-			continue
-		}
-		p("| %s | %s |\n", k, strings.ReplaceAll(meta[k], "|", "\\|"))
-	}
-	p("\n")
+	writeMachine(b, meta, order)
 
 	p("## pgbench -S by clients\n\n")
 	for _, cpus := range d.cpus {
