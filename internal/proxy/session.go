@@ -24,9 +24,6 @@ import (
 	"github.com/pgtrust/pgtrust/pgtls"
 )
 
-// terminateMessage is the frontend's Terminate ('X', length 4).
-const terminateMessage = "X\x00\x00\x00\x04"
-
 // copyBufferSize is the size of the pooled buffers a direction borrows
 // while data streams (a large result, COPY).
 const copyBufferSize = 32 << 10
@@ -262,7 +259,7 @@ func (s *session) relay(finish func()) bool {
 		Grace:         upstreamCloseGrace,
 		Done: func(r relay.Result) {
 			if r.UpstreamSilent {
-				s.logger().Warn("upstream silent after the client closed; closing the session", s.baseAttrs(slog.Duration("grace", upstreamCloseGrace))...)
+				s.warnUpstreamSilent()
 			}
 			reason, dropped := s.endReason(r.First, r.ClientErr, r.UpstreamErr, r.Terminated)
 			s.piped(reason, dropped)
@@ -285,6 +282,12 @@ func (s *session) relay(finish func()) bool {
 	}
 	s.relayed = rs
 	return true
+}
+
+// warnUpstreamSilent logs a session closed because the upstream stayed
+// silent for upstreamCloseGrace after the client's end was passed on.
+func (s *session) warnUpstreamSilent() {
+	s.logger().Warn("upstream silent after the client closed; closing the session", s.baseAttrs(slog.Duration("grace", upstreamCloseGrace))...)
 }
 
 // piped logs the end of a session's data phase and, when the upstream
@@ -846,7 +849,7 @@ func (s *session) awaitUpstreamEOF(upDone <-chan struct{}) {
 			last = n
 			continue
 		}
-		s.logger().Warn("upstream silent after the client closed; closing the session", s.baseAttrs(slog.Duration("grace", upstreamCloseGrace))...)
+		s.warnUpstreamSilent()
 		s.closeAll()
 		return
 	}
@@ -880,7 +883,7 @@ func copyCounted(dst, src net.Conn, n *atomic.Int64, total interface{ Add(float6
 			n.Add(int64(r))
 			total.Add(float64(r))
 			if terminated != nil {
-				terminated.Store(r >= 5 && string(buf[r-5:r]) == terminateMessage)
+				terminated.Store(relay.EndsWithTerminate(buf[:r]))
 			}
 		}
 		if err != nil {

@@ -147,9 +147,9 @@ type Result struct {
 // terminateMessage is the frontend's Terminate ('X', length 4).
 const terminateMessage = "X\x00\x00\x00\x04"
 
-// endsWithTerminate reports whether a chunk the client sent ends with a
-// Terminate message.
-func endsWithTerminate(p []byte) bool {
+// EndsWithTerminate reports whether a chunk the client sent ends with a
+// Terminate message (the goroutine pipe asks it too).
+func EndsWithTerminate(p []byte) bool {
 	return len(p) >= 5 && string(p[len(p)-5:]) == terminateMessage
 }
 

@@ -709,7 +709,7 @@ func readSocket(d *side, p []byte) (int, error) {
 // false when the session ended on a failure.
 func (s *Session) deliver(p []byte, dst *side, from Side) bool {
 	if from == Client {
-		s.res.Terminated = endsWithTerminate(p)
+		s.res.Terminated = EndsWithTerminate(p)
 		if s.h.ClientBytes != nil {
 			s.h.ClientBytes(len(p))
 		}
@@ -879,15 +879,8 @@ func (s *Session) end() {
 	s.over = true
 	l := s.l
 	for _, d := range []*side{&s.client, &s.up} {
-		if d.tls != nil && !d.writeShut {
-			d.writeShut = true
-			if d.c.out == nil {
-				d.c.out = l.takeSpare()
-			}
-			_ = d.tls.CloseWrite()
-			if p := d.c.pending(); len(p) > 0 {
-				_, _ = writeSocket(d, p)
-			}
+		if d.tls != nil {
+			s.shutWrite(d) // its close_notify, if not sent yet
 		}
 		if d.c.out != nil {
 			l.putSpare(d.c.out)
