@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/pgtrust/pgtrust/internal/parking"
+	"github.com/pgtrust/pgtrust/internal/relay"
 )
 
 // DefaultIdleAfter is how long a transaction-mode client waits between
@@ -158,8 +159,9 @@ type parkState struct {
 	interrupted atomic.Bool  // the Parker set a past read deadline to stop the wait
 	closing     atomic.Bool  // the session is being closed from outside: never park again
 
-	mu     sync.Mutex // orders Park's ticket with the wake that clears it
-	ticket parking.Ticket
+	mu      sync.Mutex // orders Park's ticket (and a loop's hand-over) with the wake that clears it
+	ticket  parking.Ticket
+	relayed *relay.Session // the event loop's session (serveOnLoop); nil on goroutines
 
 	ctx  context.Context
 	done func(reason string)
@@ -207,6 +209,10 @@ func (r clientReader) Read(p []byte) (int, error) {
 // client that cannot be parked, Serve returns after done.
 func (s *Session) Serve(ctx context.Context, done func(reason string)) {
 	s.ctx, s.done = ctx, done
+	if s.serveOnLoop() {
+		return
+	}
+	s.startPump()
 	if p := s.o.Parker; p != nil && s.o.Mode == ModeTransaction {
 		if c, ok := s.client.(parkableConn); ok {
 			s.conn = c
@@ -268,15 +274,29 @@ func (s *Session) resume() {
 	s.serve()
 }
 
+// OnLoop reports whether the session runs on an event loop (serveOnLoop).
+func (s *Session) OnLoop() bool {
+	s.parkState.mu.Lock()
+	defer s.parkState.mu.Unlock()
+	return s.relayed != nil
+}
+
 // Wake ends parking for good and resumes a parked session, which then reads
 // its client as usual. Call it before closing the client from outside:
 // a closed socket leaves the Parker's watch without waking the session.
-func (s *Session) Wake() {
+// It reports true for a session on an event loop, which it closes: the
+// loop owns the client's socket and closes it, and the caller must not.
+func (s *Session) Wake() bool {
 	s.closing.Store(true)
 	s.parkState.mu.Lock()
-	t := s.ticket
+	t, rs := s.ticket, s.relayed
 	s.parkState.mu.Unlock()
 	if t != 0 {
 		s.o.Parker.lot.Unpark(t)
 	}
+	if rs != nil {
+		rs.Close() // the loop ends it; Serve's done runs then
+		return true
+	}
+	return false
 }

@@ -13,7 +13,12 @@
 //
 // # Concurrency
 //
-// Two goroutines per session while it holds a server connection: the
+// A session-mode session runs on an event loop when the proxy has them
+// (Options.Loops, serveOnLoop): no goroutine of its own, and only the
+// message boundaries and a few message types followed (relay.Framing);
+// the loop gives the server connection back at the end for its reset.
+// Otherwise, and always in transaction mode, there are two goroutines per
+// session while it holds a server connection: the
 // client's (reads the client, translates, writes to the server) and a pump
 // (reads the server, filters, writes to the client). Only the pump gives a
 // server connection back in transaction mode, at a ReadyForQuery 'I' with
@@ -45,6 +50,7 @@ import (
 	"github.com/pgtrust/pgtrust/failure"
 	"github.com/pgtrust/pgtrust/internal/paramsync"
 	"github.com/pgtrust/pgtrust/internal/prepared"
+	"github.com/pgtrust/pgtrust/internal/relay"
 	"github.com/pgtrust/pgtrust/internal/serverpool"
 )
 
@@ -98,6 +104,9 @@ type Options struct {
 	// Parker, if set, parks the client between transactions in
 	// transaction mode (Serve), when its connection is a plain socket.
 	Parker *Parker
+	// Loops, if set, relay session-mode sessions on event loops
+	// (serveOnLoop) instead of two goroutines each.
+	Loops *relay.Loops
 	// In and Out count bytes from and to the client (optional).
 	In, Out func(n int)
 	// Log returns the session's logger; called only when the session
@@ -131,10 +140,11 @@ type Session struct {
 	written  *sync.Cond // signalled (under mu) when inflight drops to 0
 	srv      *serverpool.Server
 	st       *serverState
-	inflight int           // translated batches not yet written to srv
-	pumpDone chan struct{} // closed when the latest pump wrote its last byte to the client
-	ending   bool          // the client goroutine is ending the session
-	endErr   string        // why a pump ended the session
+	inflight int                // translated batches not yet written to srv
+	pumpDone chan struct{}      // closed when the latest pump wrote its last byte to the client
+	pumpOf   *serverpool.Server // the latest pump's server connection
+	ending   bool               // the client goroutine is ending the session
+	endErr   string             // why a pump ended the session
 
 	// Session mode: sync points written and ReadyForQuery received, and
 	// whether extended-protocol messages follow the last sync point.
@@ -241,7 +251,7 @@ func Start(ctx context.Context, client net.Conn, startup map[string]string, o Op
 		}
 		greet = pc.Reconcile(srv.Params())
 		if o.Mode == ModeSession {
-			s.attach(srv)
+			s.attach(srv, false) // Serve relays it: on a loop, or with a pump
 		} else {
 			srv.Release(true)
 		}
@@ -358,13 +368,28 @@ func (s *Session) handover(ctx context.Context, srv *serverpool.Server, st *serv
 	return nil
 }
 
-// attach makes srv the session's server connection and starts its pump.
-func (s *Session) attach(srv *serverpool.Server) {
-	done := make(chan struct{})
+// attach makes srv the session's server connection and, with pump,
+// starts its pump.
+func (s *Session) attach(srv *serverpool.Server, pump bool) {
 	s.mu.Lock()
-	s.srv, s.st, s.pumpDone = srv, s.state(srv), done
+	s.srv, s.st = srv, s.state(srv)
 	s.mu.Unlock()
-	go s.pump(srv, done)
+	if pump {
+		s.startPump()
+	}
+}
+
+// startPump starts the pump of the attached server connection, unless it
+// runs already or there is none.
+func (s *Session) startPump() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.srv == nil || s.pumpDone != nil && s.pumpOf == s.srv {
+		return
+	}
+	done := make(chan struct{})
+	s.pumpDone, s.pumpOf = done, s.srv
+	go s.pump(s.srv, done)
 }
 
 // Cancel sends a CancelRequest to the server connection running the
@@ -634,7 +659,7 @@ func (s *Session) server(ctx context.Context) (*serverpool.Server, *serverState,
 				return nil, nil, err
 			}
 		}
-		s.attach(srv)
+		s.attach(srv, true)
 		s.mu.Lock()
 		srv, st = s.srv, s.st
 		s.mu.Unlock()
@@ -823,4 +848,7 @@ func shrink(b []byte) []byte {
 func (s *Session) Mode() Mode { return s.o.Mode }
 
 // Discard ends a session whose Serve never started (the greeting failed).
-func (s *Session) Discard() { s.end("discarded") }
+func (s *Session) Discard() {
+	s.startPump() // a session-mode connection's reset reads through it
+	s.end("discarded")
+}

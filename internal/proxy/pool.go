@@ -357,6 +357,7 @@ func (s *session) poolLogin(pool *serverpool.Pool, mode pooling.Mode, role strin
 		},
 		Log:    func() *slog.Logger { return s.p.log.With("upstream", s.up.name, "id", s.id) },
 		Parker: s.up.parker, IdleTransactionTimeout: cfg.IdleTransactionTimeout,
+		Loops: s.p.relays,
 	}
 	ctx, cancel := context.WithCancel(s.p.ctx)
 	defer cancel()

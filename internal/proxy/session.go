@@ -926,10 +926,11 @@ func (s *session) closeAll() {
 		s.relayed.Close()
 		return
 	}
-	if s.pooled != nil {
+	if s.pooled != nil && s.pooled.Wake() {
 		// A parked client must be woken to end: closing its socket alone
-		// would drop it from the parking lot's watch.
-		s.pooled.Wake()
+		// would drop it from the parking lot's watch. A session on an
+		// event loop is closed by the loop, sockets included.
+		return
 	}
 	// TLS first, so that its close_notify goes out before the socket closes.
 	if s.client != nil && s.client != s.raw {

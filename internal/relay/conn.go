@@ -4,6 +4,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"syscall"
 	"time"
 )
 
@@ -35,6 +36,11 @@ type Conn struct {
 	net.Conn
 	owned bool
 
+	// The addresses, fixed at Wrap: a kept connection's socket changes
+	// hands (Framing), and a cancel request may ask for the address
+	// meanwhile.
+	local, remote net.Addr
+
 	in      []byte // read from the socket, not yet taken by crypto/tls
 	readErr error  // the socket's read side ended: io.EOF or the error
 
@@ -45,10 +51,37 @@ type Conn struct {
 // Wrap returns c wrapped for crypto/tls, so that a loop can take the
 // socket after the handshake: pass it to tls.Client or tls.Server (or set
 // it as pgtls.Options.WrapTransport).
-func Wrap(c net.Conn) net.Conn { return &Conn{Conn: c} }
+func Wrap(c net.Conn) net.Conn { return wrap(c) }
+
+func wrap(c net.Conn) *Conn { return &Conn{Conn: c, local: c.LocalAddr(), remote: c.RemoteAddr()} }
+
+// LocalAddr is the socket's local address.
+func (c *Conn) LocalAddr() net.Addr { return c.local }
+
+// RemoteAddr is the socket's remote address.
+func (c *Conn) RemoteAddr() net.Addr { return c.remote }
+
+// SyscallConn is the socket's, as it is now (a kept connection's socket
+// changes hands); it fails while a loop owns the socket.
+func (c *Conn) SyscallConn() (syscall.RawConn, error) {
+	sc, ok := c.Conn.(syscall.Conn)
+	if c.owned || !ok {
+		return nil, ErrNotDetachable
+	}
+	return sc.SyscallConn()
+}
 
 func (c *Conn) Read(p []byte) (int, error) {
 	if !c.owned {
+		if len(c.in) > 0 {
+			// Read by a loop that gave the socket back (Framing) and not
+			// yet taken by crypto/tls: these come first.
+			n := copy(p, c.in)
+			if c.in = c.in[n:]; len(c.in) == 0 {
+				c.in = nil
+			}
+			return n, nil
+		}
 		return c.Conn.Read(p)
 	}
 	if len(c.in) == 0 {
@@ -111,6 +144,9 @@ type Hooks struct {
 	// clean end was passed on before the session is closed anyway (a hung
 	// server whose kernel still acknowledges would pin it forever).
 	Grace time.Duration
+	// Framing, if set, keeps the upstream for its owner (a pooled server
+	// connection); see Framing. Grace does not apply then.
+	Framing *Framing
 	// Done runs once, in a goroutine of its own, after both sockets are
 	// closed.
 	Done func(Result)
@@ -142,6 +178,12 @@ type Result struct {
 	// UpstreamSilent: closed after Grace of upstream silence following
 	// the client's clean end.
 	UpstreamSilent bool
+	// UpstreamEnded: the upstream's reading ended or its socket failed.
+	UpstreamEnded bool
+	// UpstreamKept (Framing): the upstream connection was not closed. It
+	// is back in Go's poller, standing between messages, with nothing of
+	// the client's left unsent; its owner uses it as before the session.
+	UpstreamKept bool
 }
 
 // terminateMessage is the frontend's Terminate ('X', length 4).

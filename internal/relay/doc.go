@@ -19,6 +19,12 @@
 // used up, which crypto/tls does not treat as fatal, and Write appends the
 // records to a buffer the loop sends.
 //
+// A pooled server connection outlives its client's session: with
+// Hooks.Framing the loop follows the protocol's message boundaries, keeps
+// the client's Terminate from the server, and at the end gives the
+// upstream socket back to Go's poller, under the same net.Conn, when it
+// stands between messages (Result.UpstreamKept).
+//
 // Only Linux has the loops; elsewhere New fails with ErrUnsupported and the
 // proxy keeps its goroutine pipes, as it does for a session whose sockets
 // cannot be taken (ErrNotDetachable: a connection that is not a socket).

@@ -127,6 +127,8 @@ func sideOf(c net.Conn) (*side, func() (int, error), error) {
 			return nil, nil, ErrNotDetachable
 		}
 		d.tls, d.c, sock = tc, rc, rc.Conn
+	} else if rc, ok := c.(*Conn); ok {
+		d.c, sock = rc, rc.Conn // plaintext over Wrap: it can be kept
 	} else {
 		d.c = &Conn{Conn: c}
 	}
@@ -520,6 +522,7 @@ type side struct {
 	shutWanted bool   // close its writing direction once out is sent
 	unwatched  bool   // out of the epoll set: its peer hung up after its end
 	dry        bool   // crypto/tls said it needs more bytes than it was given
+	broken     bool   // a read or write on it failed
 }
 
 // Session is one relayed session.
@@ -535,6 +538,9 @@ type Session struct {
 	upBytes, graceBytes int64
 	graceAt             time.Time
 	drainThenEnd        bool // the upstream ended: end once the client has its last bytes
+
+	// With Hooks.Framing: the message boundaries of each direction.
+	fromClient, fromUp framer
 }
 
 // Close ends the session from any goroutine; Done runs when it is over.
@@ -692,6 +698,7 @@ func readSocket(d *side, p []byte) (int, error) {
 			d.readable = false
 			return 0, nil
 		case e != 0:
+			d.broken = true
 			return 0, &net.OpError{Op: "read", Net: d.network, Err: os.NewSyscallError("read", e)}
 		case n == 0:
 			d.readable = false
@@ -708,8 +715,49 @@ func readSocket(d *side, p []byte) (int, error) {
 // (what the socket does not take now waits in dst's buffer). It reports
 // false when the session ended on a failure.
 func (s *Session) deliver(p []byte, dst *side, from Side) bool {
+	if f := s.h.Framing; f != nil {
+		return s.deliverFramed(f, p, dst, from)
+	}
+	return s.pass(p, dst, from)
+}
+
+// deliverFramed follows the message boundaries of p before passing it on;
+// the client's Terminate ends the session there.
+func (s *Session) deliverFramed(f *Framing, p []byte, dst *side, from Side) bool {
+	if from == Upstream {
+		if err := s.fromUp.scanServer(p, f.Server); err != nil {
+			s.up.broken = true
+			s.directionFailed(Upstream, err)
+			return false
+		}
+		return s.pass(p, dst, from)
+	}
+	n, terminated, err := s.fromClient.scanClient(p, f.Client)
+	if err != nil {
+		s.directionFailed(Client, err)
+		return false
+	}
+	if n > 0 && !s.pass(p[:n], dst, from) {
+		return false
+	}
+	if terminated {
+		s.res.Terminated = true
+		if s.res.First == Neither {
+			s.res.First = Client
+		}
+		s.client.ended = true
+		s.end()
+		return false
+	}
+	return true
+}
+
+// pass counts p and sends it to dst.
+func (s *Session) pass(p []byte, dst *side, from Side) bool {
 	if from == Client {
-		s.res.Terminated = EndsWithTerminate(p)
+		if s.h.Framing == nil {
+			s.res.Terminated = EndsWithTerminate(p)
+		}
 		if s.h.ClientBytes != nil {
 			s.h.ClientBytes(len(p))
 		}
@@ -724,6 +772,7 @@ func (s *Session) deliver(p []byte, dst *side, from Side) bool {
 			dst.c.out = s.l.takeSpare()
 		}
 		if _, err := dst.tls.Write(p); err != nil {
+			dst.broken = true
 			s.directionFailed(from, err)
 			return false
 		}
@@ -782,6 +831,7 @@ func writeSocket(d *side, p []byte) (int, error) {
 		case e == unix.EAGAIN:
 			return 0, nil
 		case e != 0:
+			d.broken = true
 			return 0, &net.OpError{Op: "write", Net: d.network, Err: os.NewSyscallError("write", e)}
 		}
 		return n, nil
@@ -827,6 +877,22 @@ func (s *Session) finish(src, dst *side, from Side, err error) {
 				s.res.UpstreamErr = err
 			}
 		}
+	}
+	if f := s.h.Framing; f != nil {
+		// A kept upstream sees no end: the session ends now (and keeps it,
+		// if it stands between messages). An upstream that ended first
+		// tells the client why, after its last bytes.
+		if from == Client {
+			s.end()
+			return
+		}
+		if f.Lost != nil && s.fromUp.between() {
+			if b := f.Lost(err); len(b) > 0 && !s.pass(b, dst, from) {
+				return
+			}
+		}
+		s.drainThenEnd = true
+		return
 	}
 	if from == Client && clean {
 		// Let the upstream see the end and finish its backend, while its
@@ -878,7 +944,19 @@ func (s *Session) end() {
 	}
 	s.over = true
 	l := s.l
+	s.res.UpstreamEnded = s.up.ended || s.up.broken
+	keep := s.keepable()
 	for _, d := range []*side{&s.client, &s.up} {
+		if d == &s.up && keep {
+			// Out of the epoll set, open, and with what crypto/tls has
+			// not read yet left in its Conn (a copy, not the loop's).
+			_ = epollCtl(l.epfd, unix.EPOLL_CTL_DEL, d.fd, 0, 0)
+			if d.c.out != nil {
+				l.putSpare(d.c.out)
+				d.c.out, d.c.sent = nil, 0
+			}
+			continue
+		}
 		if d.tls != nil {
 			s.shutWrite(d) // its close_notify, if not sent yet
 		}
@@ -890,8 +968,40 @@ func (s *Session) end() {
 		syscall.Close(d.fd)
 	}
 	delete(l.sessions, s.id)
-	if done := s.h.Done; done != nil {
-		res := s.res
-		go done(res)
+	done := s.h.Done
+	if done == nil && !keep {
+		return
 	}
+	res, up, fd := s.res, s.up.c, s.up.fd
+	go func() {
+		if keep {
+			res.UpstreamKept = up.reclaim(fd) == nil
+		}
+		if done != nil {
+			done(res)
+		}
+	}()
+}
+
+// keepable reports whether a Framing session's upstream can be given
+// back: nothing failed or ended on it, both directions stand between
+// messages, and nothing waits to be sent to it.
+func (s *Session) keepable() bool {
+	return s.h.Framing != nil && !s.up.ended && !s.up.broken && !s.up.writeShut &&
+		s.fromClient.between() && s.fromUp.between() && len(s.up.c.pending()) == 0
+}
+
+// reclaim gives the socket fd, taken by a loop, back to Go's poller under
+// c, which passes everything through again. On failure fd is closed and
+// so is c.
+func (c *Conn) reclaim(fd int) error {
+	f := os.NewFile(uintptr(fd), "relay-kept")
+	nc, err := net.FileConn(f) // a duplicate of fd, in Go's poller
+	f.Close()
+	if err != nil {
+		c.in, c.readErr = nil, net.ErrClosed
+		return fmt.Errorf("relay: giving the upstream socket back: %w", err)
+	}
+	c.Conn, c.owned, c.readErr = nc, false, nil
+	return nil
 }

@@ -1,0 +1,195 @@
+//go:build linux
+
+package relay
+
+import (
+	"bytes"
+	"crypto/tls"
+	"errors"
+	"io"
+	"net"
+	"sync"
+	"testing"
+	"time"
+)
+
+// framingRig is newRig with the upstream made over Wrap even when plain,
+// so that it can be kept.
+func framingRig(t *testing.T, clientTLS, upTLS bool) rig {
+	r := newRig(t, clientTLS, upTLS)
+	if !upTLS {
+		r.up = Wrap(r.up)
+	}
+	return r
+}
+
+type seen struct {
+	mu     sync.Mutex
+	client []byte
+	server [][]byte
+}
+
+func (s *seen) framing(lost []byte) *Framing {
+	return &Framing{
+		Client: func(b byte) { s.mu.Lock(); s.client = append(s.client, b); s.mu.Unlock() },
+		Server: func(m []byte) { s.mu.Lock(); s.server = append(s.server, bytes.Clone(m)); s.mu.Unlock() },
+		Lost:   func(error) []byte { return lost },
+	}
+}
+
+func startFramed(t *testing.T, ls *Loops, client, up net.Conn, f *Framing) (*Session, <-chan Result) {
+	t.Helper()
+	done := make(chan Result, 1)
+	s, err := ls.Start(client, up, Hooks{Framing: f, Done: func(res Result) { done <- res }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s, done
+}
+
+func readN(t *testing.T, c net.Conn, n int) []byte {
+	t.Helper()
+	_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	defer c.SetReadDeadline(time.Time{})
+	b := make([]byte, n)
+	if _, err := io.ReadFull(c, b); err != nil {
+		t.Fatalf("read %d bytes: %v", n, err)
+	}
+	return b
+}
+
+// TestFramingKeepsUpstream: a client's Terminate ends the session without
+// reaching the server; the upstream comes back usable, as the same
+// net.Conn, for a direct exchange and then for a second relayed session.
+func TestFramingKeepsUpstream(t *testing.T) {
+	for _, m := range modes {
+		t.Run(m.name, func(t *testing.T) {
+			ls := startLoops(t, 1)
+			r := framingRig(t, m.clientTLS, m.upTLS)
+			var sn seen
+			_, done := startFramed(t, ls, r.client, r.up, sn.framing(nil))
+
+			query := msg('Q', "select 1\x00")
+			if _, err := r.app.Write(query); err != nil {
+				t.Fatal(err)
+			}
+			if got := readN(t, r.server, len(query)); !bytes.Equal(got, query) {
+				t.Fatalf("server got %q", got)
+			}
+			// The answer in two writes that cut a watched message.
+			answer := append(append(msg('D', "row"), msg('S', "TimeZone\x00UTC\x00")...), msg('Z', "I")...)
+			for _, part := range [][]byte{answer[:12], answer[12:]} {
+				if _, err := r.server.Write(part); err != nil {
+					t.Fatal(err)
+				}
+				time.Sleep(10 * time.Millisecond)
+			}
+			if got := readN(t, r.app, len(answer)); !bytes.Equal(got, answer) {
+				t.Fatalf("client got %q", got)
+			}
+			if _, err := r.app.Write(msg('X', "")); err != nil {
+				t.Fatal(err)
+			}
+			res := wait(t, done)
+			if !res.Terminated || !res.UpstreamKept || res.UpstreamEnded || res.First != Client || res.ClientErr != nil {
+				t.Fatalf("result %+v, want terminated with the upstream kept", res)
+			}
+			sn.mu.Lock()
+			if string(sn.client) != "Q" || len(sn.server) != 2 || sn.server[0][0] != 'S' || sn.server[1][0] != 'Z' {
+				t.Fatalf("hooks saw client %q server %q", sn.client, sn.server)
+			}
+			sn.mu.Unlock()
+
+			// The kept upstream, directly: the Terminate never reached it.
+			ping := msg('Q', "select 2\x00")
+			go func() { _, _ = r.up.Write(ping) }()
+			if got := readN(t, r.server, len(ping)); !bytes.Equal(got, ping) {
+				t.Fatalf("after the session the server got %q, want the next query (no Terminate)", got)
+			}
+			go func() { _, _ = r.server.Write(msg('Z', "I")) }()
+			if got := readN(t, r.up, 6); !bytes.Equal(got, msg('Z', "I")) {
+				t.Fatalf("kept upstream read %q", got)
+			}
+
+			// And relayed again, for a second client.
+			r2 := newRig(t, m.clientTLS, false)
+			_, done2 := startFramed(t, ls, r2.client, r.up, (&seen{}).framing(nil))
+			go func() { _, _ = r2.app.Write(query) }()
+			if got := readN(t, r.server, len(query)); !bytes.Equal(got, query) {
+				t.Fatalf("second session: server got %q", got)
+			}
+			r2.app.Close()
+			if res := wait(t, done2); !res.UpstreamKept || res.First != Client || res.Terminated {
+				t.Fatalf("second session: %+v, want the upstream kept after the client closed", res)
+			}
+		})
+	}
+}
+
+// TestFramingMidMessageNotKept: a client that goes away in the middle of
+// a message leaves the server waiting for the rest: the upstream is
+// closed, not kept.
+func TestFramingMidMessageNotKept(t *testing.T) {
+	ls := startLoops(t, 1)
+	r := framingRig(t, false, true)
+	_, done := startFramed(t, ls, r.client, r.up, (&seen{}).framing(nil))
+	q := msg('Q', "select 1\x00")
+	if _, err := r.app.Write(q[:7]); err != nil {
+		t.Fatal(err)
+	}
+	readN(t, r.server, 7)
+	r.app.Close()
+	res := wait(t, done)
+	if res.UpstreamKept {
+		t.Fatalf("result %+v: kept mid-message", res)
+	}
+	_ = r.server.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := r.server.Read(make([]byte, 1)); err == nil {
+		t.Fatal("server still connected after a mid-message end")
+	}
+}
+
+// TestFramingServerLost: an upstream that ends first has its last bytes
+// and then Lost's passed to the client, and is not kept.
+func TestFramingServerLost(t *testing.T) {
+	ls := startLoops(t, 1)
+	r := framingRig(t, true, true)
+	lost := msg('E', "SFATAL\x00C08006\x00Mlost\x00\x00")
+	_, done := startFramed(t, ls, r.client, r.up, (&seen{}).framing(lost))
+	last := msg('N', "bye")
+	if _, err := r.server.Write(last); err != nil {
+		t.Fatal(err)
+	}
+	r.server.Close()
+	want := append(bytes.Clone(last), lost...)
+	if got := readN(t, r.app, len(want)); !bytes.Equal(got, want) {
+		t.Fatalf("client got %q, want %q", got, want)
+	}
+	res := wait(t, done)
+	if res.UpstreamKept || !res.UpstreamEnded || res.First != Upstream {
+		t.Fatalf("result %+v, want the upstream ended first and not kept", res)
+	}
+	_ = r.app.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := r.app.Read(make([]byte, 1)); !errors.Is(err, io.EOF) {
+		t.Fatalf("client after the end: %v, want EOF", err)
+	}
+}
+
+// TestFramingCloseKeeps: a session closed from outside between messages
+// keeps its upstream.
+func TestFramingCloseKeeps(t *testing.T) {
+	ls := startLoops(t, 1)
+	r := framingRig(t, false, true)
+	s, done := startFramed(t, ls, r.client, r.up, (&seen{}).framing(nil))
+	s.Close()
+	res := wait(t, done)
+	if !res.UpstreamKept || res.First != Neither {
+		t.Fatalf("result %+v, want kept after Close", res)
+	}
+	if tc, ok := r.up.(*tls.Conn); ok {
+		go func() { _, _ = tc.Write([]byte("hi")) }()
+		if got := readN(t, r.server, 2); string(got) != "hi" {
+			t.Fatalf("server got %q", got)
+		}
+	}
+}
