@@ -6,8 +6,6 @@ import (
 	"context"
 	"strings"
 
-	"github.com/jackc/pgx/v5/pgproto3"
-
 	"github.com/pgtrust/pgtrust/internal/relay"
 	"github.com/pgtrust/pgtrust/internal/serverpool"
 )
@@ -91,9 +89,30 @@ func (s *Session) serverMessage(srv *serverpool.Server, msg []byte) {
 			s.rfqs.Add(1)
 		}
 	case 'E':
-		var e pgproto3.ErrorResponse
-		if e.Decode(body) == nil && (e.Severity == "FATAL" || e.Severity == "PANIC") {
-			s.setEnd("server ended the connection: " + e.Code + " " + e.Message)
+		// The message may be cut (relay gives the first 4 KiB): its fields
+		// are read one by one, as far as they go.
+		var sev, code, text string
+		for f := body; len(f) > 1; {
+			v, rest, ok := bytes.Cut(f[1:], []byte{0})
+			if !ok {
+				break
+			}
+			switch f[0] {
+			case 'V':
+				sev = string(v)
+			case 'S':
+				if sev == "" {
+					sev = string(v)
+				}
+			case 'C':
+				code = string(v)
+			case 'M':
+				text = string(v)
+			}
+			f = rest
+		}
+		if sev == "FATAL" || sev == "PANIC" {
+			s.setEnd("server ended the connection: " + code + " " + text)
 		}
 	}
 }
@@ -122,7 +141,12 @@ func (s *Session) endRelayed(r relay.Result) string {
 	if srv == nil {
 		return reason
 	}
-	clean := r.UpstreamKept && s.lastTx.Load() == 'I' && s.syncs.Load() == s.rfqs.Load() && !s.unsynced.Load()
+	if r.KeepErr != nil {
+		s.o.Log().Warn("server connection closed: it could not be taken back from the event loop", "key", s.o.Key.String(), "error", r.KeepErr.Error())
+	}
+	// A server that sent FATAL is ending, even if its close is not read yet.
+	clean := r.UpstreamKept && s.endReason() == "" &&
+		s.lastTx.Load() == 'I' && s.syncs.Load() == s.rfqs.Load() && !s.unsynced.Load()
 	if clean && s.o.ResetQuery != NoReset {
 		ctx := s.ctx
 		if ctx == nil {

@@ -13,6 +13,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/pgtrust/pgtrust/internal/pgtest"
 	"github.com/pgtrust/pgtrust/internal/pooling"
 )
 
@@ -138,13 +139,27 @@ func TestPoolSessionModeOnEventLoops(t *testing.T) {
 				t.Fatalf("%v server connections closed, want none (each was kept and reset)", closed)
 			}
 
-			// A terminated backend: its FATAL, alone.
 			conn, err := pgxConnect(t, port, "sslmode=disable")
 			if err != nil {
 				t.Fatal(err)
 			}
 			defer conn.Close(context.Background())
-			victim := mustStr(t, conn, "SELECT pg_backend_pid()::text")
+			// An error longer than anything the loop assembles (2 MB of
+			// message) reaches the client whole, and the session goes on.
+			_, err = str(conn, "DO $$ BEGIN RAISE EXCEPTION '%', repeat('x', 2000000); END $$")
+			if pe := wantPgError(t, "a 2 MB error", err, "xxxx", "P0001"); len(pe.Message) != 2000000 {
+				t.Fatalf("the error's message has %d bytes, want 2000000", len(pe.Message))
+			}
+			// A cancel reaches the session's server connection.
+			go func() {
+				time.Sleep(300 * time.Millisecond)
+				_ = conn.PgConn().CancelRequest(context.Background())
+			}()
+			_, err = str(conn, "SELECT pg_sleep(20)::text")
+			wantPgError(t, "a cancelled query", err, "cancel", "57014")
+
+			// A terminated backend: its FATAL, alone.
+			victim := mustStr(t, conn, "SELECT pg_backend_pid()::text") // and the session goes on
 			env.srv.Exec(t, "SELECT pg_terminate_backend("+victim+")")
 			_, err = str(conn, "SELECT 1::text")
 			wantPgError(t, "query after the backend was terminated", err, "terminat", "57P01")
@@ -152,5 +167,40 @@ func TestPoolSessionModeOnEventLoops(t *testing.T) {
 				return strings.Contains(p.logs.String(), "server ended the connection: 57P01")
 			})
 		})
+	}
+}
+
+// TestPoolSessionModePlaintextUpstream: a session-mode pool over a
+// plaintext Unix-socket upstream stays on goroutines (pgtls wraps only TLS
+// connections for the loops, and a loop could not give back a socket it
+// has no Conn of the caller's for), and its server connections are still
+// reset and reused.
+func TestPoolSessionModePlaintextUpstream(t *testing.T) {
+	t.Parallel()
+	srv := pgtest.Start(t, pgtest.Options{Setup: []string{"CREATE ROLE app LOGIN", "CREATE DATABASE appdb OWNER app"}})
+	up := mustParse(t, fmt.Sprintf("host=%s port=%d sslmode=disable", srv.SocketDir, srv.Port))
+	up.User, up.Database = "app", "appdb"
+	p := startProxy(t, Config{Upstreams: []UpstreamConfig{{
+		Name: "pooled", Listen: "127.0.0.1:0", Conn: up, PlaintextIntended: true, Auth: &UpstreamAuth{Role: "app"},
+		Pool: &PoolConfig{Mode: pooling.ModeSession, Size: 2},
+	}}})
+	port := p.port(t, "pooled")
+	idle := map[string]string{"pool": "local", "state": "idle"}
+	var pids []string
+	for i := range 3 {
+		conn, err := pgxConnect(t, port, "sslmode=disable")
+		if err != nil {
+			t.Fatalf("session %d: %v", i, err)
+		}
+		pids = append(pids, mustStr(t, conn, "SELECT pg_backend_pid()::text"))
+		if n := p.pooledOnLoops(); n != 0 {
+			t.Errorf("%d sessions over a plaintext upstream on an event loop, want 0", n)
+		}
+		conn.Close(context.Background())
+		waitFor(t, "the reset", 10*time.Second, func() bool { return p.metric(t, "pgtrust_pool_servers", idle) == 1 })
+	}
+	closed := p.metric(t, "pgtrust_pool_servers_closed_total", map[string]string{"pool": "local", "database": "appdb", "role": "app"})
+	if closed != 0 || pids[0] != pids[1] || pids[1] != pids[2] {
+		t.Fatalf("backends %v and %v closed, want one backend reused", pids, closed)
 	}
 }

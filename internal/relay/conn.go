@@ -184,6 +184,10 @@ type Result struct {
 	// is back in Go's poller, standing between messages, with nothing of
 	// the client's left unsent; its owner uses it as before the session.
 	UpstreamKept bool
+	// KeepErr is why a keepable upstream could not go back to Go's poller
+	// (net.FileConn failed: the process is out of descriptors, say); it
+	// was closed.
+	KeepErr error
 }
 
 // terminateMessage is the frontend's Terminate ('X', length 4).

@@ -16,13 +16,20 @@ import (
 // connection is not closed: it is given back to Go's poller, the same
 // net.Conn again (Result.UpstreamKept), for its owner to reset and reuse.
 // Otherwise it is closed, as after any session.
+//
+// What the upstream sent after its last message the loop passed on stays
+// unread: in the kernel, or in crypto/tls and the Conn, where the owner's
+// next read finds it (a socket check that looks only at the kernel's queue
+// does not).
 type Framing struct {
 	// Client is told the type of each message the client sends, before it
 	// is passed on ('X', Terminate, is never passed on).
 	Client func(typ byte)
-	// Server is given each whole ParameterStatus ('S'), ReadyForQuery
-	// ('Z') and ErrorResponse ('E') from the upstream, type and length
-	// included, before it is passed on; msg is valid during the call.
+	// Server is given each whole ParameterStatus ('S') and ReadyForQuery
+	// ('Z') from the upstream, type and length included, and the first
+	// errorPrefix bytes of each ErrorResponse ('E'; its severity, code and
+	// message come first, and an error may be as long as the server likes),
+	// before it is passed on; msg is valid during the call.
 	Server func(msg []byte)
 	// Lost, if set, returns what the client is sent when the upstream ends
 	// first, while the upstream stands between messages (a server gone
@@ -31,10 +38,13 @@ type Framing struct {
 	Lost func(err error) []byte
 }
 
-// maxWatched bounds one whole message the framer assembles for Server:
-// PostgreSQL's parameter reports, ReadyForQuery and errors are far
-// smaller, and a peer that announces more is not PostgreSQL.
+// maxWatched bounds a parameter report the framer assembles for Server:
+// PostgreSQL's are far smaller, and a peer that announces more is not
+// PostgreSQL.
 const maxWatched = 1 << 20
+
+// errorPrefix is how much of an ErrorResponse Server is given.
+const errorPrefix = 4 << 10
 
 // framer follows message boundaries in one direction.
 type framer struct {
@@ -83,7 +93,7 @@ func (f *framer) scanServer(p []byte, fn func([]byte)) error {
 				return err
 			}
 			if f.watch = watched(f.hdr[0]); f.watch {
-				if body > maxWatched {
+				if body > maxWatched && f.hdr[0] != 'E' {
 					return fmt.Errorf("relay: server message %q announces %d bytes (limit %d)", f.hdr[0], body, maxWatched)
 				}
 				f.msg = append(f.msg[:0], f.hdr[:]...)
@@ -92,7 +102,11 @@ func (f *framer) scanServer(p []byte, fn func([]byte)) error {
 		}
 		k := min(f.left, len(p))
 		if f.watch {
-			f.msg = append(f.msg, p[:k]...)
+			take := k
+			if f.hdr[0] == 'E' {
+				take = min(k, max(0, errorPrefix-len(f.msg)))
+			}
+			f.msg = append(f.msg, p[:take]...)
 		}
 		f.left -= k
 		p = p[k:]
@@ -101,7 +115,7 @@ func (f *framer) scanServer(p []byte, fn func([]byte)) error {
 			if f.watch {
 				f.watch = false
 				fn(f.msg)
-				if cap(f.msg) > 4<<10 {
+				if cap(f.msg) > 2*errorPrefix {
 					f.msg = nil // a rare large one is not kept
 				}
 			}

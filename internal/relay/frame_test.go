@@ -82,7 +82,7 @@ func TestScanServerMidMessage(t *testing.T) {
 	}
 }
 
-// TestScanRejectsBadLength: a length word below 4, or a watched message
+// TestScanRejectsBadLength: a length word below 4, or a parameter report
 // above the bound, is an error naming the message.
 func TestScanRejectsBadLength(t *testing.T) {
 	var f framer
@@ -91,10 +91,10 @@ func TestScanRejectsBadLength(t *testing.T) {
 		t.Fatalf("server length 3: %v", err)
 	}
 	f = framer{}
-	big := []byte{'E', 0, 0, 0, 0}
+	big := []byte{'S', 0, 0, 0, 0}
 	binary.BigEndian.PutUint32(big[1:], maxWatched+5)
 	if err := f.scanServer(big, func([]byte) {}); err == nil || !strings.Contains(err.Error(), "limit") {
-		t.Fatalf("oversized error message: %v", err)
+		t.Fatalf("oversized parameter report: %v", err)
 	}
 	f = framer{}
 	if _, _, err := f.scanClient([]byte{'Q', 0, 0, 0, 1}, func(byte) {}); err == nil || !strings.Contains(err.Error(), "client message") {
@@ -132,5 +132,21 @@ func TestScanClientTerminate(t *testing.T) {
 	}
 	if pass, term, _ := f.scanClient(x[2:], func(byte) {}); !term || pass != 0 || f.between() {
 		t.Fatalf("split Terminate: pass %d terminated %v between %v", pass, term, f.between())
+	}
+}
+
+// TestScanServerLongParameter: a parameter report longer than an error's
+// prefix is given whole.
+func TestScanServerLongParameter(t *testing.T) {
+	m := msg('S', "search_path\x00"+strings.Repeat("s", 3*errorPrefix)+"\x00")
+	var f framer
+	var got []byte
+	for i := 0; i < len(m); i += 1000 {
+		if err := f.scanServer(m[i:min(i+1000, len(m))], func(b []byte) { got = bytes.Clone(b) }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if !bytes.Equal(got, m) {
+		t.Fatalf("got %d bytes of a %d-byte parameter report", len(got), len(m))
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -191,5 +192,44 @@ func TestFramingCloseKeeps(t *testing.T) {
 		if got := readN(t, r.server, 2); string(got) != "hi" {
 			t.Fatalf("server got %q", got)
 		}
+	}
+}
+
+// TestFramingNeedsCallersUpstream: a plaintext upstream not made over Wrap
+// has no Conn of the caller's to go back under: refused, left untouched.
+func TestFramingNeedsCallersUpstream(t *testing.T) {
+	ls := startLoops(t, 1)
+	r := newRig(t, false, false)
+	if _, err := ls.Start(r.client, r.up, Hooks{Framing: (&seen{}).framing(nil)}); !errors.Is(err, ErrNotDetachable) {
+		t.Fatalf("unwrapped plaintext upstream with Framing: %v, want ErrNotDetachable", err)
+	}
+	go func() { _, _ = r.up.Write([]byte("ok")) }()
+	if got := readN(t, r.server, 2); string(got) != "ok" {
+		t.Fatalf("after refusal: %q", got)
+	}
+}
+
+// TestFramingLargeError: an ErrorResponse of 2 MiB passes whole; Server
+// gets its first 4 KiB, and the session goes on.
+func TestFramingLargeError(t *testing.T) {
+	ls := startLoops(t, 1)
+	r := framingRig(t, false, true)
+	var sn seen
+	_, done := startFramed(t, ls, r.client, r.up, sn.framing(nil))
+	big := append(msg('E', "SERROR\x00VERROR\x00CP0001\x00M"+strings.Repeat("x", 2<<20)+"\x00\x00"), msg('Z', "I")...)
+	go func() { _, _ = r.server.Write(big) }()
+	if got := readN(t, r.app, len(big)); !bytes.Equal(got, big) {
+		t.Fatal("the client did not get the error whole")
+	}
+	sn.mu.Lock()
+	if len(sn.server) != 2 || len(sn.server[0]) != errorPrefix || !bytes.Equal(sn.server[0], big[:errorPrefix]) || sn.server[1][0] != 'Z' {
+		t.Fatalf("Server got %d messages, the first of %d bytes", len(sn.server), len(sn.server[0]))
+	}
+	sn.mu.Unlock()
+	if _, err := r.app.Write(msg('X', "")); err != nil {
+		t.Fatal(err)
+	}
+	if res := wait(t, done); !res.UpstreamKept {
+		t.Fatalf("result %+v, want kept", res)
 	}
 }

@@ -88,6 +88,11 @@ func (ls *Loops) Start(client, upstream net.Conn, h Hooks) (*Session, error) {
 	if err != nil {
 		return nil, err
 	}
+	if h.Framing != nil && !us.callers {
+		// A kept upstream goes back under the caller's Conn; a plaintext
+		// socket not made over Wrap has none, so it could not be kept.
+		return nil, ErrNotDetachable
+	}
 	cfd, err := cdup()
 	if err != nil {
 		return nil, err
@@ -126,9 +131,9 @@ func sideOf(c net.Conn) (*side, func() (int, error), error) {
 		if rc == nil {
 			return nil, nil, ErrNotDetachable
 		}
-		d.tls, d.c, sock = tc, rc, rc.Conn
+		d.tls, d.c, sock, d.callers = tc, rc, rc.Conn, true
 	} else if rc, ok := c.(*Conn); ok {
-		d.c, sock = rc, rc.Conn // plaintext over Wrap: it can be kept
+		d.c, sock, d.callers = rc, rc.Conn, true // plaintext over Wrap
 	} else {
 		d.c = &Conn{Conn: c}
 	}
@@ -523,6 +528,7 @@ type side struct {
 	unwatched  bool   // out of the epoll set: its peer hung up after its end
 	dry        bool   // crypto/tls said it needs more bytes than it was given
 	broken     bool   // a read or write on it failed
+	callers    bool   // c is the caller's Conn (Wrap), under which a kept socket goes back
 }
 
 // Session is one relayed session.
@@ -741,6 +747,9 @@ func (s *Session) deliverFramed(f *Framing, p []byte, dst *side, from Side) bool
 		return false
 	}
 	if terminated {
+		if s.h.ClientBytes != nil {
+			s.h.ClientBytes(len(terminateMessage)) // counted as the goroutine paths count it
+		}
 		s.res.Terminated = true
 		if s.res.First == Neither {
 			s.res.First = Client
@@ -975,7 +984,8 @@ func (s *Session) end() {
 	res, up, fd := s.res, s.up.c, s.up.fd
 	go func() {
 		if keep {
-			res.UpstreamKept = up.reclaim(fd) == nil
+			res.KeepErr = up.reclaim(fd)
+			res.UpstreamKept = res.KeepErr == nil
 		}
 		if done != nil {
 			done(res)
@@ -992,16 +1002,18 @@ func (s *Session) keepable() bool {
 }
 
 // reclaim gives the socket fd, taken by a loop, back to Go's poller under
-// c, which passes everything through again. On failure fd is closed and
-// so is c.
+// c, which passes everything through again. On failure fd is closed and c
+// passes through to the Go connection Start closed, so that every use of
+// it fails.
 func (c *Conn) reclaim(fd int) error {
 	f := os.NewFile(uintptr(fd), "relay-kept")
 	nc, err := net.FileConn(f) // a duplicate of fd, in Go's poller
 	f.Close()
+	c.owned, c.readErr = false, nil
 	if err != nil {
-		c.in, c.readErr = nil, net.ErrClosed
+		c.in = nil
 		return fmt.Errorf("relay: giving the upstream socket back: %w", err)
 	}
-	c.Conn, c.owned, c.readErr = nc, false, nil
+	c.Conn = nc
 	return nil
 }
