@@ -199,11 +199,7 @@ func (s *Session) serverLost(srv *serverpool.Server, err error) {
 		return
 	}
 	if s.idleTxExpired.Load() {
-		// PostgreSQL's own words for its idle_in_transaction_session_timeout.
-		_ = s.writeClient([]pgproto3.BackendMessage{&pgproto3.ErrorResponse{Severity: "FATAL", SeverityUnlocalized: "FATAL",
-			Code: sqlstateIdleInTransactionTimeout, Message: "terminating connection due to idle-in-transaction timeout",
-			Detail: fmt.Sprintf("pgtrust pool: the transaction was idle for idle_transaction_timeout (%s)", s.o.IdleTransactionTimeout),
-			Hint:   "commit or roll back promptly, or raise the pool's idle_transaction_timeout"}})
+		_ = s.writeClient([]pgproto3.BackendMessage{s.idleTxError()})
 		s.abort(srv, "idle transaction timeout", nil)
 		return
 	}
@@ -241,8 +237,14 @@ func (s *Session) armIdleTx(srv *serverpool.Server, status byte) {
 		}
 		// Closing the socket ends the pump's read; serverLost then tells
 		// the client why. Under mu, so srv cannot pass to another client
-		// meanwhile.
+		// meanwhile. On an event loop, the loop tells the client and ends
+		// the session; the connection, mid-transaction, is then closed.
 		s.idleTxExpired.Store(true)
+		if rs := s.loopSession(); rs != nil {
+			b, _ := s.idleTxError().Encode(nil)
+			rs.CloseWith(b)
+			return
+		}
 		if pg := srv.PgConn(); pg != nil {
 			_ = pg.Conn().Close()
 		}
@@ -250,6 +252,15 @@ func (s *Session) armIdleTx(srv *serverpool.Server, status byte) {
 	if old := s.idleTx.Swap(t); old != nil {
 		old.Stop()
 	}
+}
+
+// idleTxError is what a client left idle in a transaction is told:
+// PostgreSQL's own words for its idle_in_transaction_session_timeout.
+func (s *Session) idleTxError() *pgproto3.ErrorResponse {
+	return &pgproto3.ErrorResponse{Severity: "FATAL", SeverityUnlocalized: "FATAL",
+		Code: sqlstateIdleInTransactionTimeout, Message: "terminating connection due to idle-in-transaction timeout",
+		Detail: fmt.Sprintf("pgtrust pool: the transaction was idle for idle_transaction_timeout (%s)", s.o.IdleTransactionTimeout),
+		Hint:   "commit or roll back promptly, or raise the pool's idle_transaction_timeout"}
 }
 
 // awaitsClientLocked reports whether the server connection has answered

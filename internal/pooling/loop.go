@@ -16,11 +16,11 @@ import (
 // pool follows (relay.Framing). When the client leaves, the loop gives the
 // server connection back and endRelayed resets it for the next client, as
 // end does for the goroutine path. It reports false, with nothing changed,
-// when the session stays on goroutines: no loops, an idle-in-transaction
-// timeout (a timer the loops do not run), a plaintext server connection,
-// a client socket a loop cannot own, or bytes pgconn already buffered.
+// when the session stays on goroutines: no loops,
+// a plaintext server connection, a client socket a loop cannot own, or
+// bytes pgconn already buffered.
 func (s *Session) serveOnLoop() bool {
-	if s.o.Loops == nil || s.o.Mode != ModeSession || s.o.IdleTransactionTimeout > 0 {
+	if s.o.Loops == nil || s.o.Mode != ModeSession {
 		return false
 	}
 	s.mu.Lock()
@@ -60,8 +60,13 @@ func (s *Session) serveOnLoop() bool {
 	return true
 }
 
-// clientMessage follows a relayed client's sync points, as countSession.
+// clientMessage follows a relayed client's sync points, as countSession,
+// and stops the idle-in-transaction clock, as run does.
 func (s *Session) clientMessage(typ byte) {
+	if s.o.IdleTransactionTimeout > 0 {
+		s.clientMsgs.Add(1)
+		s.disarmIdleTx()
+	}
 	switch typ {
 	case 'S', 'Q', 'F':
 		s.unsynced.Store(false)
@@ -87,6 +92,7 @@ func (s *Session) serverMessage(srv *serverpool.Server, msg []byte) {
 		if len(body) == 1 {
 			s.lastTx.Store(uint32(body[0]))
 			s.rfqs.Add(1)
+			s.armIdleTx(srv, body[0])
 		}
 	case 'E':
 		// The message may be cut (relay gives the first 4 KiB): its fields
@@ -132,6 +138,7 @@ func (s *Session) lost(err error) []byte {
 // back to the pool after the reset query when the loop kept it and the
 // client left it idle, and is closed otherwise. It returns the reason.
 func (s *Session) endRelayed(r relay.Result) string {
+	s.disarmIdleTx()
 	s.mu.Lock()
 	s.ending = true
 	srv, st := s.srv, s.st
@@ -163,10 +170,19 @@ func (s *Session) endRelayed(r relay.Result) string {
 	return reason
 }
 
+// loopSession is the session's event-loop session, nil on goroutines.
+func (s *Session) loopSession() *relay.Session {
+	s.parkState.mu.Lock()
+	defer s.parkState.mu.Unlock()
+	return s.relayed
+}
+
 // relayedReason words how a relayed session ended, as the goroutine path
 // does.
 func (s *Session) relayedReason(r relay.Result) string {
 	switch {
+	case s.idleTxExpired.Load():
+		return "idle transaction timeout"
 	case r.Terminated:
 		return "client terminated"
 	case r.UpstreamEnded:

@@ -275,11 +275,7 @@ func (s *Session) resume() {
 }
 
 // OnLoop reports whether the session runs on an event loop (serveOnLoop).
-func (s *Session) OnLoop() bool {
-	s.parkState.mu.Lock()
-	defer s.parkState.mu.Unlock()
-	return s.relayed != nil
-}
+func (s *Session) OnLoop() bool { return s.loopSession() != nil }
 
 // Wake ends parking for good and resumes a parked session, which then reads
 // its client as usual. Call it before closing the client from outside:

@@ -1174,12 +1174,17 @@ func TestPoolClientsPark(t *testing.T) {
 // and silent past idle_transaction_timeout gets FATAL 25P03 (PostgreSQL's
 // message) at its next query, its transaction is rolled back and the
 // server connection's slot freed; a transaction whose statements come
-// more often than the timeout is untouched, in both modes.
+// more often than the timeout is untouched, in both modes (session mode on
+// the event loops).
 func TestPoolIdleTransactionTimeout(t *testing.T) {
 	t.Parallel()
 	for _, mode := range []pooling.Mode{pooling.ModeTransaction, pooling.ModeSession} {
 		t.Run(string(mode), func(t *testing.T) {
-			port, c := idleTxPool(t, mode, 400*time.Millisecond, 0)
+			p, port, c := idleTxPool(t, mode, 400*time.Millisecond, 0)
+			// Session mode runs on the event loops, timer and all.
+			if want := map[bool]int{true: 1}[mode == pooling.ModeSession]; p.pooledOnLoops() != want {
+				t.Fatalf("%d sessions on an event loop, want %d", p.pooledOnLoops(), want)
+			}
 			ctx, cancel := qctx()
 			defer cancel()
 			mustExec := func(c *pgx.Conn, q string) {
@@ -1218,7 +1223,7 @@ func TestPoolIdleTransactionTimeout(t *testing.T) {
 // idleTxPool starts a pool of one server connection in mode with
 // idle_transaction_timeout (and client_park_after, when not 0) and returns
 // its port and a first client.
-func idleTxPool(t *testing.T, mode pooling.Mode, timeout, parkAfter time.Duration) (int, *pgx.Conn) {
+func idleTxPool(t *testing.T, mode pooling.Mode, timeout, parkAfter time.Duration) (*running, int, *pgx.Conn) {
 	t.Helper()
 	p := pooledProxy(t, newEnv(t), mode, 1, func(pc *PoolConfig) {
 		pc.IdleTransactionTimeout = timeout
@@ -1226,7 +1231,7 @@ func idleTxPool(t *testing.T, mode pooling.Mode, timeout, parkAfter time.Duratio
 		pc.WaitTimeout = 10 * time.Second
 	})
 	port := p.port(t, "pooled")
-	return port, warmPool(t, port)
+	return p, port, warmPool(t, port)
 }
 
 // pipeline3 sends BEGIN, q and COMMIT as three pipelined segments (a Sync
@@ -1269,7 +1274,7 @@ func TestPoolIdleTransactionClock(t *testing.T) {
 	t.Parallel()
 	for _, mode := range []pooling.Mode{pooling.ModeTransaction, pooling.ModeSession} {
 		t.Run(string(mode), func(t *testing.T) {
-			_, c := idleTxPool(t, mode, 500*time.Millisecond, 50*time.Millisecond)
+			_, _, c := idleTxPool(t, mode, 500*time.Millisecond, 50*time.Millisecond)
 			if err := pipeline3(c, "SELECT pg_sleep(1.5)"); err != nil {
 				t.Fatalf("pipelined BEGIN; SELECT pg_sleep(1.5); COMMIT (never idle): %v", err)
 			}

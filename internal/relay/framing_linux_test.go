@@ -233,3 +233,37 @@ func TestFramingLargeError(t *testing.T) {
 		t.Fatalf("result %+v, want kept", res)
 	}
 }
+
+// TestCloseWith: a session closed with a goodbye passes on what was on its
+// way, then the goodbye, then ends; the upstream is not kept.
+func TestCloseWith(t *testing.T) {
+	for _, m := range modes {
+		t.Run(m.name, func(t *testing.T) {
+			ls := startLoops(t, 1)
+			r := framingRig(t, m.clientTLS, m.upTLS)
+			s, done := startFramed(t, ls, r.client, r.up, (&seen{}).framing(nil))
+			z := msg('Z', "T")
+			if _, err := r.server.Write(z); err != nil {
+				t.Fatal(err)
+			}
+			readN(t, r.app, len(z))
+			bye := msg('E', "SFATAL\x00C25P03\x00Midle\x00\x00")
+			s.CloseWith(bye)
+			if got := readN(t, r.app, len(bye)); !bytes.Equal(got, bye) {
+				t.Fatalf("client got %q, want the goodbye", got)
+			}
+			res := wait(t, done)
+			if res.UpstreamKept || res.First != Neither {
+				t.Fatalf("result %+v, want closed, upstream not kept", res)
+			}
+			_ = r.app.SetReadDeadline(time.Now().Add(10 * time.Second))
+			if _, err := r.app.Read(make([]byte, 1)); err == nil {
+				t.Fatal("client still connected after the goodbye")
+			}
+			_ = r.server.SetReadDeadline(time.Now().Add(10 * time.Second))
+			if _, err := r.server.Read(make([]byte, 1)); err == nil {
+				t.Fatal("server still connected after CloseWith")
+			}
+		})
+	}
+}

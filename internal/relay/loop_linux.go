@@ -3,6 +3,7 @@
 package relay
 
 import (
+	"bytes"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -193,6 +194,7 @@ func (c *Conn) closeGo() {
 
 type command struct {
 	start, close *Session
+	goodbye      []byte // with close: sent to the client first
 }
 
 // loop is one event loop: an epoll set whose descriptor Go's poller
@@ -430,7 +432,7 @@ func (l *loop) drainCommands() bool {
 			l.add(c.start)
 		case c.close != nil:
 			if c.close.id != 0 && !c.close.over {
-				c.close.end()
+				c.close.closeWith(c.goodbye)
 			}
 		}
 	}
@@ -552,6 +554,29 @@ type Session struct {
 // Close ends the session from any goroutine; Done runs when it is over.
 func (s *Session) Close() {
 	_ = s.l.submit(command{close: s})
+}
+
+// CloseWith ends the session from any goroutine after sending goodbye to
+// the client (a FATAL the owner has to tell): nothing more is read from
+// either side, the client gets what was on its way and then goodbye, and
+// the session ends once the client's socket took it all. The upstream is
+// not kept. Done runs when it is over.
+func (s *Session) CloseWith(goodbye []byte) {
+	_ = s.l.submit(command{close: s, goodbye: bytes.Clone(goodbye)})
+}
+
+// closeWith ends the session, after goodbye if there is one.
+func (s *Session) closeWith(goodbye []byte) {
+	if len(goodbye) == 0 {
+		s.end()
+		return
+	}
+	s.client.ended, s.up.ended = true, true
+	if !s.pass(goodbye, &s.client, Upstream) {
+		return
+	}
+	s.drainThenEnd = true
+	s.step()
 }
 
 // step moves what can move in both directions, then updates what the

@@ -26,3 +26,6 @@ type Session struct{}
 
 // Close does nothing.
 func (*Session) Close() {}
+
+// CloseWith does nothing.
+func (*Session) CloseWith([]byte) {}
