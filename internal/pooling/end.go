@@ -214,8 +214,7 @@ func (s *Session) serverLost(srv *serverpool.Server, err error) {
 // so does the client's next message. The clock fires only if no message
 // came and the server still waits for the client.
 func (s *Session) armIdleTx(srv *serverpool.Server, status byte) {
-	d := s.o.IdleTransactionTimeout
-	if d <= 0 {
+	if s.o.IdleTransactionTimeout <= 0 {
 		return
 	}
 	if status == 'I' {
@@ -225,9 +224,34 @@ func (s *Session) armIdleTx(srv *serverpool.Server, status byte) {
 	s.mu.Lock()
 	waiting := s.srv == srv && s.awaitsClientLocked()
 	s.mu.Unlock()
-	if !waiting {
+	if waiting {
+		s.startIdleTxClock(srv)
+	}
+}
+
+// armIdleTxOnLoop is armIdleTx for a session on an event loop, called by
+// the loop: without mu, which a goroutine may hold across a network round
+// trip (Cancel), so that the loop never waits for it. The server
+// connection stays attached for the whole loop session, and in session
+// mode the check reads atomics only.
+func (s *Session) armIdleTxOnLoop(srv *serverpool.Server, status byte) {
+	if s.o.IdleTransactionTimeout <= 0 {
 		return
 	}
+	if status == 'I' {
+		s.disarmIdleTx()
+		return
+	}
+	if s.sessionAwaitsClient() {
+		s.startIdleTxClock(srv)
+	}
+}
+
+// startIdleTxClock starts the idle-in-transaction clock: it fires only if
+// no client message came meanwhile and the server still waits for the
+// client.
+func (s *Session) startIdleTxClock(srv *serverpool.Server) {
+	d := s.o.IdleTransactionTimeout
 	seen := s.clientMsgs.Load()
 	t := time.AfterFunc(d, func() {
 		s.mu.Lock()
@@ -235,16 +259,24 @@ func (s *Session) armIdleTx(srv *serverpool.Server, status byte) {
 		if s.srv != srv || s.clientMsgs.Load() != seen || !s.awaitsClientLocked() {
 			return
 		}
-		// Closing the socket ends the pump's read; serverLost then tells
-		// the client why. Under mu, so srv cannot pass to another client
-		// meanwhile. On an event loop, the loop tells the client and ends
-		// the session; the connection, mid-transaction, is then closed.
-		s.idleTxExpired.Store(true)
 		if rs := s.loopSession(); rs != nil {
+			// The loop asks again where the session's messages are seen
+			// (one may have come since), then closes the server connection
+			// (mid-transaction, it is not reused) and tells the client.
 			b, _ := s.idleTxError().Encode(nil)
-			rs.CloseWith(b)
+			rs.CloseWith(b, func() bool {
+				if s.clientMsgs.Load() != seen || !s.sessionAwaitsClient() || s.loopEnd.Load() != nil {
+					return false
+				}
+				s.idleTxExpired.Store(true)
+				return true
+			})
 			return
 		}
+		// Closing the socket ends the pump's read; serverLost then tells
+		// the client why. Under mu, so srv cannot pass to another client
+		// meanwhile.
+		s.idleTxExpired.Store(true)
 		if pg := srv.PgConn(); pg != nil {
 			_ = pg.Conn().Close()
 		}
@@ -269,9 +301,15 @@ func (s *Session) idleTxError() *pgproto3.ErrorResponse {
 // s.mu is held.
 func (s *Session) awaitsClientLocked() bool {
 	if s.o.Mode == ModeSession {
-		return s.syncs.Load() == s.rfqs.Load() && !s.unsynced.Load()
+		return s.sessionAwaitsClient()
 	}
 	return s.st != nil && s.st.cache.Outstanding() == 0
+}
+
+// sessionAwaitsClient is awaitsClientLocked for session mode, which needs
+// no lock: its counts are atomics.
+func (s *Session) sessionAwaitsClient() bool {
+	return s.syncs.Load() == s.rfqs.Load() && !s.unsynced.Load()
 }
 
 func (s *Session) disarmIdleTx() {

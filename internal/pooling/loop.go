@@ -92,7 +92,7 @@ func (s *Session) serverMessage(srv *serverpool.Server, msg []byte) {
 		if len(body) == 1 {
 			s.lastTx.Store(uint32(body[0]))
 			s.rfqs.Add(1)
-			s.armIdleTx(srv, body[0])
+			s.armIdleTxOnLoop(srv, body[0])
 		}
 	case 'E':
 		// The message may be cut (relay gives the first 4 KiB): its fields
@@ -118,7 +118,8 @@ func (s *Session) serverMessage(srv *serverpool.Server, msg []byte) {
 			f = rest
 		}
 		if sev == "FATAL" || sev == "PANIC" {
-			s.setEnd("server ended the connection: " + code + " " + text)
+			why := "server ended the connection: " + code + " " + text
+			s.loopEnd.Store(&why) // not setEnd: the loop never waits for mu
 		}
 	}
 }
@@ -127,7 +128,7 @@ func (s *Session) serverMessage(srv *serverpool.Server, msg []byte) {
 // first: nothing more after the server's own FATAL, else 08006, as the
 // goroutine path's serverLost.
 func (s *Session) lost(err error) []byte {
-	if s.endReason() != "" {
+	if s.loopEnd.Load() != nil {
 		return nil
 	}
 	b, _ := errorMessage("FATAL", sqlstateConnectionFailure, serverIOError(err)).Encode(nil)
@@ -152,7 +153,7 @@ func (s *Session) endRelayed(r relay.Result) string {
 		s.o.Log().Warn("server connection closed: it could not be taken back from the event loop", "key", s.o.Key.String(), "error", r.KeepErr.Error())
 	}
 	// A server that sent FATAL is ending, even if its close is not read yet.
-	clean := r.UpstreamKept && s.endReason() == "" &&
+	clean := r.UpstreamKept && s.loopEnd.Load() == nil &&
 		s.lastTx.Load() == 'I' && s.syncs.Load() == s.rfqs.Load() && !s.unsynced.Load()
 	if clean && s.o.ResetQuery != NoReset {
 		ctx := s.ctx
@@ -186,8 +187,8 @@ func (s *Session) relayedReason(r relay.Result) string {
 	case r.Terminated:
 		return "client terminated"
 	case r.UpstreamEnded:
-		if why := s.endReason(); why != "" {
-			return why
+		if why := s.loopEnd.Load(); why != nil {
+			return *why
 		}
 		if err := cmp.Or(r.UpstreamErr, r.ClientErr); err != nil {
 			return "server connection lost: " + err.Error()

@@ -157,6 +157,7 @@ type Session struct {
 
 	hazard *paramsync.Hazard // reported by the watch during the transaction (under mu)
 
+	loopEnd       atomic.Pointer[string]     // on an event loop: why the server ended the session (its FATAL)
 	idleTx        atomic.Pointer[time.Timer] // armed at a ReadyForQuery 'T' or 'E' (IdleTransactionTimeout)
 	idleTxExpired atomic.Bool
 	clientMsgs    atomic.Uint64 // messages read from the client (with IdleTransactionTimeout)

@@ -53,6 +53,8 @@ type framer struct {
 	left  int    // body bytes still to come
 	watch bool   // the current message is assembled for Server
 	msg   []byte // the assembled message
+
+	terminateHere int // scanClient: bytes of the Terminate in the chunk that ended with it
 }
 
 // between reports whether the bytes seen end at a message boundary.
@@ -142,6 +144,7 @@ func (f *framer) scanClient(p []byte, fn func(byte)) (pass int, terminated bool,
 				return off, false, err
 			}
 			if f.hdr[0] == 'X' {
+				f.terminateHere = len(f.hdr) + min(start, 0)
 				if start >= 0 {
 					// Wholly in p: nothing of it went on, a clean boundary.
 					// (Begun in an earlier chunk, its first bytes reached

@@ -119,7 +119,7 @@ func TestScanClientTerminate(t *testing.T) {
 		if err != nil || !term2 || c+pass2 != stop {
 			t.Fatalf("cut %d: pass %d terminated %v err %v, want Terminate at %d", c, c+pass2, term2, err, stop)
 		}
-		if string(types) != "PSQ" || !f.between() {
+		if string(types) != "PSQ" || !f.between() || f.terminateHere != 5 {
 			t.Fatalf("cut %d: types %q between %v", c, types, f.between())
 		}
 	}
@@ -130,8 +130,8 @@ func TestScanClientTerminate(t *testing.T) {
 	if _, term, _ := f.scanClient(x[:2], func(byte) {}); term {
 		t.Fatal("terminated on a partial header")
 	}
-	if pass, term, _ := f.scanClient(x[2:], func(byte) {}); !term || pass != 0 || f.between() {
-		t.Fatalf("split Terminate: pass %d terminated %v between %v", pass, term, f.between())
+	if pass, term, _ := f.scanClient(x[2:], func(byte) {}); !term || pass != 0 || f.between() || f.terminateHere != 3 {
+		t.Fatalf("split Terminate: pass %d terminated %v between %v, %d of its bytes here", pass, term, f.between(), f.terminateHere)
 	}
 }
 

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -248,7 +249,7 @@ func TestCloseWith(t *testing.T) {
 			}
 			readN(t, r.app, len(z))
 			bye := msg('E', "SFATAL\x00C25P03\x00Midle\x00\x00")
-			s.CloseWith(bye)
+			s.CloseWith(bye, nil)
 			if got := readN(t, r.app, len(bye)); !bytes.Equal(got, bye) {
 				t.Fatalf("client got %q, want the goodbye", got)
 			}
@@ -265,5 +266,69 @@ func TestCloseWith(t *testing.T) {
 				t.Fatal("server still connected after CloseWith")
 			}
 		})
+	}
+}
+
+// TestCloseWithMidMessage: a goodbye never lands inside a message the
+// upstream had half sent; the client gets what was sent and the end.
+func TestCloseWithMidMessage(t *testing.T) {
+	ls := startLoops(t, 1)
+	r := framingRig(t, false, false)
+	s, done := startFramed(t, ls, r.client, r.up, (&seen{}).framing(nil))
+	row := msg('D', "0123456789abcdefghij")
+	if _, err := r.server.Write(row[:10]); err != nil {
+		t.Fatal(err)
+	}
+	readN(t, r.app, 10)
+	s.CloseWith(msg('E', "SFATAL\x00C25P03\x00Midle\x00\x00"), nil)
+	wait(t, done)
+	_ = r.app.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if rest, err := io.ReadAll(r.app); err != nil || len(rest) != 0 {
+		t.Fatalf("after a half-sent message the client got %q more (%v), want the end alone", rest, err)
+	}
+}
+
+// TestCloseWithClientNotReading: the upstream closes at once, even when
+// the client does not read what waits for it.
+func TestCloseWithClientNotReading(t *testing.T) {
+	ls := startLoops(t, 1)
+	r := framingRig(t, false, true)
+	_ = rawOf(r.app).(*net.TCPConn).SetReadBuffer(4096)
+	s, _ := startFramed(t, ls, r.client, r.up, (&seen{}).framing(nil))
+	row := msg('D', strings.Repeat("x", 8000))
+	_ = r.server.SetWriteDeadline(time.Now().Add(2 * time.Second))
+	for {
+		if _, err := r.server.Write(row); err != nil {
+			break // the loop holds back: the client reads nothing
+		}
+	}
+	time.Sleep(100 * time.Millisecond)
+	s.CloseWith(msg('E', "SFATAL\x00C25P03\x00Midle\x00\x00"), nil)
+	_ = r.server.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := r.server.Read(make([]byte, 1)); errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatal("the upstream is still open 5 s after CloseWith, while the client does not read")
+	}
+}
+
+// TestCloseWithStill: a close whose condition no longer holds on the loop
+// does nothing; the session goes on.
+func TestCloseWithStill(t *testing.T) {
+	ls := startLoops(t, 1)
+	r := framingRig(t, false, true)
+	s, done := startFramed(t, ls, r.client, r.up, (&seen{}).framing(nil))
+	asked := make(chan struct{})
+	s.CloseWith(msg('E', "SFATAL\x00C25P03\x00Midle\x00\x00"), func() bool { close(asked); return false })
+	<-asked
+	q := msg('Q', "select 1\x00")
+	if _, err := r.app.Write(q); err != nil {
+		t.Fatal(err)
+	}
+	if got := readN(t, r.server, len(q)); !bytes.Equal(got, q) {
+		t.Fatalf("server got %q", got)
+	}
+	select {
+	case res := <-done:
+		t.Fatalf("the session ended: %+v", res)
+	default:
 	}
 }

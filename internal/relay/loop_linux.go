@@ -194,7 +194,8 @@ func (c *Conn) closeGo() {
 
 type command struct {
 	start, close *Session
-	goodbye      []byte // with close: sent to the client first
+	goodbye      []byte      // with close: sent to the client first
+	still        func() bool // with goodbye: asked on the loop first; false cancels the close
 }
 
 // loop is one event loop: an epoll set whose descriptor Go's poller
@@ -432,7 +433,7 @@ func (l *loop) drainCommands() bool {
 			l.add(c.start)
 		case c.close != nil:
 			if c.close.id != 0 && !c.close.over {
-				c.close.closeWith(c.goodbye)
+				c.close.closeWith(c.goodbye, c.still)
 			}
 		}
 	}
@@ -489,7 +490,7 @@ func (l *loop) checkGrace(now time.Time) {
 		case s.upBytes != s.graceBytes:
 			s.graceBytes, s.graceAt = s.upBytes, now.Add(s.h.Grace)
 		default:
-			s.res.UpstreamSilent = true
+			s.res.UpstreamSilent = !s.saidGoodbye
 			s.end()
 			continue
 		}
@@ -531,6 +532,7 @@ type side struct {
 	dry        bool   // crypto/tls said it needs more bytes than it was given
 	broken     bool   // a read or write on it failed
 	callers    bool   // c is the caller's Conn (Wrap), under which a kept socket goes back
+	closed     bool   // its socket is closed already (dropUpstream)
 }
 
 // Session is one relayed session.
@@ -546,6 +548,7 @@ type Session struct {
 	upBytes, graceBytes int64
 	graceAt             time.Time
 	drainThenEnd        bool // the upstream ended: end once the client has its last bytes
+	saidGoodbye         bool // closed with a goodbye: graceAt bounds the client's drain
 
 	// With Hooks.Framing: the message boundaries of each direction.
 	fromClient, fromUp framer
@@ -556,27 +559,63 @@ func (s *Session) Close() {
 	_ = s.l.submit(command{close: s})
 }
 
-// CloseWith ends the session from any goroutine after sending goodbye to
-// the client (a FATAL the owner has to tell): nothing more is read from
-// either side, the client gets what was on its way and then goodbye, and
-// the session ends once the client's socket took it all. The upstream is
-// not kept. Done runs when it is over.
-func (s *Session) CloseWith(goodbye []byte) {
-	_ = s.l.submit(command{close: s, goodbye: bytes.Clone(goodbye)})
+// CloseWith ends the session from any goroutine, telling the client why
+// (goodbye, a FATAL the owner has to tell). On the loop, still is asked
+// first (the owner's condition, checked again where the session's
+// messages are seen): false, or a session already ending, cancels it.
+// Otherwise the upstream is closed at once (what the close is for may be
+// to free the server), nothing more is read from the client, and the
+// client gets what was on its way, then goodbye (unless the upstream
+// stood mid-message), within goodbyeGrace. The upstream is not kept. Done
+// runs when it is over.
+func (s *Session) CloseWith(goodbye []byte, still func() bool) {
+	_ = s.l.submit(command{close: s, goodbye: bytes.Clone(goodbye), still: still})
 }
 
+// goodbyeGrace bounds how long a client that does not read keeps a
+// session closed with a goodbye.
+const goodbyeGrace = 10 * time.Second
+
 // closeWith ends the session, after goodbye if there is one.
-func (s *Session) closeWith(goodbye []byte) {
+func (s *Session) closeWith(goodbye []byte, still func() bool) {
 	if len(goodbye) == 0 {
 		s.end()
 		return
 	}
-	s.client.ended, s.up.ended = true, true
-	if !s.pass(goodbye, &s.client, Upstream) {
+	if s.drainThenEnd || s.up.ended || still != nil && !still() {
 		return
 	}
-	s.drainThenEnd = true
+	s.dropUpstream()
+	s.client.ended = true
+	if s.h.Framing == nil || s.fromUp.between() {
+		if !s.pass(goodbye, &s.client, Upstream) {
+			return
+		}
+	}
+	s.drainThenEnd, s.saidGoodbye = true, true
+	s.graceAt, s.graceBytes = time.Now().Add(goodbyeGrace), s.upBytes
+	s.l.grace = append(s.l.grace, s)
+	s.l.armDeadline(false)
 	s.step()
+}
+
+// dropUpstream closes the upstream now, with its close_notify if the
+// socket takes it; the session goes on for the client's last bytes.
+func (s *Session) dropUpstream() {
+	d := &s.up
+	if d.tls != nil {
+		s.shutWrite(d)
+	}
+	if d.c.out != nil {
+		s.l.putSpare(d.c.out)
+		d.c.out, d.c.sent = nil, 0
+	}
+	d.c.in = nil
+	if !d.unwatched {
+		_ = epollCtl(s.l.epfd, unix.EPOLL_CTL_DEL, d.fd, 0, 0)
+	}
+	syscall.Close(d.fd)
+	d.ended, d.unwatched, d.closed = true, true, true
 }
 
 // step moves what can move in both directions, then updates what the
@@ -773,7 +812,9 @@ func (s *Session) deliverFramed(f *Framing, p []byte, dst *side, from Side) bool
 	}
 	if terminated {
 		if s.h.ClientBytes != nil {
-			s.h.ClientBytes(len(terminateMessage)) // counted as the goroutine paths count it
+			// Counted as the goroutine paths count it; a part that went on
+			// with an earlier chunk was counted then.
+			s.h.ClientBytes(s.fromClient.terminateHere)
 		}
 		s.res.Terminated = true
 		if s.res.First == Neither {
@@ -989,6 +1030,9 @@ func (s *Session) end() {
 				l.putSpare(d.c.out)
 				d.c.out, d.c.sent = nil, 0
 			}
+			continue
+		}
+		if d.closed {
 			continue
 		}
 		if d.tls != nil {
