@@ -49,6 +49,17 @@ func startFramed(t *testing.T, ls *Loops, client, up net.Conn, f *Framing) (*Ses
 	return s, done
 }
 
+// wantGone checks that c's peer is gone: a read ends within 10 s, with
+// the end of the stream or an error, and no byte.
+func wantGone(t *testing.T, c net.Conn, what string) {
+	t.Helper()
+	_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	n, err := c.Read(make([]byte, 1))
+	if n > 0 || err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("%s: read %d byte(s), %v; want it closed", what, n, err)
+	}
+}
+
 func readN(t *testing.T, c net.Conn, n int) []byte {
 	t.Helper()
 	_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
@@ -145,10 +156,7 @@ func TestFramingMidMessageNotKept(t *testing.T) {
 	if res.UpstreamKept {
 		t.Fatalf("result %+v: kept mid-message", res)
 	}
-	_ = r.server.SetReadDeadline(time.Now().Add(10 * time.Second))
-	if _, err := r.server.Read(make([]byte, 1)); err == nil {
-		t.Fatal("server still connected after a mid-message end")
-	}
+	wantGone(t, r.server, "the server after a mid-message end")
 }
 
 // TestFramingServerLost: an upstream that ends first has its last bytes
@@ -257,14 +265,8 @@ func TestCloseWith(t *testing.T) {
 			if res.UpstreamKept || res.First != Neither {
 				t.Fatalf("result %+v, want closed, upstream not kept", res)
 			}
-			_ = r.app.SetReadDeadline(time.Now().Add(10 * time.Second))
-			if _, err := r.app.Read(make([]byte, 1)); err == nil {
-				t.Fatal("client still connected after the goodbye")
-			}
-			_ = r.server.SetReadDeadline(time.Now().Add(10 * time.Second))
-			if _, err := r.server.Read(make([]byte, 1)); err == nil {
-				t.Fatal("server still connected after CloseWith")
-			}
+			wantGone(t, r.app, "the client after the goodbye")
+			wantGone(t, r.server, "the server after CloseWith")
 		})
 	}
 }
@@ -304,10 +306,7 @@ func TestCloseWithClientNotReading(t *testing.T) {
 	}
 	time.Sleep(100 * time.Millisecond)
 	s.CloseWith(msg('E', "SFATAL\x00C25P03\x00Midle\x00\x00"), nil)
-	_ = r.server.SetReadDeadline(time.Now().Add(5 * time.Second))
-	if _, err := r.server.Read(make([]byte, 1)); errors.Is(err, os.ErrDeadlineExceeded) {
-		t.Fatal("the upstream is still open 5 s after CloseWith, while the client does not read")
-	}
+	wantGone(t, r.server, "the upstream after CloseWith, while the client does not read")
 }
 
 // TestCloseWithStill: a close whose condition no longer holds on the loop
