@@ -28,4 +28,4 @@ type Session struct{}
 func (*Session) Close() {}
 
 // CloseWith does nothing.
-func (*Session) CloseWith([]byte) {}
+func (*Session) CloseWith([]byte, func() bool) {}
