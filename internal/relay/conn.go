@@ -51,9 +51,9 @@ type Conn struct {
 // Wrap returns c wrapped for crypto/tls, so that a loop can take the
 // socket after the handshake: pass it to tls.Client or tls.Server (or set
 // it as pgtls.Options.WrapTransport).
-func Wrap(c net.Conn) net.Conn { return wrap(c) }
-
-func wrap(c net.Conn) *Conn { return &Conn{Conn: c, local: c.LocalAddr(), remote: c.RemoteAddr()} }
+func Wrap(c net.Conn) net.Conn {
+	return &Conn{Conn: c, local: c.LocalAddr(), remote: c.RemoteAddr()}
+}
 
 // LocalAddr is the socket's local address.
 func (c *Conn) LocalAddr() net.Addr { return c.local }
@@ -148,7 +148,7 @@ type Hooks struct {
 	// connection); see Framing. Grace does not apply then.
 	Framing *Framing
 	// Done runs once, in a goroutine of its own, after both sockets are
-	// closed.
+	// closed (or the upstream kept, with Framing).
 	Done func(Result)
 }
 

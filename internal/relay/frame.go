@@ -2,7 +2,8 @@ package relay
 
 import (
 	"encoding/binary"
-	"fmt"
+
+	"github.com/pgtrust/pgtrust/failure"
 )
 
 // Framing makes a session follow PostgreSQL's message boundaries in both
@@ -75,9 +76,21 @@ func (f *framer) header(p []byte) (int, bool) {
 func (f *framer) length(who string) (int, error) {
 	n := int(int32(binary.BigEndian.Uint32(f.hdr[1:])))
 	if n < 4 {
-		return 0, fmt.Errorf("relay: %s message %q announces length %d (at least 4)", who, f.hdr[0], n)
+		return 0, framingError(who, f.hdr, "relay: %s message %q announces length %d (at least 4)", who, f.hdr[0], n)
 	}
 	return n - 4, nil
+}
+
+// framingError is a protocol_error about the stream from who ("server" or
+// "client"), with the message header as evidence (a type and a length:
+// nothing of the message's content).
+func framingError(who string, hdr [5]byte, format string, args ...any) error {
+	fix := "check that the upstream address is a PostgreSQL server, not another service or a proxy that rewrites the stream"
+	if who == "client" {
+		fix = "the client does not speak PostgreSQL's protocol: check its driver, and what connects to this listener"
+	}
+	return failure.New(failure.ProtocolError, format, args...).
+		WithEvidence("the %s's message header: % x", who, hdr[:]).WithFix("%s", fix)
 }
 
 // scanServer follows p, bytes from the upstream, and gives each whole
@@ -96,7 +109,7 @@ func (f *framer) scanServer(p []byte, fn func([]byte)) error {
 			}
 			if f.watch = watched(f.hdr[0]); f.watch {
 				if body > maxWatched && f.hdr[0] != 'E' {
-					return fmt.Errorf("relay: server message %q announces %d bytes (limit %d)", f.hdr[0], body, maxWatched)
+					return framingError("server", f.hdr, "relay: server message %q announces %d bytes (limit %d)", f.hdr[0], body, maxWatched)
 				}
 				f.msg = append(f.msg[:0], f.hdr[:]...)
 			}

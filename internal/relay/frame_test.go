@@ -6,6 +6,8 @@ import (
 	"math/rand/v2"
 	"strings"
 	"testing"
+
+	"github.com/pgtrust/pgtrust/failure"
 )
 
 // msg builds a PostgreSQL message of type typ with body.
@@ -89,6 +91,9 @@ func TestScanRejectsBadLength(t *testing.T) {
 	err := f.scanServer([]byte{'Z', 0, 0, 0, 3}, func([]byte) {})
 	if err == nil || !strings.Contains(err.Error(), "length 3") {
 		t.Fatalf("server length 3: %v", err)
+	}
+	if e, ok := failure.As(err); !ok || e.Class != failure.ProtocolError || e.Evidence == "" || e.Fix == "" {
+		t.Fatalf("server length 3: %#v, want a protocol_error with evidence and a fix", err)
 	}
 	f = framer{}
 	big := []byte{'S', 0, 0, 0, 0}

@@ -509,10 +509,15 @@ func (l *loop) takeSpare() []byte {
 	return make([]byte, 0, readSize)
 }
 
-func (l *loop) putSpare(b []byte) {
-	if l.spare == nil && cap(b) <= spareMax {
-		l.spare = b[:0]
+// returnOut gives d's send buffer back to the loop, which keeps one.
+func (l *loop) returnOut(d *side) {
+	if d.c.out == nil {
+		return
 	}
+	if l.spare == nil && cap(d.c.out) <= spareMax {
+		l.spare = d.c.out[:0]
+	}
+	d.c.out, d.c.sent = nil, 0
 }
 
 // side is one socket of a session.
@@ -599,23 +604,30 @@ func (s *Session) closeWith(goodbye []byte, still func() bool) {
 	s.step()
 }
 
-// dropUpstream closes the upstream now, with its close_notify if the
-// socket takes it; the session goes on for the client's last bytes.
+// dropUpstream closes the upstream now; the session goes on for the
+// client's last bytes.
 func (s *Session) dropUpstream() {
 	d := &s.up
-	if d.tls != nil {
-		s.shutWrite(d)
-	}
-	if d.c.out != nil {
-		s.l.putSpare(d.c.out)
-		d.c.out, d.c.sent = nil, 0
-	}
-	d.c.in = nil
 	if !d.unwatched {
 		_ = epollCtl(s.l.epfd, unix.EPOLL_CTL_DEL, d.fd, 0, 0)
 	}
+	s.closeSide(d)
+	d.ended, d.unwatched = true, true
+}
+
+// closeSide closes d's socket, once, after its close_notify if it is TLS
+// (when the socket takes it now).
+func (s *Session) closeSide(d *side) {
+	if d.closed {
+		return
+	}
+	if d.tls != nil {
+		s.shutWrite(d)
+	}
+	s.l.returnOut(d)
+	d.c.in = nil
 	syscall.Close(d.fd)
-	d.ended, d.unwatched, d.closed = true, true, true
+	d.closed = true
 }
 
 // step moves what can move in both directions, then updates what the
@@ -888,8 +900,7 @@ func (s *Session) flush(d *side, from Side) bool {
 	if len(d.c.pending()) > 0 {
 		return true
 	}
-	s.l.putSpare(d.c.out)
-	d.c.out, d.c.sent = nil, 0
+	s.l.returnOut(d)
 	if d.shutWanted {
 		d.shutWanted = false
 		s.shutWrite(d)
@@ -1026,24 +1037,10 @@ func (s *Session) end() {
 			// Out of the epoll set, open, and with what crypto/tls has
 			// not read yet left in its Conn (a copy, not the loop's).
 			_ = epollCtl(l.epfd, unix.EPOLL_CTL_DEL, d.fd, 0, 0)
-			if d.c.out != nil {
-				l.putSpare(d.c.out)
-				d.c.out, d.c.sent = nil, 0
-			}
+			l.returnOut(d)
 			continue
 		}
-		if d.closed {
-			continue
-		}
-		if d.tls != nil {
-			s.shutWrite(d) // its close_notify, if not sent yet
-		}
-		if d.c.out != nil {
-			l.putSpare(d.c.out)
-			d.c.out, d.c.sent = nil, 0
-		}
-		d.c.in = nil
-		syscall.Close(d.fd)
+		s.closeSide(d)
 	}
 	delete(l.sessions, s.id)
 	done := s.h.Done
