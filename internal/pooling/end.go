@@ -116,7 +116,7 @@ func (s *Session) end(reason string) string {
 	s.mu.Unlock()
 	if srv != nil {
 		clean := false
-		if s.o.Mode == ModeSession && s.lastTx.Load() == 'I' && s.syncs.Load() == s.rfqs.Load() && !s.unsynced.Load() {
+		if s.o.Mode == ModeSession && s.sessionIdle() {
 			q := s.o.ResetQuery
 			if q == NoReset {
 				// An empty statement still makes the server answer, which
@@ -124,7 +124,7 @@ func (s *Session) end(reason string) string {
 				q = ";"
 			}
 			clean = s.reset(srv, done, q)
-			if clean && strings.EqualFold(strings.TrimSpace(q), "DISCARD ALL") {
+			if clean && resetsAll(q) {
 				// Nothing of this client is left: the next one, whoever
 				// it is, needs no reset of its own (handover).
 				st.owner = ""
@@ -310,6 +310,19 @@ func (s *Session) awaitsClientLocked() bool {
 // no lock: its counts are atomics.
 func (s *Session) sessionAwaitsClient() bool {
 	return s.syncs.Load() == s.rfqs.Load() && !s.unsynced.Load()
+}
+
+// sessionIdle reports whether a session-mode server connection stands
+// idle, outside a transaction, with everything the client sent answered:
+// fit for the reset query and the next client.
+func (s *Session) sessionIdle() bool {
+	return s.lastTx.Load() == 'I' && s.sessionAwaitsClient()
+}
+
+// resetsAll reports whether the reset query q leaves nothing of a client
+// in the session.
+func resetsAll(q string) bool {
+	return strings.EqualFold(strings.TrimSpace(q), "DISCARD ALL")
 }
 
 func (s *Session) disarmIdleTx() {

@@ -4,7 +4,7 @@ import (
 	"bytes"
 	"cmp"
 	"context"
-	"strings"
+	"errors"
 
 	"github.com/pgtrust/pgtrust/internal/relay"
 	"github.com/pgtrust/pgtrust/internal/serverpool"
@@ -16,9 +16,9 @@ import (
 // pool follows (relay.Framing). When the client leaves, the loop gives the
 // server connection back and endRelayed resets it for the next client, as
 // end does for the goroutine path. It reports false, with nothing changed,
-// when the session stays on goroutines: no loops,
-// a plaintext server connection, a client socket a loop cannot own, or
-// bytes pgconn already buffered.
+// when the session stays on goroutines: no loops, a plaintext server
+// connection, a client socket a loop cannot own, or bytes pgconn already
+// buffered.
 func (s *Session) serveOnLoop() bool {
 	if s.o.Loops == nil || s.o.Mode != ModeSession {
 		return false
@@ -53,6 +53,10 @@ func (s *Session) serveOnLoop() bool {
 	}
 	rs, err := s.o.Loops.Start(s.client, pg.Conn(), h)
 	if err != nil {
+		if !errors.Is(err, relay.ErrNotDetachable) {
+			// As the proxy's unpooled sessions say it.
+			s.o.Log().Debug("session stays on goroutines", "error", err.Error())
+		}
 		return false
 	}
 	s.relayed = rs
@@ -67,13 +71,7 @@ func (s *Session) clientMessage(typ byte) {
 		s.clientMsgs.Add(1)
 		s.disarmIdleTx()
 	}
-	switch typ {
-	case 'S', 'Q', 'F':
-		s.unsynced.Store(false)
-		s.syncs.Add(1)
-	case 'P', 'B', 'D', 'C', 'E', 'H':
-		s.unsynced.Store(true)
-	}
+	s.countSync(typ)
 }
 
 // serverMessage follows what the pool needs of a relayed server's
@@ -154,7 +152,7 @@ func (s *Session) endRelayed(r relay.Result) string {
 	}
 	// A server that sent FATAL is ending, even if its close is not read yet.
 	clean := r.UpstreamKept && s.loopEnd.Load() == nil &&
-		s.lastTx.Load() == 'I' && s.syncs.Load() == s.rfqs.Load() && !s.unsynced.Load()
+		s.sessionIdle()
 	if clean && s.o.ResetQuery != NoReset {
 		ctx := s.ctx
 		if ctx == nil {
@@ -163,7 +161,7 @@ func (s *Session) endRelayed(r relay.Result) string {
 		if _, err := exec(ctx, srv, s.o.ResetQuery, s.o.QueryTimeout); err != nil {
 			clean = false
 			s.o.Log().Warn("server connection closed: the reset query failed", "key", s.o.Key.String(), "error", err.Error())
-		} else if strings.EqualFold(strings.TrimSpace(s.o.ResetQuery), "DISCARD ALL") {
+		} else if resetsAll(s.o.ResetQuery) {
 			st.owner = "" // nothing of this client is left (see end)
 		}
 	}

@@ -537,14 +537,20 @@ func (s *Session) run(ctx context.Context, canPark bool) (reason string, parked 
 // countSession records sync points of a session-mode client and appends
 // the message unchanged.
 func (s *Session) countSession(raw, sbuf []byte) []byte {
-	switch raw[0] {
+	s.countSync(raw[0])
+	return append(sbuf, raw...)
+}
+
+// countSync records a session-mode client's message of type typ: a sync
+// point (Sync, Query, FunctionCall) or extended-protocol messages after it.
+func (s *Session) countSync(typ byte) {
+	switch typ {
 	case 'S', 'Q', 'F':
 		s.unsynced.Store(false)
 		s.syncs.Add(1)
 	case 'P', 'B', 'D', 'C', 'E', 'H':
 		s.unsynced.Store(true)
 	}
-	return append(sbuf, raw...)
 }
 
 // translate runs a transaction-mode client message through the prepared
