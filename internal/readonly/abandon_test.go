@@ -42,14 +42,21 @@ func TestGiveUpIsAbandoned(t *testing.T) {
 	}
 	usable(t, c)
 
+	watch := connect(t, s, "agent") // idle but for waitSleeping's polls
 	cases := map[string]func(c *pgconn.PgConn) error{
 		"read deadline": func(c *pgconn.PgConn) error {
 			_, err := Query(context.Background(), c, swallowNoCheck, nil, l)
 			return err
 		},
 		"ctx cancel": func(c *pgconn.PgConn) error {
+			// Cancelled once the statement sleeps inside its handler: a
+			// fixed delay could land before it (a loaded machine), and the
+			// CancelRequest would then end it with 57014, not be swallowed.
 			ctx, cancel := context.WithCancel(context.Background())
-			time.AfterFunc(300*time.Millisecond, cancel)
+			go func() {
+				defer cancel()
+				waitSleeping(watch, c.PID())
+			}()
 			_, err := Query(ctx, c, swallowNoCheck, nil, l)
 			if !errors.Is(err, context.Canceled) {
 				return errors.New("not context.Canceled: " + err.Error())
@@ -83,6 +90,19 @@ func TestGiveUpIsAbandoned(t *testing.T) {
 	// The backends are still running: ending them is the caller's job.
 	if got := s.Exec(t, "SELECT count(*) FROM pg_stat_activity WHERE usename = 'agent' AND state = 'active'"); got != "3" {
 		t.Fatalf("active agent backends after the give-ups: %s, want 3", got)
+	}
+}
+
+// waitSleeping polls (through watch, used by nobody else) until backend
+// pid waits in pg_sleep, for at most 10 s.
+func waitSleeping(watch *pgconn.PgConn, pid uint32) {
+	q := "SELECT count(*) FROM pg_stat_activity WHERE pid = " + itoa(int(pid)) + " AND wait_event = 'PgSleep'"
+	for range 200 {
+		r, err := watch.Exec(context.Background(), q).ReadAll()
+		if err == nil && len(r) == 1 && len(r[0].Rows) == 1 && string(r[0].Rows[0][0]) == "1" {
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }
 
