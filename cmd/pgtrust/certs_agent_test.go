@@ -152,8 +152,10 @@ func TestCertsRenewExitCodes(t *testing.T) {
 		t.Fatalf("no --config: %d\n%s", code, errOut)
 	}
 
-	// A certificate that expires: issued for 1s (Vault backdates NotBefore by 30s).
-	shortCfg := agentFile{dir: dir, name: "short", vault: vault.URL, ttl: "1s"}.write(t)
+	// A certificate that expires: issued for 3s (Vault backdates NotBefore by
+	// 30s). X.509 times are whole seconds, so NotAfter can land up to a second
+	// early; 1s was too short to pass the agent's own validity check.
+	shortCfg := agentFile{dir: dir, name: "short", vault: vault.URL, ttl: "3s"}.write(t)
 	if out, errOut, code := runCerts(t, "certs", "renew", "--config", shortCfg); code != 0 {
 		t.Fatalf("short renew: %d\n%s%s", code, out, errOut)
 	}
@@ -172,7 +174,12 @@ func TestCertsRenewExitCodes(t *testing.T) {
 	if code != 3 || !strings.Contains(errOut, "renewal_unreachable") {
 		t.Fatalf("vault down, no cert: %d\n%s%s", code, out, errOut)
 	}
-	time.Sleep(1100 * time.Millisecond) // let the 1s certificate expire
+	// Let the short certificate expire: wait for its own NotAfter.
+	short, err := keyfile.LoadKeyPair(filepath.Join(dir, "short.crt"), filepath.Join(dir, "short.key"), "")
+	if err != nil {
+		t.Fatalf("short certificate does not load: %v", err)
+	}
+	time.Sleep(time.Until(short.Leaf.NotAfter) + 100*time.Millisecond)
 	out, errOut, code = runCerts(t, "certs", "renew", "--config", shortCfg)
 	if code != 3 || !strings.Contains(errOut, "renewal_unreachable") {
 		t.Fatalf("vault down, expired cert: %d\n%s%s", code, out, errOut)
