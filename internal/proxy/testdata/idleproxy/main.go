@@ -30,6 +30,7 @@ import (
 	"runtime"
 	"runtime/pprof"
 	"strings"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -62,6 +63,11 @@ func run() error {
 		// test's failure output, and no log line per session is kept.
 		Logger:     slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
 		Registerer: reg,
+		// The measure is of memory, not speed: on a loaded 2-CPU machine
+		// PostgreSQL forking its 1,000th backend can take longer than the
+		// default 5s, which must not fail the test.
+		ConnectTimeout: time.Minute,
+		AuthTimeout:    time.Minute,
 		Upstreams: []proxy.UpstreamConfig{{
 			Name: "idle", Listen: "127.0.0.1:0", Conn: conn, MaxConnections: *maxConns,
 		}},
