@@ -49,7 +49,7 @@ func loadTrust(cfg *connstring.Config, opts *Options) (*trustMaterial, error) {
 		path := cfg.SSLRootCert
 		if path != "" {
 			if _, err := os.Stat(path); err == nil {
-				certs, err := keyfile.LoadCertificates(path)
+				roots, err := loadRootFile(path)
 				if err != nil {
 					reason := err
 					e, _ := failure.As(err)
@@ -62,7 +62,6 @@ func loadTrust(cfg *connstring.Config, opts *Options) (*trustMaterial, error) {
 					}
 					return nil, out
 				}
-				roots := chain.SplitRoots(path, certs)
 				m.roots, m.extraInterms = roots.Pool, roots.Intermediates
 				m.rootFile, m.verifyChain = path, true
 			}

@@ -13,6 +13,7 @@ import (
 
 	"github.com/pgtrust/pgtrust/certs"
 	"github.com/pgtrust/pgtrust/connstring"
+	"github.com/pgtrust/pgtrust/failure"
 	"github.com/pgtrust/pgtrust/internal/pgtest"
 	"github.com/pgtrust/pgtrust/internal/testpki"
 	"github.com/pgtrust/pgtrust/pgtls"
@@ -177,4 +178,55 @@ func TestClientCertificateRotation(t *testing.T) {
 		t.Fatalf("status %+v: want >= 19 reloads and the invalid pair counted", st)
 	}
 	t.Logf("%d connections opened during 20 rotations, none failed; reloads %d, rejected %d", opened.Load(), st.Reloads, st.Failures)
+}
+
+// TestRootFileReplacedTakesEffect: sslrootcert is read at every connection,
+// as libpq reads it, so replacing the file changes the next connection's
+// verdict, although pgtls parses each distinct content only once. psql,
+// with the same connection string at each step, is the oracle.
+func TestRootFileReplacedTakesEffect(t *testing.T) {
+	ca := testpki.NewRootCA(t, "serving root")
+	other := testpki.NewRootCA(t, "unrelated root")
+	srv := ca.Server(t)
+	s := pgtest.Start(t, pgtest.Options{SSL: true, ServerCert: srv.ChainPEM, ServerKey: srv.KeyPEM, CA: ca.CertPEM,
+		HBA: []string{"local all all trust", "hostssl all all 127.0.0.1/32 trust"}})
+	rootFile := filepath.Join(t.TempDir(), "root.crt")
+	home := pgtest.EmptyHome(t)
+	dsn := fmt.Sprintf("host=localhost hostaddr=127.0.0.1 port=%d user=postgres dbname=postgres sslmode=verify-full sslrootcert=%s connect_timeout=10", s.Port, rootFile)
+	cfg, err := connstring.ParseWithEnv(dsn, nil, home)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, step := range []struct {
+		content []byte
+		ok      bool
+	}{
+		{ca.CertPEM, true},
+		{ca.CertPEM, true}, // the same bytes again: served from the parse above
+		{other.CertPEM, false},
+		{append(append([]byte{}, other.CertPEM...), ca.CertPEM...), true},
+		{ca.CertPEM, true},
+	} {
+		// Replaced by rename, as a deployment tool does.
+		tmp := rootFile + ".new"
+		if err := os.WriteFile(tmp, step.content, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(tmp, rootFile); err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		pg, _, err := pgtls.Connect(ctx, cfg, nil)
+		if err == nil {
+			pg.Close(ctx)
+		}
+		cancel()
+		lib := pgtest.Psql(t, dsn, map[string]string{"HOME": home})
+		if (err == nil) != step.ok || lib.OK != step.ok {
+			t.Errorf("step %d: pgtls connected=%v (%v), libpq connected=%v (%s); want %v", i, err == nil, err, lib.OK, strings.TrimSpace(lib.Stderr), step.ok)
+		}
+		if !step.ok && failure.ClassOf(err) != failure.UnknownCA {
+			t.Errorf("step %d: class %s, want unknown_ca: %v", i, failure.ClassOf(err), err)
+		}
+	}
 }

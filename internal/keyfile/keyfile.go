@@ -33,6 +33,16 @@ import (
 // apply libpq's "no client certificate is fine" rule with
 // errors.Is(err, fs.ErrNotExist).
 func LoadCertificates(path string) ([]*x509.Certificate, error) {
+	data, err := ReadCertificateFile(path)
+	if err != nil {
+		return nil, err
+	}
+	return ParseCertificateFile(path, data)
+}
+
+// ReadCertificateFile reads path's bytes, with LoadCertificates's error
+// when it cannot (wrapping the *fs.PathError).
+func ReadCertificateFile(path string) ([]byte, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return nil, failure.Wrap(failure.ConfigInvalid, err,
@@ -40,6 +50,12 @@ func LoadCertificates(path string) ([]*x509.Certificate, error) {
 			WithEvidence("%v", err).
 			WithFix("check the path %s and that it is readable by uid %d", path, os.Getuid())
 	}
+	return data, nil
+}
+
+// ParseCertificateFile parses data, read from path, as LoadCertificates
+// does, with its error naming path.
+func ParseCertificateFile(path string, data []byte) ([]*x509.Certificate, error) {
 	certs, err := ParseCertificates(data)
 	if err != nil {
 		e := failure.Wrap(failure.ConfigInvalid, err, "could not read certificate file \"%s\": %s", path, err)
