@@ -424,9 +424,10 @@ type Stats struct {
 	Dropped uint64 `json:"dropped"` // connections closed instead of reused
 	// Terminated counts backends (of dropped connections, or in use at
 	// Close) that were still running and were ended with
-	// pg_terminate_backend; TerminateFailed the attempts that failed (side
-	// connection refused, timeout), each retried. A backend already gone
-	// counts in neither.
+	// pg_terminate_backend, also those signalled by an attempt that timed
+	// out and found gone by a retry; TerminateFailed the attempts that
+	// failed (side connection refused, timeout), each retried. A backend
+	// that ended by itself counts in neither.
 	Terminated      uint64 `json:"terminated"`
 	TerminateFailed uint64 `json:"terminate_failed"` // failed attempts; each is retried
 	Terminating     int    `json:"terminating"`      // terminations in flight, retries included

@@ -55,13 +55,15 @@ type pending struct {
 // The caller counted it in p.terminating. freeSlot: the backend's slot is
 // freed when it is known gone, never before.
 func (p *Pool) runTerminate(pid uint32, start int64, freeSlot bool) {
+	signalled := false // an earlier attempt sent the signal: gone later is ended by us
 	for attempt := 1; ; attempt++ {
 		ctx, cancel := context.WithTimeout(context.Background(), p.o.ConnectTimeout+TerminateTimeout)
 		ended, err := p.terminate(ctx, pid, start)
 		cancel()
+		signalled = signalled || pgterminate.Signalled(err)
 		p.mu.Lock()
 		if err == nil {
-			if ended {
+			if ended || signalled {
 				p.terminated++
 			}
 			delete(p.pending, pid)

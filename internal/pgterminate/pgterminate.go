@@ -14,6 +14,7 @@ package pgterminate
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -43,6 +44,15 @@ func RetryDelay(n int) time.Duration {
 	}
 	return min(d, RetryMax)
 }
+
+// ErrNotExited is wrapped by On's error when the signal was sent but the
+// backend had not exited within Timeout (a loaded server may reap it
+// later). A caller that retries and then finds the backend gone ended it
+// all the same: Signalled tells it so.
+var ErrNotExited = errors.New("the backend was signalled but had not exited")
+
+// Signalled reports whether err, from On, means the signal was sent.
+func Signalled(err error) bool { return errors.Is(err, ErrNotExited) }
 
 // Backend names one backend: its PID and its backend_start in microseconds
 // since the epoch (the PID alone may have been reused by another backend).
@@ -111,7 +121,7 @@ func On(ctx context.Context, side *pgconn.PgConn, b Backend) (bool, error) {
 		return false, nil
 	}
 	if string(r.Rows[0][0]) != "t" {
-		return false, failure.New(failure.Timeout, "backend %d did not exit within %s", b.PID, Timeout).
+		return false, failure.Wrap(failure.Timeout, ErrNotExited, "backend %d did not exit within %s", b.PID, Timeout).
 			WithEvidence("pg_terminate_backend returned false").
 			WithFix("check the server for a backend stuck outside interrupt checks")
 	}

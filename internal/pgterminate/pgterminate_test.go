@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -91,5 +92,59 @@ func TestIdentifyAndOn(t *testing.T) {
 				t.Fatalf("Identify on a closed connection: %v", err)
 			}
 		})
+	}
+}
+
+// A backend that cannot act on the signal within Timeout (here it is
+// stopped, as a starved process on a loaded server would be) makes On fail
+// with a Timeout error that Signalled recognises; once it runs again it
+// exits, and the next attempt finds it gone.
+func TestOnSignalledBackendExitsLate(t *testing.T) {
+	s := pgtest.Start(t, pgtest.Options{Setup: []string{"CREATE ROLE app LOGIN"}})
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	victim, err := pgconn.Connect(ctx, s.DSN("user=app dbname=postgres"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = victim.Close(context.Background()) }()
+	side, err := pgconn.Connect(ctx, s.DSN("user=app dbname=postgres"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = side.Close(context.Background()) }()
+	b, err := pgterminate.Identify(ctx, victim)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Kill(int(b.PID), syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	resumed := false
+	resume := func() {
+		if !resumed {
+			resumed = true
+			_ = syscall.Kill(int(b.PID), syscall.SIGCONT)
+		}
+	}
+	defer resume()
+	ended, err := pgterminate.On(ctx, side, b)
+	if ended || failure.ClassOf(err) != failure.Timeout || !pgterminate.Signalled(err) {
+		t.Fatalf("stopped backend: ended %v err %v, want a Timeout that Signalled recognises", ended, err)
+	}
+	resume()
+	for range 200 {
+		if strings.TrimSpace(s.Exec(t, "SELECT count(*) FROM pg_stat_get_activity("+strconv.Itoa(int(b.PID))+")")) == "0" {
+			break
+		}
+		time.Sleep(25 * time.Millisecond)
+	}
+	if ended, err := pgterminate.On(ctx, side, b); ended || err != nil || pgterminate.Signalled(err) {
+		t.Fatalf("after the late exit: ended %v err %v", ended, err)
+	}
+	// Other failures are not a sent signal.
+	_ = side.Close(ctx)
+	if _, err := pgterminate.On(ctx, side, b); err == nil || pgterminate.Signalled(err) {
+		t.Fatalf("closed side connection: %v", err)
 	}
 }

@@ -827,17 +827,19 @@ func (p *Pool) terminate(kp *keyPool, c *conn, tracked bool) {
 	ctx, cancel := context.WithTimeout(context.Background(), closeTimeout)
 	_ = c.pg.Close(ctx) // the socket goes; a busy backend does not notice
 	cancel()
+	signalled := false // an earlier attempt sent the signal: gone later is ended by us
 	for attempt := 1; ; attempt++ {
 		ended, err := p.terminateOnce(kp, c.backend)
+		signalled = signalled || pgterminate.Signalled(err)
 		p.mu.Lock()
 		if err == nil {
-			if ended {
+			if ended || signalled {
 				kp.terminated++
 			}
 			kp.terminating--
 			kp.broadcast()
 			p.mu.Unlock()
-			p.o.Logger.Debug("server backend gone", "key", c.key.String(), "pid", c.backend.PID, "terminated", ended)
+			p.o.Logger.Debug("server backend gone", "key", c.key.String(), "pid", c.backend.PID, "terminated", ended || signalled)
 			return
 		}
 		kp.terminateFailed++
@@ -1217,7 +1219,8 @@ type KeyStats struct {
 	Opening  int    `json:"servers_opening"`
 	// Terminating counts connections released unclean whose backends are
 	// being ended: they still take a slot. Terminated counts backends
-	// ended by pg_terminate_backend; TerminateFailed failed attempts.
+	// ended by pg_terminate_backend (also those that exited only after an
+	// attempt timed out); TerminateFailed failed attempts.
 	Terminating     int           `json:"servers_terminating"`
 	Terminated      uint64        `json:"servers_terminated"`
 	TerminateFailed uint64        `json:"terminate_failed"`
