@@ -423,11 +423,18 @@ func TestBrokenConnectionIsClosed(t *testing.T) {
 	c := connect(t, s, "agent")
 	admin := connect(t, s, "postgres")
 	pid := itoa(int(c.PID()))
-	// The terminate waits until the backend runs the sleep.
+	// The terminate waits until the backend runs the sleep. Inside one
+	// transaction pg_stat_activity is a snapshot taken at its first read:
+	// the loop clears it, or a sleep that started after that read would
+	// never be seen. Bounded: about 20 s.
 	done := make(chan string, 1)
 	go func() {
-		_, err := admin.Exec(bg, `DO $$BEGIN
-			WHILE NOT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = `+pid+` AND query = 'SELECT pg_sleep(30)' AND state = 'active') LOOP
+		ctx, cancel := context.WithTimeout(bg, 30*time.Second)
+		defer cancel()
+		_, err := admin.Exec(ctx, `DO $$BEGIN
+			FOR i IN 1..2000 LOOP
+				PERFORM pg_stat_clear_snapshot();
+				EXIT WHEN EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = `+pid+` AND query = 'SELECT pg_sleep(30)' AND state = 'active');
 				PERFORM pg_sleep(0.01); END LOOP;
 			PERFORM pg_terminate_backend(`+pid+`); END$$`).ReadAll()
 		done <- fmt.Sprint(err)
