@@ -169,8 +169,15 @@ func TestPoolSessionModeOnEventLoops(t *testing.T) {
 			// session sent a 2 MB error.
 			waitFor(t, "the session's end", 10*time.Second, func() bool {
 				logs := p.logs.String()
-				return strings.Contains(logs, "server ended the connection: 57P01") ||
-					strings.Contains(logs, `reason="client closed"`) && strings.Contains(logs, "bytes_upstream_to_client=20005")
+				if strings.Contains(logs, "server ended the connection: 57P01") {
+					return true
+				}
+				for _, line := range strings.Split(logs, "\n") {
+					if strings.Contains(line, `reason="client closed"`) && strings.Contains(line, "bytes_upstream_to_client=20005") {
+						return true
+					}
+				}
+				return false
 			})
 		})
 	}
